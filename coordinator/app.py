@@ -1,0 +1,154 @@
+"""HTTP routes: thin handlers that parse, call one store method, and serialise."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypedDict
+from urllib.parse import quote
+
+from redis.asyncio import Redis
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from coordinator import openapi, problems, schemas, validation
+from coordinator.config import ConfigError, Settings
+from coordinator.connection import connect
+from coordinator.errors import CoordinatorError, StoreUnavailable
+from coordinator.schemas import JSONResponse
+from coordinator.store import Limits, Store
+
+API = "/api/v1"
+
+
+class State(TypedDict):
+    """What the lifespan hands every request."""
+
+    store: Store
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.state.store
+    return store
+
+
+async def list_processes(request: Request) -> Response:
+    """GET /api/v1/process."""
+    processes = await _store(request).processes()
+    return JSONResponse([p.to_json() for p in processes])
+
+
+async def register_process(request: Request) -> Response:
+    """POST /api/v1/process."""
+    store = _store(request)
+    body = await schemas.register_body(request, store.limits.max_key_set_size)
+    process = await store.register(body.process_name, body.key_set_size, body.lease_seconds)
+    location = f"{API}/process/{quote(process.name)}"
+    return JSONResponse(process.to_json(), 201, headers={"Location": location})
+
+
+async def unregister_process(request: Request) -> Response:
+    """DELETE /api/v1/process/<process_name>."""
+    name = validation.process_name(request.path_params["process_name"])
+    process = await _store(request).unregister(name)
+    return JSONResponse(process.to_json())
+
+
+async def list_batch_keys(request: Request) -> Response:
+    """GET /api/v1/process/batch_keys/<process_name>."""
+    name = validation.process_name(request.path_params["process_name"])
+    keys = await _store(request).batch_keys(name)
+    return JSONResponse([k.to_json() for k in keys])
+
+
+async def grant_batch_key(request: Request) -> Response:
+    """POST /api/v1/process/batch_keys."""
+    body = await schemas.grant_body(request)
+    key = await _store(request).grant(body.process_name, body.machine, body.lease_seconds)
+    location = f"{API}/process/batch_keys/{key.external_id}"
+    return JSONResponse(key.to_json(), 201, headers={"Location": location})
+
+
+async def renew_batch_key(request: Request) -> Response:
+    """PATCH /api/v1/process/batch_keys/<external_id>."""
+    body = await schemas.renew_body(request)
+    key = await _store(request).renew(request.path_params["external_id"], body.lease_seconds)
+    return JSONResponse(key.to_json())
+
+
+async def release_batch_key(request: Request) -> Response:
+    """DELETE /api/v1/process/batch_keys/<external_id>[?outcome=completed|failed]."""
+    outcome = validation.outcome(request.query_params.get("outcome", "completed"))
+    key = await _store(request).release(request.path_params["external_id"], outcome)
+    return JSONResponse(key.to_json())
+
+
+async def healthz(_request: Request) -> Response:
+    """The process is up."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Redis answers a real script call (a PING would miss a flushed script cache)."""
+    try:
+        await _store(request).check_ready()
+    except StoreUnavailable as error:
+        return problems.problem("store_unavailable", str(error), {"Retry-After": "1"})
+    return JSONResponse({"status": "ready"})
+
+
+async def openapi_json(_request: Request) -> Response:
+    """The OpenAPI 3.1 document of this API."""
+    return JSONResponse(openapi.document())
+
+
+ROUTES = [
+    Route(f"{API}/process", list_processes, methods=["GET"]),
+    Route(f"{API}/process", register_process, methods=["POST"]),
+    Route(f"{API}/process/batch_keys", grant_batch_key, methods=["POST"]),
+    Route(f"{API}/process/batch_keys/{{process_name}}", list_batch_keys, methods=["GET"]),
+    Route(f"{API}/process/batch_keys/{{external_id}}", renew_batch_key, methods=["PATCH"]),
+    Route(f"{API}/process/batch_keys/{{external_id}}", release_batch_key, methods=["DELETE"]),
+    Route(f"{API}/process/{{process_name}}", unregister_process, methods=["DELETE"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/openapi.json", openapi_json, methods=["GET"]),
+]
+
+
+def create_app(settings: Settings | None = None, *, redis: Redis | None = None) -> Starlette:
+    """The ASGI app. Pass `redis` to use an existing client; else one is made from settings."""
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[State]:
+        client = redis
+        if client is None:
+            if settings.redis_url is None:
+                raise ConfigError(
+                    "COORDINATOR_REDIS_URL is not set; `coordinator serve` starts an embedded"
+                    " Valkey and sets it for you"
+                )
+            client = connect(settings.redis_url, settings)
+        limits = Limits(
+            max_key_set_size=settings.max_key_set_size,
+            default_lease_seconds=settings.default_lease_seconds,
+        )
+        try:
+            yield {"store": Store(client, prefix=settings.key_prefix, limits=limits)}
+        finally:
+            if redis is None:
+                await client.aclose()
+
+    return Starlette(
+        routes=ROUTES,
+        lifespan=lifespan,
+        exception_handlers={
+            CoordinatorError: problems.coordinator_error,
+            HTTPException: problems.http_error,
+            Exception: problems.unexpected_error,
+        },
+    )

@@ -1,0 +1,85 @@
+"""Settings, read from the environment once at start-up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from coordinator.validation import LEASE_SECONDS_MAX
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a deployment can set, with its default."""
+
+    redis_url: str | None = None
+    data_dir: Path = Path(".coordinator-data")
+    key_prefix: str = "bpc"
+    default_lease_seconds: int = 3600
+    max_key_set_size: int = 1_000_000
+    redis_timeout_seconds: float = 2.0
+    redis_max_connections: int = 64
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read `COORDINATOR_*` variables; unset or empty ones keep their default."""
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(f"COORDINATOR_{name}", "").strip()
+            return value or None
+
+        defaults = cls()
+        prefix = get("KEY_PREFIX") or defaults.key_prefix
+        if any(c in prefix for c in "{} \t\r\n"):
+            raise ConfigError("COORDINATOR_KEY_PREFIX may not contain braces or whitespace")
+        return cls(
+            redis_url=get("REDIS_URL"),
+            data_dir=Path(get("DATA_DIR") or defaults.data_dir),
+            key_prefix=prefix,
+            default_lease_seconds=_int(
+                get("DEFAULT_LEASE_SECONDS"), "DEFAULT_LEASE_SECONDS",
+                defaults.default_lease_seconds, 1, LEASE_SECONDS_MAX,
+            ),
+            max_key_set_size=_int(
+                get("MAX_KEY_SET_SIZE"), "MAX_KEY_SET_SIZE", defaults.max_key_set_size, 1, 1 << 40
+            ),
+            redis_timeout_seconds=_float(
+                get("REDIS_TIMEOUT_SECONDS"), "REDIS_TIMEOUT_SECONDS",
+                defaults.redis_timeout_seconds,
+            ),
+            redis_max_connections=_int(
+                get("REDIS_MAX_CONNECTIONS"), "REDIS_MAX_CONNECTIONS",
+                defaults.redis_max_connections, 1, 10_000,
+            ),
+        )
+
+
+def _int(raw: str | None, name: str, default: int, low: int, high: int) -> int:
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"COORDINATOR_{name} must be an integer, not {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"COORDINATOR_{name} must be from {low} to {high}, not {value}")
+    return value
+
+
+def _float(raw: str | None, name: str, default: float) -> float:
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"COORDINATOR_{name} must be a number, not {raw!r}") from None
+    if not 0 < value <= 3600:
+        raise ConfigError(f"COORDINATOR_{name} must be above 0 and at most 3600, not {value}")
+    return value

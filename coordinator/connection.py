@@ -1,0 +1,36 @@
+"""Turns a COORDINATOR_REDIS_URL into an asyncio Redis client."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from coordinator.config import ConfigError, Settings
+
+MEMORY_URL = "memory://"
+_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def connect(url: str, settings: Settings) -> Redis:
+    """A client for `url`: a Redis or Valkey server, or `memory://` for in-process fakeredis."""
+    if url.startswith(MEMORY_URL):
+        try:
+            import fakeredis  # noqa: PLC0415 - optional, only for memory://
+        except ImportError:
+            raise ConfigError(
+                "memory:// needs fakeredis: pip install 'batch-process-coordinator[memory]'"
+            ) from None
+        client: Redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+        return client
+    if not url.startswith(_SCHEMES):
+        raise ConfigError(
+            f"COORDINATOR_REDIS_URL must start with redis://, rediss://, unix:// or memory://,"
+            f" not {url!r}"
+        )
+    return Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=settings.redis_timeout_seconds,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+        max_connections=settings.redis_max_connections,
+        health_check_interval=30,
+    )

@@ -1,0 +1,50 @@
+"""Every Redis key name the coordinator uses, built in this one place.
+
+A process's keys share the hash tag ``{process_name}``, so each script touches one cluster
+slot. The registry of names lives under its own tag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessKeys:
+    """The Redis keys of one process."""
+
+    meta: str
+    free: str
+    held: str
+    leases: str
+    tokens: str
+    fence: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpace:
+    """Builds key names under one configurable prefix."""
+
+    prefix: str = "bpc"
+
+    def process(self, name: str) -> ProcessKeys:
+        """The keys of process `name` (a validated name: no braces can reach here)."""
+        base = f"{self.prefix}:{{{name}}}:"
+        return ProcessKeys(
+            meta=base + "meta",
+            free=base + "free",
+            held=base + "held",
+            leases=base + "leases",
+            tokens=base + "tokens",
+            fence=base + "fence",
+        )
+
+    @property
+    def registry(self) -> str:
+        """Sorted set of registered names (all scores 0, so it orders by name)."""
+        return f"{self.prefix}:{{registry}}:processes"
+
+    @property
+    def process_ids(self) -> str:
+        """Hash from a process id (see `lease_id`) to the name it was derived from."""
+        return f"{self.prefix}:{{registry}}:pids"

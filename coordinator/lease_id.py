@@ -1,0 +1,48 @@
+"""External ids: UUIDv8 values that carry the process and the fencing token of a lease.
+
+An id is ``process_id(name)`` (80 bits of SHA-256 of the name) followed by the 42-bit fencing
+token, laid out as an RFC 9562 version 8 UUID. Releasing or renewing therefore needs no
+per-lease index: the id names its process, and the token tells a live lease, an ended one
+(token issued before), and one never granted (token not issued yet) apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+PROCESS_ID_BITS = 80
+TOKEN_BITS = 42
+MAX_TOKEN = (1 << TOKEN_BITS) - 1
+_LOW_62 = (1 << 62) - 1
+
+
+def process_id(name: str) -> int:
+    """The 80-bit id of a process name: the leading bits of its SHA-256."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return int.from_bytes(digest[: PROCESS_ID_BITS // 8], "big")
+
+
+def compose(name: str, token: int) -> uuid.UUID:
+    """The external id of the lease with fencing `token` on process `name`."""
+    payload = (process_id(name) << TOKEN_BITS) | token  # 122 bits
+    high, low = payload >> 62, payload & _LOW_62  # 60 and 62 bits
+    value = (high >> 12) << 80 | 0x8 << 76 | (high & 0xFFF) << 64 | 0b10 << 62 | low
+    return uuid.UUID(int=value)
+
+
+def parse(external_id: str) -> tuple[int, int] | None:
+    """(process id, fencing token) of an id this service issued, or None if it cannot be one."""
+    try:
+        value = uuid.UUID(external_id)
+    except ValueError:
+        return None
+    if value.version != 8 or value.variant != uuid.RFC_4122:
+        return None
+    n = value.int
+    high = (n >> 80) << 12 | (n >> 64) & 0xFFF
+    payload = high << 62 | n & _LOW_62
+    token = payload & MAX_TOKEN
+    if token == 0:
+        return None
+    return payload >> TOKEN_BITS, token

@@ -1,0 +1,67 @@
+"""The records the coordinator hands out, and their JSON shapes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def rfc3339(microseconds: int | None) -> str | None:
+    """Microseconds since the epoch as RFC 3339 UTC with microseconds and `Z`."""
+    if microseconds is None:
+        return None
+    moment = _EPOCH + timedelta(microseconds=microseconds)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, slots=True)
+class Process:
+    """A registered batch process and its key space."""
+
+    name: str
+    key_set_size: int
+    lease_seconds: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The process object; `key_space_size` repeats `key_set_size` for the seed's readers."""
+        return {
+            "process_name": self.name,
+            "key_set_size": self.key_set_size,
+            "key_space_size": self.key_set_size,
+            "lease_seconds": self.lease_seconds,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class BatchKey:
+    """One key of a process, free or under a lease. Times are microseconds from Redis TIME."""
+
+    process_name: str
+    key: int
+    last_completed_us: int | None
+    external_id: str | None = None
+    machine: str | None = None
+    started_us: int | None = None
+    expires_us: int | None = None
+    fencing_token: int | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether the key was under a lease when read."""
+        return self.external_id is not None
+
+    def to_json(self) -> dict[str, Any]:
+        """The key object of the HTTP contract."""
+        return {
+            "external_id": self.external_id,
+            "key": self.key,
+            "last_completed_at": rfc3339(self.last_completed_us),
+            "machine": self.machine,
+            "process_name": self.process_name,
+            "started_at": rfc3339(self.started_us),
+            "expires_at": rfc3339(self.expires_us),
+            "fencing_token": self.fencing_token,
+        }

@@ -1,0 +1,245 @@
+"""The OpenAPI 3.1 description of the HTTP API, served at /openapi.json."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from coordinator import __version__, validation
+from coordinator.problems import MEDIA_TYPE, PROBLEMS
+
+JSON = "application/json"
+Schema = dict[str, Any]
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _problems(*codes: str) -> dict[str, Any]:
+    """Responses for the given problem codes, grouped by status."""
+    by_status: dict[int, list[str]] = {}
+    for code in (*codes, "store_unavailable"):
+        by_status.setdefault(PROBLEMS[code][0], []).append(code)
+    responses: dict[str, Any] = {}
+    for status, group in sorted(by_status.items()):
+        response: dict[str, Any] = {
+            "description": " or ".join(f"`{c}`" for c in group),
+            "content": {MEDIA_TYPE: {"schema": _ref("Problem")}},
+        }
+        if "no_free_key" in group or "store_unavailable" in group:
+            response["headers"] = {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}}
+        if status == 405:
+            response["headers"] = {"Allow": {"schema": {"type": "string"}}}
+        responses[str(status)] = response
+    return responses
+
+
+def _ok(status: int, description: str, schema: Schema, *, location: bool = False) -> Any:
+    response: dict[str, Any] = {"description": description, "content": {JSON: {"schema": schema}}}
+    if location:
+        response["headers"] = {"Location": {"schema": {"type": "string"}}}
+    return {str(status): response}
+
+
+def _body(schema: str, *, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {JSON: {"schema": _ref(schema)}}}
+
+
+_BODY_PROBLEMS = ("malformed_json", "body_too_large", "unsupported_media_type", "invalid_field")
+_PROCESS_NAME = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": validation.PROCESS_NAME_MAX,
+    "pattern": validation.PROCESS_NAME_PATTERN,
+}
+_LEASE = {"type": "integer", "minimum": 1, "maximum": validation.LEASE_SECONDS_MAX}
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+_NAME_PARAM = {"name": "process_name", "in": "path", "required": True, "schema": _PROCESS_NAME}
+# OpenAPI holds /batch_keys/{a} and /batch_keys/{b} to be one path, so GET (a process name)
+# and PATCH/DELETE (an external id) share the template variable `id`.
+_KEYS_NAME_PARAM = {**_NAME_PARAM, "name": "id", "description": "The process name."}
+_ID_PARAM = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": "The external_id of the lease.",
+    "schema": {"type": "string"},
+}
+
+_SCHEMAS: dict[str, Schema] = {
+    "Process": {
+        "type": "object",
+        "required": ["process_name", "key_set_size", "key_space_size", "lease_seconds"],
+        "properties": {
+            "process_name": _PROCESS_NAME,
+            "key_set_size": {"type": "integer", "minimum": 1},
+            "key_space_size": {"type": "integer", "minimum": 1, "description": "= key_set_size"},
+            "lease_seconds": _LEASE,
+        },
+    },
+    "BatchKey": {
+        "type": "object",
+        "required": [
+            "external_id", "key", "last_completed_at", "machine", "process_name",
+            "started_at", "expires_at", "fencing_token",
+        ],  # fmt: skip
+        "properties": {
+            "external_id": {"type": ["string", "null"], "format": "uuid"},
+            "key": {"type": "integer", "minimum": 0},
+            "last_completed_at": _TIME,
+            "machine": {"type": ["string", "null"]},
+            "process_name": _PROCESS_NAME,
+            "started_at": _TIME,
+            "expires_at": _TIME,
+            "fencing_token": {"type": ["integer", "null"], "minimum": 1},
+        },
+    },
+    "RegisterRequest": {
+        "type": "object",
+        "required": ["process_name"],
+        "additionalProperties": False,
+        "properties": {
+            "process_name": _PROCESS_NAME,
+            "key_set_size": {"type": "integer", "minimum": 1, "default": 10},
+            "lease_seconds": _LEASE,
+        },
+    },
+    "GrantRequest": {
+        "type": "object",
+        "required": ["process_name", "machine"],
+        "additionalProperties": False,
+        "properties": {
+            "process_name": _PROCESS_NAME,
+            "machine": {"type": "string", "minLength": 1, "maxLength": validation.MACHINE_MAX},
+            "lease_seconds": _LEASE,
+        },
+    },
+    "RenewRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"lease_seconds": _LEASE},
+    },
+    "Problem": {
+        "type": "object",
+        "required": ["type", "title", "status", "detail", "code"],
+        "properties": {
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+            "code": {"type": "string", "enum": sorted(PROBLEMS)},
+        },
+    },
+    "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
+}
+
+
+@cache
+def document() -> dict[str, Any]:
+    """The whole OpenAPI document (built once; it never changes while the service runs)."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Batch Process Coordinator",
+            "version": __version__,
+            "description": "Hands out numbered batch keys to workers. Every error is an"
+            " RFC 9457 problem document with a stable `code`.",
+        },
+        "paths": {
+            "/api/v1/process": {
+                "get": {
+                    "summary": "List registered processes, by name",
+                    "operationId": "listProcesses",
+                    "responses": {
+                        **_ok(200, "The processes", {"type": "array", "items": _ref("Process")}),
+                        **_problems(),
+                    },
+                },
+                "post": {
+                    "summary": "Register a process and its key space",
+                    "operationId": "registerProcess",
+                    "requestBody": _body("RegisterRequest"),
+                    "responses": {
+                        **_ok(201, "Registered", _ref("Process"), location=True),
+                        **_problems("process_exists", *_BODY_PROBLEMS),
+                    },
+                },
+            },
+            "/api/v1/process/{process_name}": {
+                "delete": {
+                    "summary": "Unregister a process, ending all of its leases",
+                    "operationId": "unregisterProcess",
+                    "parameters": [_NAME_PARAM],
+                    "responses": {
+                        **_ok(200, "The process as it was", _ref("Process")),
+                        **_problems("unknown_process", "invalid_field"),
+                    },
+                },
+            },
+            "/api/v1/process/batch_keys": {
+                "post": {
+                    "summary": "Request a key: the free key whose last completion is oldest",
+                    "operationId": "grantBatchKey",
+                    "requestBody": _body("GrantRequest"),
+                    "responses": {
+                        **_ok(201, "The key just granted", _ref("BatchKey"), location=True),
+                        **_problems("unknown_process", "no_free_key", *_BODY_PROBLEMS),
+                    },
+                },
+            },
+            "/api/v1/process/batch_keys/{id}": {
+                "get": {
+                    "summary": "The state of every key of a process, by key",
+                    "operationId": "listBatchKeys",
+                    "parameters": [_KEYS_NAME_PARAM],
+                    "responses": {
+                        **_ok(200, "The keys", {"type": "array", "items": _ref("BatchKey")}),
+                        **_problems("unknown_process", "invalid_field"),
+                    },
+                },
+                "patch": {
+                    "summary": "Renew a lease from now",
+                    "operationId": "renewBatchKey",
+                    "parameters": [_ID_PARAM],
+                    "requestBody": _body("RenewRequest", required=False),
+                    "responses": {
+                        **_ok(200, "The lease with its new expiry", _ref("BatchKey")),
+                        **_problems("unknown_lease", "lease_gone", *_BODY_PROBLEMS),
+                    },
+                },
+                "delete": {
+                    "summary": "Release a lease",
+                    "operationId": "releaseBatchKey",
+                    "parameters": [
+                        _ID_PARAM,
+                        {
+                            "name": "outcome",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"enum": list(validation.OUTCOMES), "default": "completed"},
+                        },
+                    ],
+                    "responses": {
+                        **_ok(200, "The key as it stood at release", _ref("BatchKey")),
+                        **_problems("unknown_lease", "lease_gone", "invalid_field"),
+                    },
+                },
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "The process runs",
+                    "operationId": "healthz",
+                    "responses": _ok(200, "Alive", _ref("Status")),
+                },
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "A script round trip to Redis succeeds",
+                    "operationId": "readyz",
+                    "responses": {**_ok(200, "Ready", _ref("Status")), **_problems()},
+                },
+            },
+        },
+        "components": {"schemas": _SCHEMAS},
+    }

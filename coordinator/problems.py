@@ -1,0 +1,116 @@
+"""The one place failures become RFC 9457 problem responses."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Match
+
+from coordinator import errors
+
+logger = logging.getLogger("coordinator")
+
+MEDIA_TYPE = "application/problem+json"
+
+
+class MalformedJson(errors.CoordinatorError):
+    """The body is not valid JSON, or not a JSON object."""
+
+    code = "malformed_json"
+
+
+class BodyTooLarge(errors.CoordinatorError):
+    """The body is larger than the service accepts."""
+
+    code = "body_too_large"
+
+
+class UnsupportedMediaType(errors.CoordinatorError):
+    """The body is declared as something other than JSON."""
+
+    code = "unsupported_media_type"
+
+
+# code -> (status, title); the title is the same for every occurrence of a code.
+PROBLEMS: dict[str, tuple[int, str]] = {
+    "malformed_json": (400, "Malformed JSON body"),
+    "unknown_process": (404, "Unknown process"),
+    "unknown_lease": (404, "Unknown lease"),
+    "not_found": (404, "Not found"),
+    "method_not_allowed": (405, "Method not allowed"),
+    "process_exists": (409, "Process already registered"),
+    "no_free_key": (409, "No free key"),
+    "lease_gone": (410, "Lease has ended"),
+    "body_too_large": (413, "Request body too large"),
+    "unsupported_media_type": (415, "Unsupported media type"),
+    "invalid_field": (422, "Invalid field"),
+    "internal_error": (500, "Internal server error"),
+    "store_unavailable": (503, "Store unavailable"),
+}
+
+
+def problem(code: str, detail: str, headers: dict[str, str] | None = None) -> Response:
+    """A problem+json response for one of the codes in PROBLEMS."""
+    status, title = PROBLEMS[code]
+    body: dict[str, Any] = {
+        "type": f"/problems/{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    return Response(orjson.dumps(body), status, headers=headers, media_type=MEDIA_TYPE)
+
+
+async def coordinator_error(request: Request, exc: Exception) -> Response:
+    """Every CoordinatorError, by its code; unknown codes are the service's own fault."""
+    assert isinstance(exc, errors.CoordinatorError)
+    headers: dict[str, str] = {}
+    if isinstance(exc, errors.NoFreeKey):
+        headers["Retry-After"] = str(exc.retry_after_seconds)
+    elif isinstance(exc, errors.StoreUnavailable):
+        headers["Retry-After"] = "1"
+        logger.warning("store unavailable: %s", exc)
+    if exc.code not in PROBLEMS:
+        logger.error("unmapped error on %s %s: %r", request.method, request.url.path, exc)
+        return problem("internal_error", "The service failed to handle this request.")
+    return problem(exc.code, str(exc), headers)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Routing failures raised by Starlette: unknown route, wrong method."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        allow = ", ".join(_allowed_methods(request))
+        return problem(
+            "method_not_allowed",
+            f"{request.method} is not allowed on {request.url.path}; allowed: {allow}.",
+            {"Allow": allow},
+        )
+    if exc.status_code == 404:
+        return problem("not_found", f"No route {request.url.path}.")
+    phrase = HTTPStatus(exc.status_code).phrase
+    body = {"type": "about:blank", "title": phrase, "status": exc.status_code, "detail": exc.detail}
+    return Response(orjson.dumps(body), exc.status_code, media_type=MEDIA_TYPE)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route accepts at this path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches({**request.scope, "method": "OPTIONS"})
+        if match != Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    """A bug: log it whole, answer a problem without internals."""
+    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem("internal_error", "The service failed to handle this request.")

@@ -1,0 +1,125 @@
+"""Request bodies in, JSON out: size and syntax checks, field checks, serialisation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from coordinator import validation
+from coordinator.errors import InvalidField
+from coordinator.problems import BodyTooLarge, MalformedJson, UnsupportedMediaType
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+class JSONResponse(Response):
+    """orjson-encoded `application/json`."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:  # noqa: ANN401 - any JSON value
+        """Encode `content` with orjson."""
+        return orjson.dumps(content)
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterBody:
+    """POST /api/v1/process."""
+
+    process_name: str
+    key_set_size: int | None
+    lease_seconds: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class GrantBody:
+    """POST /api/v1/process/batch_keys."""
+
+    process_name: str
+    machine: str
+    lease_seconds: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RenewBody:
+    """PATCH /api/v1/process/batch_keys/<external_id>."""
+
+    lease_seconds: int | None
+
+
+async def register_body(request: Request, max_key_set_size: int) -> RegisterBody:
+    """Parse and check a registration."""
+    body = await _object(request, {"process_name", "key_set_size", "lease_seconds"})
+    size = body.get("key_set_size")
+    lease = body.get("lease_seconds")
+    return RegisterBody(
+        process_name=validation.process_name(_required(body, "process_name")),
+        key_set_size=None if size is None else validation.key_set_size(size, max_key_set_size),
+        lease_seconds=None if lease is None else validation.lease_seconds(lease),
+    )
+
+
+async def grant_body(request: Request) -> GrantBody:
+    """Parse and check a key request."""
+    body = await _object(request, {"process_name", "machine", "lease_seconds"})
+    lease = body.get("lease_seconds")
+    return GrantBody(
+        process_name=validation.process_name(_required(body, "process_name")),
+        machine=validation.machine(_required(body, "machine")),
+        lease_seconds=None if lease is None else validation.lease_seconds(lease),
+    )
+
+
+async def renew_body(request: Request) -> RenewBody:
+    """Parse and check a renewal; an empty body keeps the lease's own length."""
+    body = await _object(request, {"lease_seconds"}, allow_empty=True)
+    lease = body.get("lease_seconds")
+    return RenewBody(lease_seconds=None if lease is None else validation.lease_seconds(lease))
+
+
+def _required(body: dict[str, Any], field: str) -> object:
+    if body.get(field) is None:
+        raise InvalidField(field, "is required")
+    return body[field]
+
+
+async def _object(
+    request: Request, fields: set[str], *, allow_empty: bool = False
+) -> dict[str, Any]:
+    """The body as a JSON object with no fields but `fields`."""
+    raw = await _read(request)
+    if not raw.strip() and allow_empty:
+        return {}
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media and media != "application/json" and not media.endswith("+json"):
+        raise UnsupportedMediaType(f"Send the body as application/json, not {media}.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise MalformedJson(f"The body is not valid JSON: {error}.") from None
+    if not isinstance(body, dict):
+        raise MalformedJson("The body must be a JSON object.")
+    unknown = sorted(set(body) - fields)
+    if unknown:
+        raise InvalidField(unknown[0], f"is not a field of this request ({', '.join(sorted(fields))})")
+    return body
+
+
+async def _read(request: Request) -> bytes:
+    """The body, refused as soon as it passes MAX_BODY_BYTES (declared or streamed)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise BodyTooLarge(f"The body may be at most {MAX_BODY_BYTES} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BodyTooLarge(f"The body may be at most {MAX_BODY_BYTES} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)

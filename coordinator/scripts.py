@@ -1,0 +1,96 @@
+"""Loads the Lua scripts in `lua/` and maps their status codes to exceptions."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from coordinator.errors import (
+    CoordinatorError,
+    LeaseGone,
+    NoFreeKey,
+    ProcessExists,
+    UnexpectedReply,
+    UnknownLease,
+    UnknownProcess,
+)
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
+NAMES = ("register", "unregister", "grant", "renew", "release", "inspect")
+
+
+class Status(IntEnum):
+    """The first element of every script's reply."""
+
+    OK = 0
+    UNKNOWN_PROCESS = 1
+    PROCESS_EXISTS = 2
+    NO_FREE_KEY = 3
+    UNKNOWN_LEASE = 4
+    LEASE_GONE = 5
+
+
+def lua_dir() -> Path:
+    """Where the scripts are: inside the installed package, or beside it in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "lua", here.parent / "lua"):
+        if (candidate / "grant.lua").is_file():
+            return candidate
+    raise FileNotFoundError(f"the coordinator's Lua scripts are missing (looked in {here})")
+
+
+def sources() -> dict[str, str]:
+    """The source of each script, by operation name."""
+    folder = lua_dir()
+    return {name: (folder / f"{name}.lua").read_text() for name in NAMES}
+
+
+class Scripts:
+    """The scripts registered on one Redis client; each call is EVALSHA, reloaded on NOSCRIPT."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._scripts: dict[str, AsyncScript] = {
+            name: redis.register_script(source) for name, source in sources().items()
+        }
+
+    async def call(self, name: str, keys: list[str], args: list[str | int]) -> list[Any]:
+        """Run one script and return its reply (a list whose first element is a Status)."""
+        reply = await self._scripts[name](keys=keys, args=args)
+        if not isinstance(reply, list) or not reply:
+            raise UnexpectedReply(f"script {name} answered {reply!r}")
+        return reply
+
+    async def load_missing(self) -> int:
+        """Load every script Redis has forgotten (after a restart or SCRIPT FLUSH); count them."""
+        scripts = list(self._scripts.values())
+        present = await self._redis.script_exists(*(s.sha for s in scripts))
+        missing = [s for s, ok in zip(scripts, present, strict=True) if not ok]
+        for script in missing:
+            await self._redis.script_load(script.script)
+        return len(missing)
+
+
+def raise_for_status(reply: list[Any], *, process_name: str = "", external_id: str = "") -> None:
+    """Raise the exception a script's status code stands for; return quietly on OK."""
+    code = reply[0]
+    if code == Status.OK:
+        return
+    error: CoordinatorError
+    if code == Status.UNKNOWN_PROCESS:
+        error = UnknownProcess(process_name)
+    elif code == Status.PROCESS_EXISTS:
+        error = ProcessExists(process_name)
+    elif code == Status.NO_FREE_KEY:
+        error = NoFreeKey(process_name, int(reply[1]))
+    elif code == Status.UNKNOWN_LEASE:
+        error = UnknownLease(external_id)
+    elif code == Status.LEASE_GONE:
+        error = LeaseGone(external_id)
+    else:
+        error = UnexpectedReply(f"unknown script status {code!r}")
+    raise error

@@ -1,0 +1,233 @@
+"""The coordinator's operations on Redis, shared by the HTTP API and direct workers.
+
+Every change is one Lua script (see `lua/`); this module builds the keys and arguments,
+turns replies into records, and turns failures into the exceptions of `errors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from coordinator import lease_id, validation
+from coordinator.errors import ProcessExists, StoreUnavailable, UnknownLease, UnknownProcess
+from coordinator.keys import KeySpace
+from coordinator.models import BatchKey, Process
+from coordinator.scripts import Scripts, raise_for_status
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+INSPECT_CHUNK = 1000
+_PROCESS_ID_CACHE_MAX = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Defaults and bounds a deployment sets."""
+
+    default_key_set_size: int = 10
+    max_key_set_size: int = 1_000_000
+    default_lease_seconds: int = 3600
+
+
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    """Redis being down or slow is the store's failure, never the caller's."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError) as error:
+        raise StoreUnavailable(f"Redis did not answer: {error}") from error
+
+
+class Store:
+    """Register processes, grant, renew and release their keys; all state stays in Redis."""
+
+    def __init__(self, redis: Redis, *, prefix: str = "bpc", limits: Limits | None = None) -> None:
+        self.redis = redis
+        self.keys = KeySpace(prefix)
+        self.limits = limits or Limits()
+        self.scripts = Scripts(redis)
+        # Process id -> name is fixed by the hash, so this cache never goes stale.
+        self._names: dict[int, str] = {}
+
+    async def register(
+        self, name: str, key_set_size: int | None = None, lease_seconds: int | None = None
+    ) -> Process:
+        """Register a process of `key_set_size` keys; raises ProcessExists if the name is taken."""
+        name = validation.process_name(name)
+        size = validation.key_set_size(
+            self.limits.default_key_set_size if key_set_size is None else key_set_size,
+            self.limits.max_key_set_size,
+        )
+        lease = validation.lease_seconds(
+            self.limits.default_lease_seconds if lease_seconds is None else lease_seconds
+        )
+        pid = f"{lease_id.process_id(name):020x}"
+        with _store_errors():
+            async with self.redis.pipeline(transaction=True) as claim:
+                claim.hsetnx(self.keys.process_ids, pid, name)
+                claim.hget(self.keys.process_ids, pid)
+                _, owner = await claim.execute()
+            if owner != name:
+                raise ProcessExists(name, f"'{name}' shares its id with process '{owner}'.")
+            reply = await self.scripts.call(
+                "register", [self.keys.process(name).meta], [size, lease * 1000]
+            )
+            # The name is listed only once its keys exist, so a listing never shows a
+            # half-made process; a duplicate registration re-lists it, healing a crash
+            # between the two steps.
+            await self.redis.zadd(self.keys.registry, {name: 0})
+        raise_for_status(reply, process_name=name)
+        return Process(name, size, lease)
+
+    async def processes(self) -> list[Process]:
+        """Every registered process, by name."""
+        with _store_errors():
+            names: list[str] = await self.redis.zrange(self.keys.registry, 0, -1)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.hmget(self.keys.process(name).meta, "size", "lease_ms")
+                metas = await pipe.execute()
+        return [
+            _process(name, meta) for name, meta in zip(names, metas, strict=True) if meta[0]
+        ]
+
+    async def process(self, name: str) -> Process:
+        """One registered process."""
+        name = validation.process_name(name)
+        with _store_errors():
+            meta = await self.redis.hmget(self.keys.process(name).meta, "size", "lease_ms")
+        if not meta[0]:
+            raise UnknownProcess(name)
+        return _process(name, meta)
+
+    async def unregister(self, name: str) -> Process:
+        """Delete a process, ending all of its leases; returns it as it was."""
+        name = validation.process_name(name)
+        k = self.keys.process(name)
+        with _store_errors():
+            await self.redis.zrem(self.keys.registry, name)
+            reply = await self.scripts.call(
+                "unregister", [k.meta, k.free, k.held, k.leases, k.tokens], []
+            )
+        raise_for_status(reply, process_name=name)
+        return Process(name, int(reply[1]), int(reply[2]) // 1000)
+
+    async def batch_keys(self, name: str) -> list[BatchKey]:
+        """The state of every key of a process, in key order."""
+        return [key async for key in self.iter_batch_keys(name)]
+
+    async def iter_batch_keys(self, name: str) -> AsyncIterator[BatchKey]:
+        """The keys of a process, read in consistent chunks so no script runs long."""
+        name = validation.process_name(name)
+        k = self.keys.process(name)
+        first, size = 0, 1
+        while first < size:
+            with _store_errors():
+                reply = await self.scripts.call(
+                    "inspect", [k.meta, k.free, k.leases], [first, INSPECT_CHUNK]
+                )
+            raise_for_status(reply, process_name=name)
+            size, now_us = int(reply[1]), int(reply[3])
+            for row in reply[4:]:
+                yield _batch_key(name, row, now_us)
+            first += INSPECT_CHUNK
+
+    async def grant(self, name: str, machine: str, lease_seconds: int | None = None) -> BatchKey:
+        """Lease the free key whose work is stalest; raises NoFreeKey when all are leased."""
+        name = validation.process_name(name)
+        machine = validation.machine(machine)
+        lease_ms = 0 if lease_seconds is None else validation.lease_seconds(lease_seconds) * 1000
+        k = self.keys.process(name)
+        with _store_errors():
+            reply = await self.scripts.call(
+                "grant", [k.meta, k.free, k.held, k.leases, k.tokens, k.fence], [machine, lease_ms]
+            )
+        raise_for_status(reply, process_name=name)
+        _, key, token, started, expires, last, _size, _lease_ms = reply
+        return BatchKey(
+            process_name=name,
+            key=key,
+            last_completed_us=_completed(last),
+            external_id=str(lease_id.compose(name, token)),
+            machine=machine,
+            started_us=started,
+            expires_us=expires,
+            fencing_token=token,
+        )
+
+    async def renew(self, external_id: str, lease_seconds: int | None = None) -> BatchKey:
+        """Extend a live lease from now, by `lease_seconds` or by its own length."""
+        lease_ms = 0 if lease_seconds is None else validation.lease_seconds(lease_seconds) * 1000
+        name, token = await self._resolve(external_id)
+        k = self.keys.process(name)
+        with _store_errors():
+            reply = await self.scripts.call(
+                "renew", [k.free, k.held, k.leases, k.tokens, k.fence], [token, lease_ms]
+            )
+        raise_for_status(reply, process_name=name, external_id=external_id)
+        _, key, token, started, expires, last, _lease_ms, machine = reply
+        return BatchKey(name, key, _completed(last), external_id, machine, started, expires, token)
+
+    async def release(self, external_id: str, outcome: str = "completed") -> BatchKey:
+        """End a live lease; `completed` stamps the key's completion, `failed` does not."""
+        outcome = validation.outcome(outcome)
+        name, token = await self._resolve(external_id)
+        k = self.keys.process(name)
+        with _store_errors():
+            reply = await self.scripts.call(
+                "release", [k.free, k.held, k.leases, k.tokens, k.fence], [token, outcome]
+            )
+        raise_for_status(reply, process_name=name, external_id=external_id)
+        _, key, token, started, last, machine = reply
+        return BatchKey(name, key, _completed(last), external_id, machine, started, None, token)
+
+    async def check_ready(self) -> None:
+        """Prove a script round trip works, reloading any script Redis has forgotten."""
+        probe = self.keys.process("readiness-probe")
+        with _store_errors():
+            await self.scripts.load_missing()
+            await self.scripts.call("inspect", [probe.meta, probe.free, probe.leases], [0, 0])
+
+    async def _resolve(self, external_id: str) -> tuple[str, int]:
+        """The process name and token an external id stands for, or UnknownLease."""
+        parsed = lease_id.parse(external_id)
+        if parsed is None:
+            raise UnknownLease(external_id)
+        pid, token = parsed
+        name = self._names.get(pid)
+        if name is None:
+            with _store_errors():
+                name = await self.redis.hget(self.keys.process_ids, f"{pid:020x}")
+            if name is None:
+                raise UnknownLease(external_id)
+            if len(self._names) >= _PROCESS_ID_CACHE_MAX:
+                self._names.clear()
+            self._names[pid] = name
+        return name, token
+
+
+def _completed(last: int) -> int | None:
+    """A staleness score as a completion time: negative scores mean never completed."""
+    return last if last >= 0 else None
+
+
+def _process(name: str, meta: list[Any]) -> Process:
+    return Process(name, int(meta[0]), int(meta[1]) // 1000)
+
+
+def _batch_key(name: str, row: list[Any], now_us: int) -> BatchKey:
+    key, last = int(row[0]), int(row[1])
+    if len(row) == 2 or int(row[4]) <= now_us:
+        return BatchKey(name, key, _completed(last))
+    _, _, token, started, expires, machine = row
+    return BatchKey(
+        name, key, _completed(last), str(lease_id.compose(name, token)), machine, started,
+        expires, token,
+    )

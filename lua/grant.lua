@@ -1,0 +1,70 @@
+-- grant.lua: lease the free key whose work is stalest to one worker.
+--
+-- KEYS[1] meta    hash   {size, lease_ms, fresh, created_us}
+-- KEYS[2] free    zset   key -> staleness score of touched keys that are free (see below)
+-- KEYS[3] held    zset   key -> expires_us of keys under lease
+-- KEYS[4] leases  hash   key -> "token|started_us|expires_us|lease_ms|last|machine"
+-- KEYS[5] tokens  hash   token -> key, for the leases that are live
+-- KEYS[6] fence   string the process name's last fencing token (never deleted)
+-- ARGV[1] machine   any string, stored as given
+-- ARGV[2] lease_ms  lease length in milliseconds; 0 takes the process's default
+--
+-- Returns {0, key, token, started_us, expires_us, last, size, lease_ms}  granted
+--         {1}                       no such process
+--         {3, retry_after_us}       no key free; microseconds until the earliest lease expires
+--
+-- Times are microseconds since the epoch from Redis TIME. `last` is the staleness score:
+-- the microsecond of the key's last completion, or (key - size) < 0 if it never completed,
+-- so never-completed keys sort first, lowest number first. Keys >= `fresh` were never
+-- touched; they are not stored, and the next of them has score (fresh - size).
+-- Cost: O(log size) plus at most RECLAIM_LIMIT expired leases returned to the free set.
+local meta, free, held, leases, tokens, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local machine = ARGV[1]
+local lease_ms = tonumber(ARGV[2])
+local RECLAIM_LIMIT = 16
+
+local m = redis.call('HMGET', meta, 'size', 'lease_ms', 'fresh')
+if not m[1] then
+  return {1}
+end
+local size, fresh = tonumber(m[1]), tonumber(m[3])
+if lease_ms == 0 then
+  lease_ms = tonumber(m[2])
+end
+
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+
+-- An expired lease is free: put it back where its staleness says, no background job needed.
+local expired = redis.call('ZRANGEBYSCORE', held, '-inf', string.format('%.0f', now_us),
+  'LIMIT', 0, RECLAIM_LIMIT)
+for _, key in ipairs(expired) do
+  local token, last = string.match(redis.call('HGET', leases, key), '^(%d+)|%d+|%d+|%d+|(-?%d+)|')
+  redis.call('HDEL', tokens, token)
+  redis.call('HDEL', leases, key)
+  redis.call('ZREM', held, key)
+  redis.call('ZADD', free, last, key)
+end
+
+local key, last
+local stalest = redis.call('ZRANGE', free, 0, 0, 'WITHSCORES')
+if fresh < size and (stalest[1] == nil or tonumber(stalest[2]) > fresh - size) then
+  key, last = fresh, fresh - size
+  redis.call('HINCRBY', meta, 'fresh', 1)
+elseif stalest[1] then
+  key, last = tonumber(stalest[1]), tonumber(stalest[2])
+  redis.call('ZREM', free, stalest[1])
+else
+  local earliest = redis.call('ZRANGE', held, 0, 0, 'WITHSCORES')
+  return {3, tonumber(earliest[2]) - now_us}
+end
+
+-- Numbers go to Redis as formatted strings: Lua's own conversion may print 1.7e+15.
+local name = string.format('%d', key)
+local token = redis.call('INCR', fence)
+local expires_us = now_us + lease_ms * 1000
+redis.call('HSET', leases, name, string.format('%d|%.0f|%.0f|%d|%.0f|', token, now_us, expires_us,
+  lease_ms, last) .. machine)
+redis.call('HSET', tokens, string.format('%d', token), name)
+redis.call('ZADD', held, string.format('%.0f', expires_us), name)
+return {0, key, token, now_us, expires_us, last, size, lease_ms}

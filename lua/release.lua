@@ -1,0 +1,44 @@
+-- release.lua: end a live lease, stamping the key's completion unless the work failed.
+--
+-- KEYS[1] free    zset   key -> staleness score; the released key goes back here
+-- KEYS[2] held    zset   key -> expires_us
+-- KEYS[3] leases  hash   key -> "token|started_us|expires_us|lease_ms|last|machine"
+-- KEYS[4] tokens  hash   token -> key, for the leases that are live
+-- KEYS[5] fence   string the process name's last fencing token
+-- ARGV[1] token    the lease's fencing token (decoded from its external_id)
+-- ARGV[2] outcome  "completed" (last completion becomes now) or "failed" (keeps its old place)
+--
+-- Returns {0, key, token, started_us, last, machine}  released; last is the key's staleness
+--            score afterwards: completion microsecond, or (key - size) < 0 if never completed
+--         {4}  no lease with this token was ever granted
+--         {5}  the lease was granted and has ended (released, expired, or process deleted)
+--
+-- Times are microseconds from Redis TIME; a lease whose expires_us <= now has ended.
+local free, held, leases, tokens, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local token = tonumber(ARGV[1])
+local outcome = ARGV[2]
+
+if token < 1 or token > tonumber(redis.call('GET', fence) or '0') then
+  return {4}
+end
+local key = redis.call('HGET', tokens, ARGV[1])
+if not key then
+  return {5}
+end
+local started, expires, last, machine = string.match(redis.call('HGET', leases, key),
+  '^%d+|(%d+)|(%d+)|%d+|(-?%d+)|(.*)$')
+
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local ended = tonumber(expires) <= now_us
+if outcome == 'completed' and not ended then
+  last = string.format('%.0f', now_us)
+end
+redis.call('HDEL', tokens, ARGV[1])
+redis.call('HDEL', leases, key)
+redis.call('ZREM', held, key)
+redis.call('ZADD', free, last, key)
+if ended then
+  return {5}
+end
+return {0, tonumber(key), token, tonumber(started), tonumber(last), machine}

@@ -1,0 +1,47 @@
+-- renew.lua: extend a live lease from now.
+--
+-- KEYS[1] free    zset   key -> staleness score (an expired lease is put back here)
+-- KEYS[2] held    zset   key -> expires_us
+-- KEYS[3] leases  hash   key -> "token|started_us|expires_us|lease_ms|last|machine"
+-- KEYS[4] tokens  hash   token -> key, for the leases that are live
+-- KEYS[5] fence   string the process name's last fencing token
+-- ARGV[1] token     the lease's fencing token (decoded from its external_id)
+-- ARGV[2] lease_ms  new lease length in milliseconds; 0 keeps the lease's own length
+--
+-- Returns {0, key, token, started_us, expires_us, last, lease_ms, machine}  renewed
+--         {4}  no lease with this token was ever granted
+--         {5}  the lease was granted and has ended (released, expired, or process deleted)
+--
+-- Times are microseconds from Redis TIME; a lease whose expires_us <= now has ended.
+local free, held, leases, tokens, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local token = tonumber(ARGV[1])
+local lease_ms = tonumber(ARGV[2])
+
+if token < 1 or token > tonumber(redis.call('GET', fence) or '0') then
+  return {4}
+end
+local key = redis.call('HGET', tokens, ARGV[1])
+if not key then
+  return {5}
+end
+local started, expires, own_ms, last, machine = string.match(redis.call('HGET', leases, key),
+  '^%d+|(%d+)|(%d+)|(%d+)|(-?%d+)|(.*)$')
+
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if tonumber(expires) <= now_us then
+  redis.call('HDEL', tokens, ARGV[1])
+  redis.call('HDEL', leases, key)
+  redis.call('ZREM', held, key)
+  redis.call('ZADD', free, last, key)
+  return {5}
+end
+
+if lease_ms == 0 then
+  lease_ms = tonumber(own_ms)
+end
+local expires_us = now_us + lease_ms * 1000
+redis.call('HSET', leases, key, string.format('%s|%s|%.0f|%d|%s|', ARGV[1], started, expires_us,
+  lease_ms, last) .. machine)
+redis.call('ZADD', held, string.format('%.0f', expires_us), key)
+return {0, tonumber(key), token, tonumber(started), expires_us, tonumber(last), lease_ms, machine}

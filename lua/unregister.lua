@@ -1,0 +1,24 @@
+-- unregister.lua: delete a process and end all of its leases at once.
+--
+-- KEYS[1] meta    hash   {size, lease_ms, fresh, created_us}
+-- KEYS[2] free    zset   key -> staleness score
+-- KEYS[3] held    zset   key -> expires_us
+-- KEYS[4] leases  hash   key -> lease record
+-- KEYS[5] tokens  hash   token -> key
+-- (The fence counter is deliberately not touched: fencing tokens keep growing across a
+-- delete and a new registration of the same name, and it tells ended leases (410) from
+-- never-granted ones (404).)
+--
+-- Returns {0, size, lease_ms}  deleted; the process as it was
+--         {1}                  no such process
+--
+-- UNLINK frees the large structures off the main thread, so a million-key process is
+-- deleted without blocking Redis.
+local meta, free, held, leases, tokens = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+
+local m = redis.call('HMGET', meta, 'size', 'lease_ms')
+if not m[1] then
+  return {1}
+end
+redis.call('UNLINK', meta, free, held, leases, tokens)
+return {0, tonumber(m[1]), tonumber(m[2])}

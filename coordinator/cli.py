@@ -46,22 +46,34 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         settings = Settings.from_env({**os.environ, "COORDINATOR_REDIS_URL": embedded.url})
         logger.info(
             "embedded Valkey on %s, data in %s (direct workers use this URL)",
-            embedded.url, settings.data_dir.resolve(),
-        )  # fmt: skip
+            embedded.url,
+            settings.data_dir.resolve(),
+        )
     elif settings.redis_url.startswith("memory://") and args.workers > 1:
         raise ConfigError("memory:// keeps state inside one process: use --workers 1")
     try:
         if args.workers == 1:
             from coordinator.app import create_app  # noqa: PLC0415
 
-            uvicorn.run(create_app(settings), host=args.host, port=args.port,
-                        log_level=args.log_level, proxy_headers=True)  # fmt: skip
+            uvicorn.run(
+                create_app(settings),
+                host=args.host,
+                port=args.port,
+                log_level=args.log_level,
+                proxy_headers=True,
+            )
         else:
             # Worker processes import the factory and read the URL from the environment.
             os.environ["COORDINATOR_REDIS_URL"] = str(settings.redis_url)
-            uvicorn.run("coordinator.app:create_app", factory=True, host=args.host,
-                        port=args.port, workers=args.workers, log_level=args.log_level,
-                        proxy_headers=True)  # fmt: skip
+            uvicorn.run(
+                "coordinator.app:create_app",
+                factory=True,
+                host=args.host,
+                port=args.port,
+                workers=args.workers,
+                log_level=args.log_level,
+                proxy_headers=True,
+            )
     finally:
         if embedded is not None:
             embedded.stop()

@@ -44,19 +44,26 @@ class Settings:
             data_dir=Path(get("DATA_DIR") or defaults.data_dir),
             key_prefix=prefix,
             default_lease_seconds=_int(
-                get("DEFAULT_LEASE_SECONDS"), "DEFAULT_LEASE_SECONDS",
-                defaults.default_lease_seconds, 1, LEASE_SECONDS_MAX,
+                get("DEFAULT_LEASE_SECONDS"),
+                "DEFAULT_LEASE_SECONDS",
+                defaults.default_lease_seconds,
+                1,
+                LEASE_SECONDS_MAX,
             ),
             max_key_set_size=_int(
                 get("MAX_KEY_SET_SIZE"), "MAX_KEY_SET_SIZE", defaults.max_key_set_size, 1, 1 << 40
             ),
             redis_timeout_seconds=_float(
-                get("REDIS_TIMEOUT_SECONDS"), "REDIS_TIMEOUT_SECONDS",
+                get("REDIS_TIMEOUT_SECONDS"),
+                "REDIS_TIMEOUT_SECONDS",
                 defaults.redis_timeout_seconds,
             ),
             redis_max_connections=_int(
-                get("REDIS_MAX_CONNECTIONS"), "REDIS_MAX_CONNECTIONS",
-                defaults.redis_max_connections, 1, 10_000,
+                get("REDIS_MAX_CONNECTIONS"),
+                "REDIS_MAX_CONNECTIONS",
+                defaults.redis_max_connections,
+                1,
+                10_000,
             ),
         )
 

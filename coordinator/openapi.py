@@ -35,7 +35,7 @@ def _problems(*codes: str) -> dict[str, Any]:
     return responses
 
 
-def _ok(status: int, description: str, schema: Schema, *, location: bool = False) -> Any:
+def _ok(status: int, description: str, schema: Schema, *, location: bool = False) -> dict[str, Any]:
     response: dict[str, Any] = {"description": description, "content": {JSON: {"schema": schema}}}
     if location:
         response["headers"] = {"Location": {"schema": {"type": "string"}}}
@@ -81,9 +81,15 @@ _SCHEMAS: dict[str, Schema] = {
     "BatchKey": {
         "type": "object",
         "required": [
-            "external_id", "key", "last_completed_at", "machine", "process_name",
-            "started_at", "expires_at", "fencing_token",
-        ],  # fmt: skip
+            "external_id",
+            "key",
+            "last_completed_at",
+            "machine",
+            "process_name",
+            "started_at",
+            "expires_at",
+            "fencing_token",
+        ],
         "properties": {
             "external_id": {"type": ["string", "null"], "format": "uuid"},
             "key": {"type": "integer", "minimum": 0},

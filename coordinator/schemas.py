@@ -106,7 +106,9 @@ async def _object(
         raise MalformedJson("The body must be a JSON object.")
     unknown = sorted(set(body) - fields)
     if unknown:
-        raise InvalidField(unknown[0], f"is not a field of this request ({', '.join(sorted(fields))})")
+        raise InvalidField(
+            unknown[0], f"is not a field of this request ({', '.join(sorted(fields))})"
+        )
     return body
 
 

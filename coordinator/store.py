@@ -89,14 +89,12 @@ class Store:
     async def processes(self) -> list[Process]:
         """Every registered process, by name."""
         with _store_errors():
-            names: list[str] = await self.redis.zrange(self.keys.registry, 0, -1)
+            names = [str(n) for n in await self.redis.zrange(self.keys.registry, 0, -1)]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for name in names:
                     pipe.hmget(self.keys.process(name).meta, "size", "lease_ms")
                 metas = await pipe.execute()
-        return [
-            _process(name, meta) for name, meta in zip(names, metas, strict=True) if meta[0]
-        ]
+        return [_process(name, meta) for name, meta in zip(names, metas, strict=True) if meta[0]]
 
     async def process(self, name: str) -> Process:
         """One registered process."""
@@ -204,9 +202,10 @@ class Store:
         name = self._names.get(pid)
         if name is None:
             with _store_errors():
-                name = await self.redis.hget(self.keys.process_ids, f"{pid:020x}")
-            if name is None:
+                found = await self.redis.hget(self.keys.process_ids, f"{pid:020x}")
+            if found is None:
                 raise UnknownLease(external_id)
+            name = str(found)
             if len(self._names) >= _PROCESS_ID_CACHE_MAX:
                 self._names.clear()
             self._names[pid] = name
@@ -228,6 +227,12 @@ def _batch_key(name: str, row: list[Any], now_us: int) -> BatchKey:
         return BatchKey(name, key, _completed(last))
     _, _, token, started, expires, machine = row
     return BatchKey(
-        name, key, _completed(last), str(lease_id.compose(name, token)), machine, started,
-        expires, token,
+        name,
+        key,
+        _completed(last),
+        str(lease_id.compose(name, token)),
+        machine,
+        started,
+        expires,
+        token,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -34,12 +35,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Stop(Exception):
+    """SIGTERM or SIGINT, after uvicorn's graceful shutdown re-raised it."""
+
+
+def _stop(signum: int, _frame: object) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     """Serve the API, on the configured Redis or on an embedded Valkey started here."""
     import uvicorn  # noqa: PLC0415 - only the server needs it
 
     if args.workers < 1:
         raise ConfigError("--workers must be at least 1")
+    # uvicorn re-raises the stopping signal once it has shut down; with the default handler
+    # that would kill this process before the embedded Valkey is stopped.
+    for stopping in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stopping, _stop)
     embedded: EmbeddedValkey | None = None
     if settings.redis_url is None:
         embedded = EmbeddedValkey(settings.data_dir).start()
@@ -74,6 +87,8 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
                 log_level=args.log_level,
                 proxy_headers=True,
             )
+    except _Stop as stop:
+        logger.info("stopped by %s", stop)
     finally:
         if embedded is not None:
             embedded.stop()

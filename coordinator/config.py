@@ -9,6 +9,8 @@ from pathlib import Path
 
 from coordinator.validation import LEASE_SECONDS_MAX
 
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", "memory://")
+
 
 class ConfigError(ValueError):
     """An environment variable holds a value the service cannot use."""
@@ -39,8 +41,14 @@ class Settings:
         prefix = get("KEY_PREFIX") or defaults.key_prefix
         if any(c in prefix for c in "{} \t\r\n"):
             raise ConfigError("COORDINATOR_KEY_PREFIX may not contain braces or whitespace")
+        redis_url = get("REDIS_URL")
+        if redis_url is not None and not redis_url.startswith(REDIS_URL_SCHEMES):
+            raise ConfigError(
+                "COORDINATOR_REDIS_URL must start with redis://, rediss://, unix:// or memory://,"
+                f" not {redis_url!r}"
+            )
         return cls(
-            redis_url=get("REDIS_URL"),
+            redis_url=redis_url,
             data_dir=Path(get("DATA_DIR") or defaults.data_dir),
             key_prefix=prefix,
             default_lease_seconds=_int(

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from coordinator.config import ConfigError, Settings
+from coordinator.config import REDIS_URL_SCHEMES, ConfigError, Settings
 
 MEMORY_URL = "memory://"
-_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def connect(url: str, settings: Settings) -> Redis:
@@ -21,11 +20,8 @@ def connect(url: str, settings: Settings) -> Redis:
             ) from None
         client: Redis = fakeredis.FakeAsyncRedis(decode_responses=True)
         return client
-    if not url.startswith(_SCHEMES):
-        raise ConfigError(
-            f"COORDINATOR_REDIS_URL must start with redis://, rediss://, unix:// or memory://,"
-            f" not {url!r}"
-        )
+    if not url.startswith(REDIS_URL_SCHEMES):
+        raise ConfigError(f"a Redis URL must start with one of {REDIS_URL_SCHEMES}, not {url!r}")
     return Redis.from_url(
         url,
         decode_responses=True,

@@ -67,7 +67,9 @@ async def list_batch_keys(request: Request) -> Response:
 async def grant_batch_key(request: Request) -> Response:
     """POST /api/v1/process/batch_keys."""
     body = await schemas.grant_body(request)
-    key = await _store(request).grant(body.process_name, body.machine, body.lease_seconds)
+    key = await _store(request).grant(
+        body.process_name, body.machine, body.lease_seconds, body.wait_seconds
+    )
     location = f"{API}/process/batch_keys/{key.external_id}"
     return JSONResponse(key.to_json(), 201, headers={"Location": location})
 
@@ -143,7 +145,7 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
             if redis is None:
                 await client.aclose()
 
-    return Starlette(
+    app = Starlette(
         routes=ROUTES,
         lifespan=lifespan,
         exception_handlers={
@@ -152,3 +154,7 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
             Exception: problems.unexpected_error,
         },
     )
+    # An unknown route is a 404 problem, not a 307 to a neighbour: a redirect of
+    # DELETE .../batch_keys/ (empty id) would land on deleting a process named "batch_keys".
+    app.router.redirect_slashes = False
+    return app

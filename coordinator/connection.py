@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from coordinator.config import REDIS_URL_SCHEMES, ConfigError, Settings
 
@@ -22,11 +22,15 @@ def connect(url: str, settings: Settings) -> Redis:
         return client
     if not url.startswith(REDIS_URL_SCHEMES):
         raise ConfigError(f"a Redis URL must start with one of {REDIS_URL_SCHEMES}, not {url!r}")
-    return Redis.from_url(
+    # A blocking pool: when every connection is busy (waiting grants hold one each), a
+    # request queues for one instead of failing.
+    pool = BlockingConnectionPool.from_url(
         url,
         decode_responses=True,
         socket_timeout=settings.redis_timeout_seconds,
         socket_connect_timeout=settings.redis_timeout_seconds,
         max_connections=settings.redis_max_connections,
+        timeout=settings.redis_timeout_seconds,
         health_check_interval=30,
     )
+    return Redis.from_pool(pool)  # the client owns the pool and closes it

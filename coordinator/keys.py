@@ -19,6 +19,7 @@ class ProcessKeys:
     leases: str
     tokens: str
     fence: str
+    freed: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,7 @@ class KeySpace:
             leases=base + "leases",
             tokens=base + "tokens",
             fence=base + "fence",
+            freed=base + "freed",
         )
 
     @property

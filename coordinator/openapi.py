@@ -119,6 +119,14 @@ _SCHEMAS: dict[str, Schema] = {
             "process_name": _PROCESS_NAME,
             "machine": {"type": "string", "minLength": 1, "maxLength": validation.MACHINE_MAX},
             "lease_seconds": _LEASE,
+            "wait_seconds": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": validation.WAIT_SECONDS_MAX,
+                "default": 0,
+                "description": "When no key is free, wait up to this long for the first key"
+                " released or expired (no polling) before answering 409 no_free_key.",
+            },
         },
     },
     "RenewRequest": {

@@ -42,6 +42,7 @@ class GrantBody:
     process_name: str
     machine: str
     lease_seconds: int | None
+    wait_seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +66,14 @@ async def register_body(request: Request, max_key_set_size: int) -> RegisterBody
 
 async def grant_body(request: Request) -> GrantBody:
     """Parse and check a key request."""
-    body = await _object(request, {"process_name", "machine", "lease_seconds"})
+    body = await _object(request, {"process_name", "machine", "lease_seconds", "wait_seconds"})
     lease = body.get("lease_seconds")
+    wait = body.get("wait_seconds")
     return GrantBody(
         process_name=validation.process_name(_required(body, "process_name")),
         machine=validation.machine(_required(body, "machine")),
         lease_seconds=None if lease is None else validation.lease_seconds(lease),
+        wait_seconds=0 if wait is None else validation.wait_seconds(wait),
     )
 
 

@@ -6,6 +6,7 @@ turns replies into records, and turns failures into the exceptions of `errors`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,7 +16,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from coordinator import lease_id, validation
-from coordinator.errors import ProcessExists, StoreUnavailable, UnknownLease, UnknownProcess
+from coordinator.errors import (
+    NoFreeKey,
+    ProcessExists,
+    StoreUnavailable,
+    UnknownLease,
+    UnknownProcess,
+)
 from coordinator.keys import KeySpace
 from coordinator.models import BatchKey, Process
 from coordinator.scripts import Scripts, raise_for_status
@@ -24,6 +31,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 INSPECT_CHUNK = 1000
+BLOCK_SLICE_SECONDS = 0.5
 _PROCESS_ID_CACHE_MAX = 65_536
 
 
@@ -112,7 +120,7 @@ class Store:
         with _store_errors():
             await self.redis.zrem(self.keys.registry, name)
             reply = await self.scripts.call(
-                "unregister", [k.meta, k.free, k.held, k.leases, k.tokens], []
+                "unregister", [k.meta, k.free, k.held, k.leases, k.tokens, k.freed], []
             )
         raise_for_status(reply, process_name=name)
         return Process(name, int(reply[1]), int(reply[2]) // 1000)
@@ -137,17 +145,41 @@ class Store:
                 yield _batch_key(name, row, now_us)
             first += INSPECT_CHUNK
 
-    async def grant(self, name: str, machine: str, lease_seconds: int | None = None) -> BatchKey:
-        """Lease the free key whose work is stalest; raises NoFreeKey when all are leased."""
+    async def grant(
+        self,
+        name: str,
+        machine: str,
+        lease_seconds: int | None = None,
+        wait_seconds: float = 0,
+    ) -> BatchKey:
+        """Lease the free key whose work is stalest.
+
+        When none is free, wait up to `wait_seconds` for the first one released or expired,
+        then raise NoFreeKey. Waiters block on the process's `freed` list (BLPOP), which every
+        release pushes to, so none of them polls.
+        """
         name = validation.process_name(name)
         machine = validation.machine(machine)
         lease_ms = 0 if lease_seconds is None else validation.lease_seconds(lease_seconds) * 1000
+        wait_seconds = validation.wait_seconds(wait_seconds)
+        deadline = time.monotonic() + wait_seconds
         k = self.keys.process(name)
-        with _store_errors():
-            reply = await self.scripts.call(
-                "grant", [k.meta, k.free, k.held, k.leases, k.tokens, k.fence], [machine, lease_ms]
-            )
-        raise_for_status(reply, process_name=name)
+        while True:
+            with _store_errors():
+                reply = await self.scripts.call(
+                    "grant",
+                    [k.meta, k.free, k.held, k.leases, k.tokens, k.fence],
+                    [machine, lease_ms],
+                )
+            try:
+                raise_for_status(reply, process_name=name)
+                break
+            except NoFreeKey as busy:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise
+                # Wake on a release, or when the earliest lease expires, whichever is first.
+                await self._await_freed(k.freed, min(remaining, busy.retry_after_us / 1e6))
         _, key, token, started, expires, last, _size, _lease_ms = reply
         return BatchKey(
             process_name=name,
@@ -160,6 +192,15 @@ class Store:
             fencing_token=token,
         )
 
+    async def _await_freed(self, freed: str, seconds: float) -> None:
+        """Block until a key of the process is released, or `seconds` pass."""
+        # Short slices keep each blocking call inside the client's socket timeout.
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            with _store_errors():
+                if await self.redis.blpop([freed], timeout=min(remaining, BLOCK_SLICE_SECONDS)):
+                    return
+
     async def renew(self, external_id: str, lease_seconds: int | None = None) -> BatchKey:
         """Extend a live lease from now, by `lease_seconds` or by its own length."""
         lease_ms = 0 if lease_seconds is None else validation.lease_seconds(lease_seconds) * 1000
@@ -167,7 +208,7 @@ class Store:
         k = self.keys.process(name)
         with _store_errors():
             reply = await self.scripts.call(
-                "renew", [k.free, k.held, k.leases, k.tokens, k.fence], [token, lease_ms]
+                "renew", [k.free, k.held, k.leases, k.tokens, k.fence, k.freed], [token, lease_ms]
             )
         raise_for_status(reply, process_name=name, external_id=external_id)
         _, key, token, started, expires, last, _lease_ms, machine = reply
@@ -180,7 +221,7 @@ class Store:
         k = self.keys.process(name)
         with _store_errors():
             reply = await self.scripts.call(
-                "release", [k.free, k.held, k.leases, k.tokens, k.fence], [token, outcome]
+                "release", [k.free, k.held, k.leases, k.tokens, k.fence, k.freed], [token, outcome]
             )
         raise_for_status(reply, process_name=name, external_id=external_id)
         _, key, token, started, last, machine = reply

@@ -10,6 +10,7 @@ PROCESS_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
 PROCESS_NAME_MAX = 128
 MACHINE_MAX = 256
 LEASE_SECONDS_MAX = 86_400
+WAIT_SECONDS_MAX = 60
 OUTCOMES = ("completed", "failed")
 
 _PROCESS_NAME = re.compile(PROCESS_NAME_PATTERN)
@@ -37,6 +38,17 @@ def key_set_size(value: object, maximum: int) -> int:
 def lease_seconds(value: object, field: str = "lease_seconds") -> int:
     """An integer number of seconds from 1 to a day."""
     return _integer(value, field, 1, LEASE_SECONDS_MAX)
+
+
+def wait_seconds(value: object) -> float:
+    """How long a key request may wait for a free key: 0 to 60 seconds."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise InvalidField("wait_seconds", f"must be a number from 0 to {WAIT_SECONDS_MAX}")
+    if not 0 <= value <= WAIT_SECONDS_MAX:
+        raise InvalidField(
+            "wait_seconds", f"must be a number from 0 to {WAIT_SECONDS_MAX}, not {value}"
+        )
+    return float(value)
 
 
 def machine(value: object) -> str:

@@ -5,6 +5,7 @@
 -- KEYS[3] leases  hash   key -> "token|started_us|expires_us|lease_ms|last|machine"
 -- KEYS[4] tokens  hash   token -> key, for the leases that are live
 -- KEYS[5] fence   string the process name's last fencing token
+-- KEYS[6] freed   list   wake-up signals for grants waiting for a free key
 -- ARGV[1] token    the lease's fencing token (decoded from its external_id)
 -- ARGV[2] outcome  "completed" (last completion becomes now) or "failed" (keeps its old place)
 --
@@ -14,7 +15,7 @@
 --         {5}  the lease was granted and has ended (released, expired, or process deleted)
 --
 -- Times are microseconds from Redis TIME; a lease whose expires_us <= now has ended.
-local free, held, leases, tokens, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local free, held, leases, tokens, fence, freed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local token = tonumber(ARGV[1])
 local outcome = ARGV[2]
 
@@ -38,6 +39,10 @@ redis.call('HDEL', tokens, ARGV[1])
 redis.call('HDEL', leases, key)
 redis.call('ZREM', held, key)
 redis.call('ZADD', free, last, key)
+-- Wake one waiting grant (see the store's wait_seconds); stale wake-ups are capped and expire.
+redis.call('RPUSH', freed, key)
+redis.call('LTRIM', freed, -64, -1)
+redis.call('PEXPIRE', freed, 60000)
 if ended then
   return {5}
 end

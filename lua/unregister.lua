@@ -5,6 +5,7 @@
 -- KEYS[3] held    zset   key -> expires_us
 -- KEYS[4] leases  hash   key -> lease record
 -- KEYS[5] tokens  hash   token -> key
+-- KEYS[6] freed   list   wake-up signals for waiting grants
 -- (The fence counter is deliberately not touched: fencing tokens keep growing across a
 -- delete and a new registration of the same name, and it tells ended leases (410) from
 -- never-granted ones (404).)
@@ -14,11 +15,11 @@
 --
 -- UNLINK frees the large structures off the main thread, so a million-key process is
 -- deleted without blocking Redis.
-local meta, free, held, leases, tokens = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local meta, free, held, leases, tokens, freed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 
 local m = redis.call('HMGET', meta, 'size', 'lease_ms')
 if not m[1] then
   return {1}
 end
-redis.call('UNLINK', meta, free, held, leases, tokens)
+redis.call('UNLINK', meta, free, held, leases, tokens, freed)
 return {0, tonumber(m[1]), tonumber(m[2])}

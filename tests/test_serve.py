@@ -184,3 +184,20 @@ def test_memory_url_refuses_several_workers(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "use --workers 1" in result.stderr
+
+
+def test_valkey_does_not_outlive_a_killed_service(tmp_path: Path) -> None:
+    with serving(_env(tmp_path / "data")) as served:
+        url = _redis_url(served.log)
+        served.process.kill()
+        served.process.wait(10)
+    probe = redis.Redis.from_url(url, socket_connect_timeout=0.2)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            probe.ping()
+        except redis.exceptions.ConnectionError:
+            break
+        assert time.monotonic() < deadline, "the embedded Valkey outlived its service"
+        time.sleep(0.05)
+    probe.close()

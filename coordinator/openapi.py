@@ -247,6 +247,13 @@ def document() -> dict[str, Any]:
                     "responses": _ok(200, "Alive", _ref("Status")),
                 },
             },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "operationId": "openapi",
+                    "responses": _ok(200, "OpenAPI 3.1", {"type": "object"}),
+                },
+            },
             "/readyz": {
                 "get": {
                     "summary": "A script round trip to Redis succeeds",

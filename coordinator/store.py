@@ -70,7 +70,10 @@ class Store:
         """Register a process of `key_set_size` keys; raises ProcessExists if the name is taken."""
         name = validation.process_name(name)
         size = validation.key_set_size(
-            self.limits.default_key_set_size if key_set_size is None else key_set_size,
+            # The default never exceeds a deployment's smaller maximum.
+            min(self.limits.default_key_set_size, self.limits.max_key_set_size)
+            if key_set_size is None
+            else key_set_size,
             self.limits.max_key_set_size,
         )
         lease = validation.lease_seconds(

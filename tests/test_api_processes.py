@@ -274,6 +274,14 @@ async def test_register_honours_the_configured_maximum(small_max: httpx.AsyncCli
     assert await _names(small_max) == ["p"]
 
 
+async def test_the_default_size_never_exceeds_a_smaller_maximum(
+    small_max: httpx.AsyncClient,
+) -> None:
+    response = await small_max.post(f"{API}/process", json={"process_name": "d"})
+    assert response.status_code == 201, response.text
+    assert response.json()["key_set_size"] == 5
+
+
 async def test_register_accepts_the_default_maximum_of_a_million(
     client: httpx.AsyncClient,
 ) -> None:

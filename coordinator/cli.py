@@ -6,12 +6,17 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 
-from coordinator import __version__
+from coordinator import __version__, output
+from coordinator.client.sync import Coordinator, HttpCoordinator, RedisCoordinator
 from coordinator.config import ConfigError, Settings
 from coordinator.embedded import EmbeddedError, EmbeddedValkey
+from coordinator.errors import CoordinatorError
+from coordinator.models import BatchKey, Process
+from coordinator.run import run_job
 
 logger = logging.getLogger("coordinator")
 
@@ -32,7 +37,109 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port to bind (8000)")
     serve.add_argument("--workers", type=int, default=1, help="API processes sharing the port")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument(
+        "--url",
+        default=os.environ.get("COORDINATOR_URL", "http://127.0.0.1:8000"),
+        help="the HTTP API (COORDINATOR_URL; default http://127.0.0.1:8000)",
+    )
+    client.add_argument(
+        "--redis-url", help="run the scripts directly on this Redis instead of calling the API"
+    )
+    client.add_argument(
+        "--prefix",
+        default=os.environ.get("COORDINATOR_KEY_PREFIX", "bpc"),
+        help="key prefix with --redis-url (COORDINATOR_KEY_PREFIX; default bpc)",
+    )
+    client.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    process = commands.add_parser("process", help="list, register or delete processes")
+    process_commands = process.add_subparsers(dest="action", required=True)
+    process_commands.add_parser("list", parents=[client], help="registered processes")
+    register = process_commands.add_parser("register", parents=[client], help="register one")
+    register.add_argument("name")
+    register.add_argument("--keys", type=int, help="key_set_size (default 10)")
+    register.add_argument("--lease-seconds", type=int, help="default lease of its grants")
+    delete = process_commands.add_parser("delete", parents=[client], help="delete one")
+    delete.add_argument("name")
+
+    keys = commands.add_parser("keys", parents=[client], help="the state of a process's keys")
+    keys.add_argument("name")
+    acquire = commands.add_parser("acquire", parents=[client], help="lease a key")
+    acquire.add_argument("name")
+    acquire.add_argument("--machine", default=socket.gethostname())
+    acquire.add_argument("--lease-seconds", type=int)
+    acquire.add_argument("--wait", type=float, default=0, help="seconds to wait for a free key")
+    renew = commands.add_parser("renew", parents=[client], help="extend a lease")
+    renew.add_argument("external_id")
+    renew.add_argument("--lease-seconds", type=int)
+    release = commands.add_parser("release", parents=[client], help="end a lease")
+    release.add_argument("external_id")
+    release.add_argument("--outcome", choices=["completed", "failed"], default="completed")
+
+    run = commands.add_parser(
+        "run",
+        parents=[client],
+        help="hold a key while a command runs",
+        description="Acquire a key, run COMMAND with BATCH_KEY, KEY_SET_SIZE, FENCING_TOKEN,"
+        " EXTERNAL_ID and PROCESS_NAME in its environment, renew while it runs, release"
+        " `completed` on exit 0 and `failed` otherwise; exit with the command's status.",
+    )
+    run.add_argument("name")
+    run.add_argument("--machine", default=socket.gethostname())
+    run.add_argument("--lease-seconds", type=int)
+    run.add_argument("--wait", type=float, default=0, help="seconds to wait for a free key")
+    run.add_argument("command_rest", nargs=argparse.REMAINDER, metavar="-- COMMAND ARGS...")
     return parser
+
+
+def _client(args: argparse.Namespace) -> Coordinator:
+    if args.redis_url:
+        return RedisCoordinator(args.redis_url, args.prefix)
+    return HttpCoordinator(args.url)
+
+
+def client_command(args: argparse.Namespace) -> int:
+    """Every command but `serve`: one call through the chosen transport, then print."""
+    if args.command == "run":
+        command = args.command_args
+        if not command:
+            raise ConfigError("run needs a command: coordinator run PROCESS -- COMMAND ARGS...")
+    with _client(args) as coordinator:
+        if args.command == "run":
+            return run_job(coordinator, args.name, args.machine, command,
+                           wait_seconds=args.wait, lease_seconds=args.lease_seconds)  # fmt: skip
+        result: Process | BatchKey | list[Process] | list[BatchKey]
+        if args.command == "process":
+            if args.action == "list":
+                result = coordinator.processes()
+            elif args.action == "register":
+                result = coordinator.register(args.name, args.keys, args.lease_seconds)
+            else:
+                result = coordinator.unregister(args.name)
+        elif args.command == "keys":
+            result = coordinator.keys(args.name)
+        elif args.command == "acquire":
+            result = coordinator.acquire(args.name, args.machine, args.lease_seconds, args.wait)
+        elif args.command == "renew":
+            result = coordinator.renew(args.external_id, args.lease_seconds)
+        else:
+            result = coordinator.release(args.external_id, args.outcome)
+    print(_render(result, as_json=args.json))
+    return 0
+
+
+def _render(result: Process | BatchKey | list[Process] | list[BatchKey], *, as_json: bool) -> str:
+    if as_json:
+        return output.as_json(result)
+    if isinstance(result, Process):
+        return output.processes_table([result])
+    if isinstance(result, BatchKey):
+        return output.keys_table([result])
+    if result and isinstance(result[0], BatchKey):
+        return output.keys_table([k for k in result if isinstance(k, BatchKey)])
+    return output.processes_table([p for p in result if isinstance(p, Process)])
 
 
 class _Stop(Exception):
@@ -98,16 +205,25 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `coordinator` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after `--` belongs to `coordinator run`'s command, never to our parser.
+    command_args: list[str] = []
+    if "--" in argv:
+        at = argv.index("--")
+        argv, command_args = argv[:at], argv[at + 1 :]
     args = _parser().parse_args(argv)
+    args.command_args = command_args or getattr(args, "command_rest", [])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     try:
-        settings = Settings.from_env()
         if args.command == "serve":
-            return serve(args, settings)
+            return serve(args, Settings.from_env())
+        return client_command(args)
     except (ConfigError, EmbeddedError) as error:
         print(f"coordinator: {error}", file=sys.stderr)
         return 2
-    return 0
+    except CoordinatorError as error:
+        print(f"coordinator: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -17,6 +17,14 @@ def rfc3339(microseconds: int | None) -> str | None:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def from_rfc3339(text: str | None) -> int | None:
+    """The inverse of `rfc3339`: microseconds since the epoch, or None."""
+    if text is None:
+        return None
+    delta = datetime.fromisoformat(text) - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
 @dataclass(frozen=True, slots=True)
 class Process:
     """A registered batch process and its key space."""
@@ -33,6 +41,11 @@ class Process:
             "key_space_size": self.key_set_size,
             "lease_seconds": self.lease_seconds,
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Process:
+        """A process object as the HTTP API returns it."""
+        return cls(data["process_name"], int(data["key_set_size"]), int(data["lease_seconds"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +78,17 @@ class BatchKey:
             "expires_at": rfc3339(self.expires_us),
             "fencing_token": self.fencing_token,
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BatchKey:
+        """A key object as the HTTP API returns it."""
+        return cls(
+            process_name=data["process_name"],
+            key=int(data["key"]),
+            last_completed_us=from_rfc3339(data["last_completed_at"]),
+            external_id=data["external_id"],
+            machine=data["machine"],
+            started_us=from_rfc3339(data["started_at"]),
+            expires_us=from_rfc3339(data["expires_at"]),
+            fencing_token=data["fencing_token"],
+        )

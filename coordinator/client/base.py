@@ -1,0 +1,78 @@
+"""The one client API both transports offer, and the lease built on it."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from types import TracebackType
+
+from coordinator.client.lease import AsyncLease
+from coordinator.models import BatchKey, Process
+
+
+class AsyncCoordinator(ABC):
+    """Register processes and lease their keys, over HTTP or directly on Redis."""
+
+    @abstractmethod
+    async def register(
+        self, name: str, key_set_size: int | None = None, lease_seconds: int | None = None
+    ) -> Process:
+        """Register a process; raises ProcessExists if the name is taken."""
+
+    @abstractmethod
+    async def processes(self) -> list[Process]:
+        """Every registered process, by name."""
+
+    @abstractmethod
+    async def process(self, name: str) -> Process:
+        """One registered process; raises UnknownProcess."""
+
+    @abstractmethod
+    async def unregister(self, name: str) -> Process:
+        """Delete a process, ending all of its leases."""
+
+    @abstractmethod
+    async def keys(self, name: str) -> list[BatchKey]:
+        """The state of every key of a process."""
+
+    @abstractmethod
+    async def acquire(
+        self,
+        name: str,
+        machine: str,
+        lease_seconds: int | None = None,
+        wait_seconds: float = 0,
+    ) -> BatchKey:
+        """Lease the stalest free key, waiting up to `wait_seconds` for one to free."""
+
+    @abstractmethod
+    async def renew(self, external_id: str, lease_seconds: int | None = None) -> BatchKey:
+        """Extend a live lease from now."""
+
+    @abstractmethod
+    async def release(self, external_id: str, outcome: str = "completed") -> BatchKey:
+        """End a live lease as `completed` or `failed`."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Close connections."""
+
+    def lease(
+        self,
+        name: str,
+        machine: str,
+        lease_seconds: int | None = None,
+        wait_seconds: float = 0,
+    ) -> AsyncLease:
+        """`async with coordinator.lease(...) as lease:` holds a key, renewing it meanwhile."""
+        return AsyncLease(self, name, machine, lease_seconds, wait_seconds)
+
+    async def __aenter__(self) -> AsyncCoordinator:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

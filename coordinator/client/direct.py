@@ -1,0 +1,61 @@
+"""The client that runs the service's own Lua scripts on Redis, with no API in between."""
+
+from __future__ import annotations
+
+from coordinator.client.base import AsyncCoordinator
+from coordinator.config import Settings
+from coordinator.connection import connect
+from coordinator.models import BatchKey, Process
+from coordinator.store import Limits, Store
+
+
+class AsyncRedisCoordinator(AsyncCoordinator):
+    """A trusted worker's client: the same `Store` the HTTP API runs, on `redis_url`."""
+
+    def __init__(self, redis_url: str, prefix: str = "bpc", limits: Limits | None = None) -> None:
+        self._redis = connect(redis_url, Settings())
+        self.store = Store(self._redis, prefix=prefix, limits=limits)
+
+    async def register(
+        self, name: str, key_set_size: int | None = None, lease_seconds: int | None = None
+    ) -> Process:
+        """Register a process; raises ProcessExists if the name is taken."""
+        return await self.store.register(name, key_set_size, lease_seconds)
+
+    async def processes(self) -> list[Process]:
+        """Every registered process, by name."""
+        return await self.store.processes()
+
+    async def process(self, name: str) -> Process:
+        """One registered process; raises UnknownProcess."""
+        return await self.store.process(name)
+
+    async def unregister(self, name: str) -> Process:
+        """Delete a process, ending all of its leases."""
+        return await self.store.unregister(name)
+
+    async def keys(self, name: str) -> list[BatchKey]:
+        """The state of every key of a process."""
+        return await self.store.batch_keys(name)
+
+    async def acquire(
+        self,
+        name: str,
+        machine: str,
+        lease_seconds: int | None = None,
+        wait_seconds: float = 0,
+    ) -> BatchKey:
+        """Lease the stalest free key, waiting up to `wait_seconds` for one to free."""
+        return await self.store.grant(name, machine, lease_seconds, wait_seconds)
+
+    async def renew(self, external_id: str, lease_seconds: int | None = None) -> BatchKey:
+        """Extend a live lease from now."""
+        return await self.store.renew(external_id, lease_seconds)
+
+    async def release(self, external_id: str, outcome: str = "completed") -> BatchKey:
+        """End a live lease as `completed` or `failed`."""
+        return await self.store.release(external_id, outcome)
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._redis.aclose()

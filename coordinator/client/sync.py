@@ -1,0 +1,150 @@
+"""Blocking clients: the async clients run on a private event-loop thread.
+
+One implementation serves both styles; the lease's renewal task runs on that thread too,
+so it keeps renewing while the caller's thread is busy with the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from types import TracebackType
+from typing import Any, TypeVar
+
+from coordinator.client.base import AsyncCoordinator
+from coordinator.client.direct import AsyncRedisCoordinator
+from coordinator.client.http import AsyncHttpCoordinator
+from coordinator.client.lease import AsyncLease
+from coordinator.models import BatchKey, Process
+
+T = TypeVar("T")
+
+
+class _Portal:
+    """An event loop on a daemon thread that runs coroutines for blocking callers."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="coordinator-client", daemon=True
+        )
+        self._thread.start()
+
+    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+
+class LeaseContext:
+    """`with coordinator.lease(...) as lease:`; `lease` is the held AsyncLease."""
+
+    def __init__(self, portal: _Portal, lease: AsyncLease) -> None:
+        self._portal = portal
+        self._lease = lease
+
+    def __enter__(self) -> AsyncLease:
+        return self._portal.call(self._lease.__aenter__())
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._portal.call(self._lease.__aexit__(exc_type, exc, tb))
+
+
+class Coordinator:
+    """The blocking client: every method of AsyncCoordinator, without `await`."""
+
+    def __init__(self, make: Callable[[], AsyncCoordinator]) -> None:
+        self._portal = _Portal()
+
+        async def build() -> AsyncCoordinator:
+            return make()  # inside the loop, so the client binds to it
+
+        self.async_client = self._portal.call(build())
+
+    def register(
+        self, name: str, key_set_size: int | None = None, lease_seconds: int | None = None
+    ) -> Process:
+        """Register a process; raises ProcessExists if the name is taken."""
+        return self._run(self.async_client.register(name, key_set_size, lease_seconds))
+
+    def processes(self) -> list[Process]:
+        """Every registered process, by name."""
+        return self._run(self.async_client.processes())
+
+    def process(self, name: str) -> Process:
+        """One registered process; raises UnknownProcess."""
+        return self._run(self.async_client.process(name))
+
+    def unregister(self, name: str) -> Process:
+        """Delete a process, ending all of its leases."""
+        return self._run(self.async_client.unregister(name))
+
+    def keys(self, name: str) -> list[BatchKey]:
+        """The state of every key of a process."""
+        return self._run(self.async_client.keys(name))
+
+    def acquire(
+        self, name: str, machine: str, lease_seconds: int | None = None, wait_seconds: float = 0
+    ) -> BatchKey:
+        """Lease the stalest free key, waiting up to `wait_seconds` for one to free."""
+        return self._run(self.async_client.acquire(name, machine, lease_seconds, wait_seconds))
+
+    def renew(self, external_id: str, lease_seconds: int | None = None) -> BatchKey:
+        """Extend a live lease from now."""
+        return self._run(self.async_client.renew(external_id, lease_seconds))
+
+    def release(self, external_id: str, outcome: str = "completed") -> BatchKey:
+        """End a live lease as `completed` or `failed`."""
+        return self._run(self.async_client.release(external_id, outcome))
+
+    def lease(
+        self, name: str, machine: str, lease_seconds: int | None = None, wait_seconds: float = 0
+    ) -> LeaseContext:
+        """`with coordinator.lease(...) as lease:` holds a key, renewing it meanwhile."""
+        lease = self.async_client.lease(name, machine, lease_seconds, wait_seconds)
+        return LeaseContext(self._portal, lease)
+
+    def close(self) -> None:
+        """Close connections and stop the client's thread."""
+        self._run(self.async_client.aclose())
+        self._portal.close()
+
+    def __enter__(self) -> Coordinator:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _run(self, awaitable: Awaitable[T]) -> T:
+        async def run() -> T:
+            return await awaitable
+
+        return self._portal.call(run())
+
+
+class HttpCoordinator(Coordinator):
+    """The blocking client over the HTTP API."""
+
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 10.0) -> None:
+        super().__init__(lambda: AsyncHttpCoordinator(base_url, token, timeout))
+
+
+class RedisCoordinator(Coordinator):
+    """The blocking client that runs the service's Lua scripts directly on Redis."""
+
+    def __init__(self, redis_url: str, prefix: str = "bpc") -> None:
+        super().__init__(lambda: AsyncRedisCoordinator(redis_url, prefix))

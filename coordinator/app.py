@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from coordinator import openapi, problems, schemas, validation
@@ -58,10 +58,26 @@ async def unregister_process(request: Request) -> Response:
 
 
 async def list_batch_keys(request: Request) -> Response:
-    """GET /api/v1/process/batch_keys/<process_name>."""
+    """GET /api/v1/process/batch_keys/<process_name>[?limit=N&after=K]."""
     name = validation.process_name(request.path_params["process_name"])
-    keys = await _store(request).batch_keys(name)
-    return JSONResponse([k.to_json() for k in keys])
+    page = schemas.key_page(request.query_params)
+    keys = _store(request).iter_batch_keys(name, page.first, page.limit)
+    # The first chunk is read before answering, so an unknown process is still a 404.
+    try:
+        head = await anext(keys)
+    except StopAsyncIteration:
+        return JSONResponse([])
+    if page.limit is None:
+        return StreamingResponse(schemas.json_array(head, keys), media_type="application/json")
+    rows = [head, *[key async for key in keys]]
+    headers = {}
+    if (
+        len(rows) == page.limit
+        and rows[-1].key + 1 < (await _store(request).process(name)).key_set_size
+    ):
+        query = urlencode({"limit": page.limit, "after": rows[-1].key})
+        headers["Link"] = f'<{request.url.path}?{query}>; rel="next"'
+    return JSONResponse([k.to_json() for k in rows], headers=headers)
 
 
 async def grant_batch_key(request: Request) -> Response:

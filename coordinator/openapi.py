@@ -7,6 +7,7 @@ from typing import Any
 
 from coordinator import __version__, validation
 from coordinator.problems import MEDIA_TYPE, PROBLEMS
+from coordinator.schemas import MAX_PAGE
 
 JSON = "application/json"
 Schema = dict[str, Any]
@@ -206,7 +207,24 @@ def document() -> dict[str, Any]:
                 "get": {
                     "summary": "The state of every key of a process, by key",
                     "operationId": "listBatchKeys",
-                    "parameters": [_KEYS_NAME_PARAM],
+                    "description": "Without `limit` every key, streamed as one array. With"
+                    " `limit`, a page of the keys after `after`, and a `Link: <...>;"
+                    ' rel="next"` header while keys remain.',
+                    "parameters": [
+                        _KEYS_NAME_PARAM,
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
+                        },
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": -1, "default": -1},
+                        },
+                    ],
                     "responses": {
                         **_ok(200, "The keys", {"type": "array", "items": _ref("BatchKey")}),
                         **_problems("unknown_process", "invalid_field"),

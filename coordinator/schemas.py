@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,9 +12,11 @@ from starlette.responses import Response
 
 from coordinator import validation
 from coordinator.errors import InvalidField
+from coordinator.models import BatchKey
 from coordinator.problems import BodyTooLarge, MalformedJson, UnsupportedMediaType
 
 MAX_BODY_BYTES = 64 * 1024
+MAX_PAGE = 10_000
 
 
 class JSONResponse(Response):
@@ -50,6 +53,38 @@ class RenewBody:
     """PATCH /api/v1/process/batch_keys/<external_id>."""
 
     lease_seconds: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPage:
+    """?limit=N&after=K on a key listing: keys after K, at most N; no limit is every key."""
+
+    first: int
+    limit: int | None
+
+
+def key_page(query: Mapping[str, str]) -> KeyPage:
+    """Parse and check the paging parameters of a key listing."""
+    limit = query.get("limit")
+    after = query.get("after")
+    return KeyPage(
+        first=0 if after is None else _query_int(after, "after", -1, 1 << 40) + 1,
+        limit=None if limit is None else _query_int(limit, "limit", 1, MAX_PAGE),
+    )
+
+
+async def json_array(head: BatchKey, rest: AsyncIterator[BatchKey]) -> AsyncIterator[bytes]:
+    """A JSON array of keys, produced as the keys are read rather than built whole."""
+    yield b"[" + orjson.dumps(head.to_json())
+    async for key in rest:
+        yield b"," + orjson.dumps(key.to_json())
+    yield b"]"
+
+
+def _query_int(raw: str, field: str, low: int, high: int) -> int:
+    if not raw.lstrip("-").isdigit() or not low <= int(raw) <= high:
+        raise InvalidField(field, f"must be an integer from {low} to {high}")
+    return int(raw)
 
 
 async def register_body(request: Request, max_key_set_size: int) -> RegisterBody:

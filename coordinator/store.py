@@ -128,25 +128,31 @@ class Store:
         raise_for_status(reply, process_name=name)
         return Process(name, int(reply[1]), int(reply[2]) // 1000)
 
-    async def batch_keys(self, name: str) -> list[BatchKey]:
-        """The state of every key of a process, in key order."""
-        return [key async for key in self.iter_batch_keys(name)]
+    async def batch_keys(
+        self, name: str, first: int = 0, limit: int | None = None
+    ) -> list[BatchKey]:
+        """The state of the keys of a process from key `first` on (at most `limit`), in order."""
+        return [key async for key in self.iter_batch_keys(name, first, limit)]
 
-    async def iter_batch_keys(self, name: str) -> AsyncIterator[BatchKey]:
+    async def iter_batch_keys(
+        self, name: str, first: int = 0, limit: int | None = None
+    ) -> AsyncIterator[BatchKey]:
         """The keys of a process, read in consistent chunks so no script runs long."""
         name = validation.process_name(name)
         k = self.keys.process(name)
-        first, size = 0, 1
-        while first < size:
+        stop = None if limit is None else first + limit
+        size = first + 1
+        while first < size and (stop is None or first < stop):
+            count = INSPECT_CHUNK if stop is None else min(INSPECT_CHUNK, stop - first)
             with _store_errors():
                 reply = await self.scripts.call(
-                    "inspect", [k.meta, k.free, k.leases], [first, INSPECT_CHUNK]
+                    "inspect", [k.meta, k.free, k.leases], [first, count]
                 )
             raise_for_status(reply, process_name=name)
             size, now_us = int(reply[1]), int(reply[3])
             for row in reply[4:]:
                 yield _batch_key(name, row, now_us)
-            first += INSPECT_CHUNK
+            first += count
 
     async def grant(
         self,

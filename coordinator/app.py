@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 from typing import TypedDict
 from urllib.parse import quote, urlencode
 
-from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -16,7 +15,7 @@ from starlette.routing import Route
 
 from coordinator import openapi, problems, schemas, validation
 from coordinator.config import ConfigError, Settings
-from coordinator.connection import connect
+from coordinator.connection import RedisClient, connect
 from coordinator.errors import CoordinatorError, StoreUnavailable
 from coordinator.schemas import JSONResponse
 from coordinator.store import Limits, Store
@@ -137,7 +136,7 @@ ROUTES = [
 ]
 
 
-def create_app(settings: Settings | None = None, *, redis: Redis | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, *, redis: RedisClient | None = None) -> Starlette:
     """The ASGI app. Pass `redis` to use an existing client; else one is made from settings."""
     settings = settings or Settings.from_env()
 

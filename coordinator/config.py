@@ -9,7 +9,16 @@ from pathlib import Path
 
 from coordinator.validation import LEASE_SECONDS_MAX
 
-REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", "memory://")
+REDIS_URL_SCHEMES = (
+    "redis://",
+    "rediss://",
+    "unix://",
+    "memory://",
+    "redis+cluster://",
+    "rediss+cluster://",
+    "redis+sentinel://",
+    "rediss+sentinel://",
+)
 
 
 class ConfigError(ValueError):
@@ -44,8 +53,8 @@ class Settings:
         redis_url = get("REDIS_URL")
         if redis_url is not None and not redis_url.startswith(REDIS_URL_SCHEMES):
             raise ConfigError(
-                "COORDINATOR_REDIS_URL must start with redis://, rediss://, unix:// or memory://,"
-                f" not {redis_url!r}"
+                "COORDINATOR_REDIS_URL must start with redis://, rediss://, unix://, memory://,"
+                f" redis+cluster:// or redis+sentinel://, not {redis_url!r}"
             )
         return cls(
             redis_url=redis_url,

@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote, urlsplit
+
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import Sentinel
 
 from coordinator.config import REDIS_URL_SCHEMES, ConfigError, Settings
 
 MEMORY_URL = "memory://"
 
+# The store runs unchanged on one server, a Sentinel-managed primary, or a cluster: every
+# script touches one slot, and the commands it sends outside scripts are keyed.
+RedisClient = Redis | RedisCluster
 
-def connect(url: str, settings: Settings) -> Redis:
-    """A client for `url`: a Redis or Valkey server, or `memory://` for in-process fakeredis."""
+
+def connect(url: str, settings: Settings) -> RedisClient:
+    """A client for `url`: a Redis or Valkey server, a cluster (`redis+cluster://`), a
+    Sentinel-managed primary (`redis+sentinel://`), or `memory://` (in-process fakeredis)."""
+    if url.startswith(("redis+cluster://", "rediss+cluster://")):
+        return RedisCluster.from_url(
+            url.replace("+cluster", "", 1),
+            decode_responses=True,
+            socket_timeout=settings.redis_timeout_seconds,
+            socket_connect_timeout=settings.redis_timeout_seconds,
+            max_connections=settings.redis_max_connections,
+        )
+    if url.startswith(("redis+sentinel://", "rediss+sentinel://")):
+        return _sentinel_primary(url, settings)
     if url.startswith(MEMORY_URL):
         try:
             import fakeredis  # noqa: PLC0415 - optional, only for memory://
@@ -40,3 +59,37 @@ def connect(url: str, settings: Settings) -> Redis:
         health_check_interval=30,
     )
     return Redis.from_pool(pool)  # the client owns the pool and closes it
+
+
+def _sentinel_primary(url: str, settings: Settings) -> Redis:
+    """`redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]`."""
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2]
+    path = [p for p in parts.path.split("/") if p]
+    if not hosts or not path:
+        raise ConfigError(
+            "a Sentinel URL is redis+sentinel://host:port[,host:port...]/service-name[/db]"
+        )
+    sentinels = []
+    for host in hosts.split(","):
+        name, _, port = host.rpartition(":")
+        if not name or not port.isdigit():
+            raise ConfigError(f"a Sentinel address must be host:port, not {host!r}")
+        sentinels.append((name, int(port)))
+    timeout = settings.redis_timeout_seconds
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves __init__ untyped
+        sentinels,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+    )
+    primary: Redis = sentinel.master_for(
+        path[0],
+        decode_responses=True,
+        db=int(path[1]) if len(path) > 1 and path[1].isdigit() else 0,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        ssl=url.startswith("rediss+"),
+        max_connections=settings.redis_max_connections,
+    )
+    return primary

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -66,11 +67,13 @@ class EmbeddedValkey:
         *,
         appendfsync: str = "everysec",
         start_timeout: float = 10.0,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.appendfsync = appendfsync
         self.start_timeout = start_timeout
+        self.extra_args = tuple(extra_args)
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -101,6 +104,7 @@ class EmbeddedValkey:
             "warning",
             "--logfile",
             "valkey.log",
+            *self.extra_args,
         ]
         self._process = subprocess.Popen(  # noqa: S603 - fixed arguments, our own binary
             command,

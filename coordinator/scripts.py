@@ -17,8 +17,9 @@ from coordinator.errors import (
 )
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
+
+    from coordinator.connection import RedisClient
 
 NAMES = ("register", "unregister", "grant", "renew", "release", "inspect")
 
@@ -52,7 +53,7 @@ def sources() -> dict[str, str]:
 class Scripts:
     """The scripts registered on one Redis client; each call is EVALSHA, reloaded on NOSCRIPT."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
         self._scripts: dict[str, AsyncScript] = {
             name: redis.register_script(source) for name, source in sources().items()

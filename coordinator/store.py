@@ -12,6 +12,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import (
+    ClusterDownError,
+    MasterDownError,
+    ReadOnlyError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -28,7 +34,7 @@ from coordinator.models import BatchKey, Process
 from coordinator.scripts import Scripts, raise_for_status
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from coordinator.connection import RedisClient
 
 INSPECT_CHUNK = 1000
 BLOCK_SLICE_SECONDS = 0.5
@@ -49,14 +55,24 @@ def _store_errors() -> Iterator[None]:
     """Redis being down or slow is the store's failure, never the caller's."""
     try:
         yield
-    except (RedisConnectionError, RedisTimeoutError) as error:
+    except (
+        RedisConnectionError,
+        RedisTimeoutError,
+        # Failover and resharding: a replica just promoted, a slot moving, a cluster healing.
+        ReadOnlyError,
+        ClusterDownError,
+        TryAgainError,
+        MasterDownError,
+    ) as error:
         raise StoreUnavailable(f"Redis did not answer: {error}") from error
 
 
 class Store:
     """Register processes, grant, renew and release their keys; all state stays in Redis."""
 
-    def __init__(self, redis: Redis, *, prefix: str = "bpc", limits: Limits | None = None) -> None:
+    def __init__(
+        self, redis: RedisClient, *, prefix: str = "bpc", limits: Limits | None = None
+    ) -> None:
         self.redis = redis
         self.keys = KeySpace(prefix)
         self.limits = limits or Limits()
@@ -81,10 +97,9 @@ class Store:
         )
         pid = f"{lease_id.process_id(name):020x}"
         with _store_errors():
-            async with self.redis.pipeline(transaction=True) as claim:
-                claim.hsetnx(self.keys.process_ids, pid, name)
-                claim.hget(self.keys.process_ids, pid)
-                _, owner = await claim.execute()
+            # A pid is never reassigned, so a failed HSETNX followed by a read is race-free.
+            claimed = await self.redis.hsetnx(self.keys.process_ids, pid, name)
+            owner = name if claimed else str(await self.redis.hget(self.keys.process_ids, pid))
             if owner != name:
                 raise ProcessExists(name, f"'{name}' shares its id with process '{owner}'.")
             reply = await self.scripts.call(

@@ -155,7 +155,13 @@ def create_app(settings: Settings | None = None, *, redis: RedisClient | None = 
             default_lease_seconds=settings.default_lease_seconds,
         )
         try:
-            yield {"store": Store(client, prefix=settings.key_prefix, limits=limits)}
+            store = Store(
+                client,
+                prefix=settings.key_prefix,
+                limits=limits,
+                replica_acks=settings.min_replica_acks,
+            )
+            yield {"store": store}
         finally:
             if redis is None:
                 await client.aclose()

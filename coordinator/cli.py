@@ -90,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--machine", default=socket.gethostname())
     run.add_argument("--lease-seconds", type=int)
     run.add_argument("--wait", type=float, default=0, help="seconds to wait for a free key")
-    run.add_argument("command_rest", nargs=argparse.REMAINDER, metavar="-- COMMAND ARGS...")
+    # Not REMAINDER: that would swallow the options after NAME (main() splits off `-- ...`).
+    run.add_argument("command_rest", nargs="*", metavar="-- COMMAND ARGS...")
     return parser
 
 
@@ -214,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.command_args = command_args or getattr(args, "command_rest", [])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+    # httpx logs every request at INFO: that would break the one-line error contract.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         if args.command == "serve":
             return serve(args, Settings.from_env())

@@ -36,6 +36,7 @@ class Settings:
     max_key_set_size: int = 1_000_000
     redis_timeout_seconds: float = 2.0
     redis_max_connections: int = 64
+    min_replica_acks: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -75,6 +76,7 @@ class Settings:
                 "REDIS_TIMEOUT_SECONDS",
                 defaults.redis_timeout_seconds,
             ),
+            min_replica_acks=_replica_acks(get("MIN_REPLICA_ACKS"), redis_url),
             redis_max_connections=_int(
                 get("REDIS_MAX_CONNECTIONS"),
                 "REDIS_MAX_CONNECTIONS",
@@ -83,6 +85,13 @@ class Settings:
                 10_000,
             ),
         )
+
+
+def _replica_acks(raw: str | None, redis_url: str | None) -> int:
+    acks = _int(raw, "MIN_REPLICA_ACKS", 0, 0, 16)
+    if acks and redis_url is not None and "+cluster://" in redis_url:
+        raise ConfigError("COORDINATOR_MIN_REPLICA_ACKS is not supported on a cluster")
+    return acks
 
 
 def _int(raw: str | None, name: str, default: int, low: int, high: int) -> int:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from coordinator.errors import (
     CoordinatorError,
@@ -21,7 +25,10 @@ if TYPE_CHECKING:
 
     from coordinator.connection import RedisClient
 
+logger = logging.getLogger("coordinator")
+
 NAMES = ("register", "unregister", "grant", "renew", "release", "inspect")
+READ_ONLY = frozenset({"inspect"})
 
 
 class Status(IntEnum):
@@ -53,18 +60,46 @@ def sources() -> dict[str, str]:
 class Scripts:
     """The scripts registered on one Redis client; each call is EVALSHA, reloaded on NOSCRIPT."""
 
-    def __init__(self, redis: RedisClient) -> None:
+    def __init__(
+        self, redis: RedisClient, *, replica_acks: int = 0, replica_timeout_ms: int = 1000
+    ) -> None:
         self._redis = redis
         self._scripts: dict[str, AsyncScript] = {
             name: redis.register_script(source) for name, source in sources().items()
         }
+        self.replica_acks = replica_acks
+        self.replica_timeout_ms = replica_timeout_ms
 
     async def call(self, name: str, keys: list[str], args: list[str | int]) -> list[Any]:
         """Run one script and return its reply (a list whose first element is a Status)."""
-        reply = await self._scripts[name](keys=keys, args=args)
+        if self.replica_acks and name not in READ_ONLY:
+            reply = await self._call_replicated(name, keys, args)
+        else:
+            reply = await self._scripts[name](keys=keys, args=args)
         if not isinstance(reply, list) or not reply:
             raise UnexpectedReply(f"script {name} answered {reply!r}")
         return reply
+
+    async def _call_replicated(self, name: str, keys: list[str], args: list[str | int]) -> Any:  # noqa: ANN401 - a script reply
+        """EVALSHA then WAIT on the same connection: answer once replicas hold the change."""
+        assert isinstance(self._redis, Redis), "replica acks need one primary, not a cluster"
+        script = self._scripts[name]
+        for attempt in (1, 2):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                pipe.wait(self.replica_acks, self.replica_timeout_ms)
+                reply, acked = await pipe.execute(raise_on_error=False)
+            if isinstance(reply, NoScriptError) and attempt == 1:
+                await self._redis.script_load(script.script)
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            if isinstance(acked, Exception) or acked < self.replica_acks:
+                # The change is made on the primary and stays made; a failover before the
+                # replicas catch up may lose it, which fencing tokens make safe.
+                logger.warning("%s reached %s of %d replicas", name, acked, self.replica_acks)
+            return reply
+        raise AssertionError("unreachable")
 
     async def load_missing(self) -> int:
         """Load every script Redis has forgotten (after a restart or SCRIPT FLUSH); count them."""

@@ -71,12 +71,18 @@ class Store:
     """Register processes, grant, renew and release their keys; all state stays in Redis."""
 
     def __init__(
-        self, redis: RedisClient, *, prefix: str = "bpc", limits: Limits | None = None
+        self,
+        redis: RedisClient,
+        *,
+        prefix: str = "bpc",
+        limits: Limits | None = None,
+        replica_acks: int = 0,
     ) -> None:
         self.redis = redis
         self.keys = KeySpace(prefix)
         self.limits = limits or Limits()
-        self.scripts = Scripts(redis)
+        # replica_acks > 0: every change waits (WAIT) until that many replicas hold it.
+        self.scripts = Scripts(redis, replica_acks=replica_acks)
         # Process id -> name is fixed by the hash, so this cache never goes stale.
         self._names: dict[int, str] = {}
 

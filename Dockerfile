@@ -75,6 +75,9 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request as u; u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:8000/readyz', timeout=4)"]
 
+# Binding 0.0.0.0 needs API tokens (COORDINATOR_TOKENS_FILE or COORDINATOR_TOKENS, see
+# `coordinator token create`); without them the service refuses to start unless the command
+# adds --insecure-open (compose.yaml does, for its loopback-only local stack).
 # Exec form: the coordinator is PID 1 (or tini's child with `init: true`) and gets SIGTERM
 # itself; it shuts uvicorn down gracefully and stops an embedded Valkey, flushing its AOF.
 CMD ["coordinator", "serve", "--host", "0.0.0.0", "--port", "8000"]

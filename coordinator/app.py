@@ -14,6 +14,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from coordinator import openapi, problems, schemas, validation
+from coordinator.auth import Principal, TokenTable, load_tokens
 from coordinator.config import ConfigError, Settings
 from coordinator.connection import RedisClient, connect
 from coordinator.errors import CoordinatorError, StoreUnavailable
@@ -27,6 +28,7 @@ class State(TypedDict):
     """What the lifespan hands every request."""
 
     store: Store
+    tokens: TokenTable
 
 
 def _store(request: Request) -> Store:
@@ -34,16 +36,37 @@ def _store(request: Request) -> Store:
     return store
 
 
+def _caller(request: Request) -> Principal | None:
+    """Who is calling (401 without a valid token), or None when the API is open."""
+    tokens: TokenTable = request.state.tokens
+    return tokens.authenticate(request.headers.get("authorization")) if tokens else None
+
+
+def _require(caller: Principal | None, role: str, process_name: str | None = None) -> None:
+    if caller is not None:
+        caller.require(role, process_name)
+
+
+async def _require_lease(request: Request, caller: Principal | None, external_id: str) -> None:
+    """A process-limited token may touch only leases of its processes."""
+    if caller is not None and caller.processes is not None:
+        _require(caller, "worker", await _store(request).process_name_of(external_id))
+
+
 async def list_processes(request: Request) -> Response:
     """GET /api/v1/process."""
+    caller = _caller(request)
     processes = await _store(request).processes()
-    return JSONResponse([p.to_json() for p in processes])
+    visible = [p for p in processes if caller is None or caller.may_act_on(p.name)]
+    return JSONResponse([p.to_json() for p in visible])
 
 
 async def register_process(request: Request) -> Response:
     """POST /api/v1/process."""
+    caller = _caller(request)
     store = _store(request)
     body = await schemas.register_body(request, store.limits.max_key_set_size)
+    _require(caller, "admin", body.process_name)
     process = await store.register(body.process_name, body.key_set_size, body.lease_seconds)
     location = f"{API}/process/{quote(process.name)}"
     return JSONResponse(process.to_json(), 201, headers={"Location": location})
@@ -51,14 +74,18 @@ async def register_process(request: Request) -> Response:
 
 async def unregister_process(request: Request) -> Response:
     """DELETE /api/v1/process/<process_name>."""
+    caller = _caller(request)
     name = validation.process_name(request.path_params["process_name"])
+    _require(caller, "admin", name)
     process = await _store(request).unregister(name)
     return JSONResponse(process.to_json())
 
 
 async def list_batch_keys(request: Request) -> Response:
     """GET /api/v1/process/batch_keys/<process_name>[?limit=N&after=K]."""
+    caller = _caller(request)
     name = validation.process_name(request.path_params["process_name"])
+    _require(caller, "worker", name)
     page = schemas.key_page(request.query_params)
     keys = _store(request).iter_batch_keys(name, page.first, page.limit)
     # The first chunk is read before answering, so an unknown process is still a 404.
@@ -81,7 +108,9 @@ async def list_batch_keys(request: Request) -> Response:
 
 async def grant_batch_key(request: Request) -> Response:
     """POST /api/v1/process/batch_keys."""
+    caller = _caller(request)
     body = await schemas.grant_body(request)
+    _require(caller, "worker", body.process_name)
     key = await _store(request).grant(
         body.process_name, body.machine, body.lease_seconds, body.wait_seconds
     )
@@ -91,15 +120,21 @@ async def grant_batch_key(request: Request) -> Response:
 
 async def renew_batch_key(request: Request) -> Response:
     """PATCH /api/v1/process/batch_keys/<external_id>."""
+    caller = _caller(request)
     body = await schemas.renew_body(request)
-    key = await _store(request).renew(request.path_params["external_id"], body.lease_seconds)
+    external_id = request.path_params["external_id"]
+    await _require_lease(request, caller, external_id)
+    key = await _store(request).renew(external_id, body.lease_seconds)
     return JSONResponse(key.to_json())
 
 
 async def release_batch_key(request: Request) -> Response:
     """DELETE /api/v1/process/batch_keys/<external_id>[?outcome=completed|failed]."""
+    caller = _caller(request)
     outcome = validation.outcome(request.query_params.get("outcome", "completed"))
-    key = await _store(request).release(request.path_params["external_id"], outcome)
+    external_id = request.path_params["external_id"]
+    await _require_lease(request, caller, external_id)
+    key = await _store(request).release(external_id, outcome)
     return JSONResponse(key.to_json())
 
 
@@ -161,7 +196,7 @@ def create_app(settings: Settings | None = None, *, redis: RedisClient | None = 
                 limits=limits,
                 replica_acks=settings.min_replica_acks,
             )
-            yield {"store": store}
+            yield {"store": store, "tokens": load_tokens(settings)}
         finally:
             if redis is None:
                 await client.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from coordinator import __version__, output
+from coordinator.auth import load_tokens, new_token
 from coordinator.client.sync import Coordinator, HttpCoordinator, RedisCoordinator
 from coordinator.config import ConfigError, Settings
 from coordinator.embedded import EmbeddedError, EmbeddedValkey
@@ -37,6 +39,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port to bind (8000)")
     serve.add_argument("--workers", type=int, default=1, help="API processes sharing the port")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    serve.add_argument(
+        "--insecure-open",
+        action="store_true",
+        help="allow binding a non-loopback address with no API tokens configured",
+    )
+
+    token = commands.add_parser("token", help="make API tokens")
+    token_commands = token.add_subparsers(dest="action", required=True)
+    create = token_commands.add_parser(
+        "create", help="print a new token once, and the line that grants it"
+    )
+    create.add_argument("--role", choices=["admin", "worker"], required=True)
+    create.add_argument("--processes", help="limit it to these process names (a,b,reports-*)")
 
     client = argparse.ArgumentParser(add_help=False)
     client.add_argument(
@@ -53,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
         help="key prefix with --redis-url (COORDINATOR_KEY_PREFIX; default bpc)",
     )
     client.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    client.add_argument(
+        "--token",
+        default=os.environ.get("COORDINATOR_TOKEN"),
+        help="API token for --url (COORDINATOR_TOKEN)",
+    )
 
     process = commands.add_parser("process", help="list, register or delete processes")
     process_commands = process.add_subparsers(dest="action", required=True)
@@ -98,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
 def _client(args: argparse.Namespace) -> Coordinator:
     if args.redis_url:
         return RedisCoordinator(args.redis_url, args.prefix)
-    return HttpCoordinator(args.url)
+    return HttpCoordinator(args.url, token=args.token)
 
 
 def client_command(args: argparse.Namespace) -> int:
@@ -157,6 +177,12 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.workers < 1:
         raise ConfigError("--workers must be at least 1")
+    if not load_tokens(settings) and not _is_loopback(args.host) and not args.insecure_open:
+        raise ConfigError(
+            f"no API tokens are configured, so binding {args.host} would open the API to the"
+            " network: set COORDINATOR_TOKENS_FILE (see `coordinator token create`), bind"
+            " 127.0.0.1, or pass --insecure-open"
+        )
     # uvicorn re-raises the stopping signal once it has shut down; with the default handler
     # that would kill this process before the embedded Valkey is stopped.
     for stopping in (signal.SIGTERM, signal.SIGINT):
@@ -204,6 +230,15 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `coordinator` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -220,6 +255,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return serve(args, Settings.from_env())
+        if args.command == "token":
+            token, line = new_token(args.role, args.processes)
+            print(f"token: {token}")
+            print(f"(shown once: give it to the {args.role}; the service keeps only its hash)")
+            print(f"add this line to COORDINATOR_TOKENS_FILE:\n{line}")
+            return 0
         return client_command(args)
     except (ConfigError, EmbeddedError) as error:
         print(f"coordinator: {error}", file=sys.stderr)

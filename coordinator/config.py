@@ -37,6 +37,8 @@ class Settings:
     redis_timeout_seconds: float = 2.0
     redis_max_connections: int = 64
     min_replica_acks: int = 0
+    tokens: str | None = None
+    tokens_file: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -77,6 +79,8 @@ class Settings:
                 defaults.redis_timeout_seconds,
             ),
             min_replica_acks=_replica_acks(get("MIN_REPLICA_ACKS"), redis_url),
+            tokens=get("TOKENS"),
+            tokens_file=Path(tokens_file) if (tokens_file := get("TOKENS_FILE")) else None,
             redis_max_connections=_int(
                 get("REDIS_MAX_CONNECTIONS"),
                 "REDIS_MAX_CONNECTIONS",

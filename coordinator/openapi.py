@@ -153,6 +153,17 @@ _SCHEMAS: dict[str, Schema] = {
 @cache
 def document() -> dict[str, Any]:
     """The whole OpenAPI document (built once; it never changes while the service runs)."""
+    doc = _document()
+    # Every /api route takes a Bearer token when tokens are configured; health checks do not.
+    for path, operations in doc["paths"].items():
+        if path.startswith("/api/"):
+            for operation in operations.values():
+                operation["security"] = [{}, {"bearer": []}]
+                operation["responses"].update(_problems("unauthorized", "forbidden"))
+    return doc
+
+
+def _document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
@@ -280,5 +291,16 @@ def document() -> dict[str, Any]:
                 },
             },
         },
-        "components": {"schemas": _SCHEMAS},
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API token (`coordinator token create`). Required only"
+                    " when the service has tokens configured; `admin` tokens may register and"
+                    " delete, `worker` tokens may list, request, renew and release.",
+                }
+            },
+        },
     }

@@ -40,6 +40,8 @@ class UnsupportedMediaType(errors.CoordinatorError):
 # code -> (status, title); the title is the same for every occurrence of a code.
 PROBLEMS: dict[str, tuple[int, str]] = {
     "malformed_json": (400, "Malformed JSON body"),
+    "unauthorized": (401, "Unauthorized"),
+    "forbidden": (403, "Forbidden"),
     "unknown_process": (404, "Unknown process"),
     "unknown_lease": (404, "Unknown lease"),
     "not_found": (404, "Not found"),
@@ -74,6 +76,8 @@ async def coordinator_error(request: Request, exc: Exception) -> Response:
     headers: dict[str, str] = {}
     if isinstance(exc, errors.NoFreeKey):
         headers["Retry-After"] = str(exc.retry_after_seconds)
+    elif exc.code == "unauthorized":
+        headers["WWW-Authenticate"] = 'Bearer realm="batch-process-coordinator"'
     elif isinstance(exc, errors.StoreUnavailable):
         headers["Retry-After"] = "1"
         logger.warning("store unavailable: %s", exc)

@@ -101,7 +101,7 @@ class Store:
         lease = validation.lease_seconds(
             self.limits.default_lease_seconds if lease_seconds is None else lease_seconds
         )
-        pid = f"{lease_id.process_id(name):020x}"
+        pid = f"{lease_id.process_id(name):016x}"
         with _store_errors():
             # A pid is never reassigned, so a failed HSETNX followed by a read is race-free.
             claimed = await self.redis.hsetnx(self.keys.process_ids, pid, name)
@@ -264,6 +264,11 @@ class Store:
             await self.scripts.load_missing()
             await self.scripts.call("inspect", [probe.meta, probe.free, probe.leases], [0, 0])
 
+    async def process_name_of(self, external_id: str) -> str:
+        """The process a lease belongs to; UnknownLease if the id cannot be one of ours."""
+        name, _ = await self._resolve(external_id)
+        return name
+
     async def _resolve(self, external_id: str) -> tuple[str, int]:
         """The process name and token an external id stands for, or UnknownLease."""
         parsed = lease_id.parse(external_id)
@@ -273,7 +278,7 @@ class Store:
         name = self._names.get(pid)
         if name is None:
             with _store_errors():
-                found = await self.redis.hget(self.keys.process_ids, f"{pid:020x}")
+                found = await self.redis.hget(self.keys.process_ids, f"{pid:016x}")
             if found is None:
                 raise UnknownLease(external_id)
             name = str(found)

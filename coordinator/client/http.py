@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 
 from coordinator import errors
+from coordinator.auth import Forbidden, Unauthorized
 from coordinator.client.base import AsyncCoordinator
 from coordinator.models import BatchKey, Process
 
@@ -127,6 +128,8 @@ def _problem_error(response: httpx.Response, name: str, external_id: str) -> Exc
         "lease_gone": lambda: errors.LeaseGone(external_id),
         "invalid_field": lambda: errors.InvalidField(field.strip("'"), rest),
         "store_unavailable": lambda: errors.StoreUnavailable(detail),
+        "unauthorized": lambda: Unauthorized(detail),
+        "forbidden": lambda: Forbidden(detail),
     }
     if code in by_code:
         return by_code[code]()

@@ -1,0 +1,133 @@
+"""API tokens: kept only as SHA-256 hashes, each with a role and optionally some processes.
+
+A tokens file (COORDINATOR_TOKENS_FILE) or COORDINATOR_TOKENS holds one token per line
+(`;` also separates lines in the variable):
+
+    sha256:<64 hex digits> admin
+    sha256:<64 hex digits> worker nightly-invoices,reports-*
+
+`admin` may do everything; `worker` may list, request, renew and release. A third field limits
+the token to those process names (shell-style patterns). With no tokens the API is open.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from coordinator.config import ConfigError, Settings
+from coordinator.errors import CoordinatorError
+
+ROLES = ("admin", "worker")
+
+
+class Unauthorized(CoordinatorError):
+    """No token, or a token the service does not know."""
+
+    code = "unauthorized"
+
+
+class Forbidden(CoordinatorError):
+    """A known token without the right to this operation or process."""
+
+    code = "forbidden"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """What a token may do."""
+
+    role: str
+    processes: tuple[str, ...] | None = None  # None: every process
+
+    def may_act_on(self, process_name: str) -> bool:
+        """Whether the token covers this process."""
+        if self.processes is None:
+            return True
+        return any(fnmatch.fnmatchcase(process_name, p) for p in self.processes)
+
+    def require(self, role: str, process_name: str | None = None) -> None:
+        """Raise Forbidden unless the token has `role` (admin has both) for the process."""
+        if role == "admin" and self.role != "admin":
+            raise Forbidden("This needs an admin token.")
+        if process_name is not None and not self.may_act_on(process_name):
+            raise Forbidden(f"This token does not cover process '{process_name}'.")
+
+
+def digest(token: str) -> bytes:
+    """The SHA-256 of a token, the only form in which the service keeps it."""
+    return hashlib.sha256(token.encode()).digest()
+
+
+class TokenTable:
+    """The configured tokens; empty means the API is open."""
+
+    def __init__(self, entries: list[tuple[bytes, Principal]] | None = None) -> None:
+        self._entries = entries or []
+
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
+    @classmethod
+    def parse(cls, text: str, source: str = "tokens") -> TokenTable:
+        """Read token lines; a malformed one is a ConfigError naming its line."""
+        entries = []
+        lines = text.replace(";", "\n").splitlines()
+        for number, raw in enumerate(lines, 1):
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            fields = line.split()
+            kind, _, hexdigest = fields[0].partition(":")
+            if kind != "sha256" or len(hexdigest) != 64 or len(fields) not in (2, 3):
+                raise ConfigError(
+                    f"{source} line {number}: expected 'sha256:<64 hex digits> admin|worker"
+                    " [process,...]'"
+                )
+            try:
+                hashed = bytes.fromhex(hexdigest)
+            except ValueError:
+                raise ConfigError(f"{source} line {number}: the hash is not hex") from None
+            if fields[1] not in ROLES:
+                raise ConfigError(f"{source} line {number}: the role must be admin or worker")
+            processes = tuple(fields[2].split(",")) if len(fields) == 3 else None
+            entries.append((hashed, Principal(fields[1], processes)))
+        return cls(entries)
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """The principal of an `Authorization: Bearer <token>` header, or Unauthorized."""
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("Send an API token as 'Authorization: Bearer <token>'.")
+        presented = digest(token.strip())
+        found: Principal | None = None
+        # Compare with every entry, without stopping early, so timing tells nothing.
+        for hashed, principal in self._entries:
+            if hmac.compare_digest(hashed, presented):
+                found = principal
+        if found is None:
+            raise Unauthorized("The API token is not valid.")
+        return found
+
+
+def load_tokens(settings: Settings) -> TokenTable:
+    """The tokens of COORDINATOR_TOKENS_FILE and COORDINATOR_TOKENS together."""
+    text = settings.tokens or ""
+    if settings.tokens_file is not None:
+        try:
+            text += "\n" + settings.tokens_file.read_text()
+        except OSError as error:
+            raise ConfigError(f"cannot read COORDINATOR_TOKENS_FILE: {error.strerror}") from None
+    return TokenTable.parse(text, "COORDINATOR_TOKENS(_FILE)")
+
+
+def new_token(role: str, processes: str | None = None) -> tuple[str, str]:
+    """A fresh token and the line that grants it (the service stores only the line)."""
+    if role not in ROLES:
+        raise ConfigError("the role must be admin or worker")
+    token = "bpc_" + secrets.token_urlsafe(32)
+    line = f"sha256:{digest(token).hex()} {role}" + (f" {processes}" if processes else "")
+    return token, line

@@ -1,6 +1,6 @@
 """External ids: UUIDv8 values that carry the process and the fencing token of a lease.
 
-An id is ``process_id(name)`` (80 bits of SHA-256 of the name) followed by the 42-bit fencing
+An id is ``process_id(name)`` (64 bits of SHA-256 of the name) followed by the 58-bit fencing
 token, laid out as an RFC 9562 version 8 UUID. Releasing or renewing therefore needs no
 per-lease index: the id names its process, and the token tells a live lease, an ended one
 (token issued before), and one never granted (token not issued yet) apart.
@@ -11,14 +11,14 @@ from __future__ import annotations
 import hashlib
 import uuid
 
-PROCESS_ID_BITS = 80
-TOKEN_BITS = 42
+PROCESS_ID_BITS = 64
+TOKEN_BITS = 58
 MAX_TOKEN = (1 << TOKEN_BITS) - 1
 _LOW_62 = (1 << 62) - 1
 
 
 def process_id(name: str) -> int:
-    """The 80-bit id of a process name: the leading bits of its SHA-256."""
+    """The 64-bit id of a process name: the leading bits of its SHA-256."""
     digest = hashlib.sha256(name.encode()).digest()
     return int.from_bytes(digest[: PROCESS_ID_BITS // 8], "big")
 

@@ -12,6 +12,7 @@ from redis.exceptions import NoScriptError
 
 from coordinator.errors import (
     CoordinatorError,
+    InvalidField,
     LeaseGone,
     NoFreeKey,
     ProcessExists,
@@ -40,6 +41,7 @@ class Status(IntEnum):
     NO_FREE_KEY = 3
     UNKNOWN_LEASE = 4
     LEASE_GONE = 5
+    INVALID_ARGUMENT = 6
 
 
 def lua_dir() -> Path:
@@ -127,6 +129,8 @@ def raise_for_status(reply: list[Any], *, process_name: str = "", external_id: s
         error = UnknownLease(external_id)
     elif code == Status.LEASE_GONE:
         error = LeaseGone(external_id)
+    elif code == Status.INVALID_ARGUMENT:
+        error = InvalidField(str(reply[1]), "was refused by the script as malformed")
     else:
         error = UnexpectedReply(f"unknown script status {code!r}")
     raise error

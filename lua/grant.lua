@@ -12,16 +12,29 @@
 -- Returns {0, key, token, started_us, expires_us, last, size, lease_ms}  granted
 --         {1}                       no such process
 --         {3, retry_after_us}       no key free; microseconds until the earliest lease expires
+--         {6, argument}             an argument is missing or malformed; nothing changed
 --
 -- Times are microseconds since the epoch from Redis TIME. `last` is the staleness score:
 -- the microsecond of the key's last completion, or (key - size) < 0 if it never completed,
 -- so never-completed keys sort first, lowest number first. Keys >= `fresh` were never
 -- touched; they are not stored, and the next of them has score (fresh - size).
+-- Fencing tokens are max(last token + 1, microseconds since 2026-01-01 by Redis TIME): they
+-- strictly increase on one server, and after a failover that lost the newest grants
+-- (replication is asynchronous) the promoted replica still hands out tokens above every token
+-- the old primary gave, unless its clock is behind by more than the failover took.
 -- Cost: O(log size) plus at most RECLAIM_LIMIT expired leases returned to the free set.
 local meta, free, held, leases, tokens, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local machine = ARGV[1]
 local lease_ms = tonumber(ARGV[2])
 local RECLAIM_LIMIT = 16
+local TOKEN_EPOCH_US = 1767225600000000
+
+if not machine or machine == '' then
+  return {6, 'machine'}
+end
+if not lease_ms or lease_ms < 0 or lease_ms ~= math.floor(lease_ms) then
+  return {6, 'lease_ms'}
+end
 
 local m = redis.call('HMGET', meta, 'size', 'lease_ms', 'fresh')
 if not m[1] then
@@ -61,10 +74,12 @@ end
 
 -- Numbers go to Redis as formatted strings: Lua's own conversion may print 1.7e+15.
 local name = string.format('%d', key)
-local token = redis.call('INCR', fence)
+local token = math.max(tonumber(redis.call('GET', fence) or '0') + 1, now_us - TOKEN_EPOCH_US)
+local token_text = string.format('%.0f', token)
+redis.call('SET', fence, token_text)
 local expires_us = now_us + lease_ms * 1000
-redis.call('HSET', leases, name, string.format('%d|%.0f|%.0f|%d|%.0f|', token, now_us, expires_us,
-  lease_ms, last) .. machine)
-redis.call('HSET', tokens, string.format('%d', token), name)
+redis.call('HSET', leases, name, string.format('%s|%.0f|%.0f|%d|%.0f|', token_text, now_us,
+  expires_us, lease_ms, last) .. machine)
+redis.call('HSET', tokens, token_text, name)
 redis.call('ZADD', held, string.format('%.0f', expires_us), name)
 return {0, key, token, now_us, expires_us, last, size, lease_ms}

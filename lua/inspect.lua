@@ -12,9 +12,17 @@
 --            row = {key, last, token, started_us, expires_us, machine}  under lease
 --            (a lease with expires_us <= now_us has ended: the key is free)
 --         {1}  no such process
+--         {6, argument}  an argument is malformed
 local meta, free, leases = KEYS[1], KEYS[2], KEYS[3]
 local first = tonumber(ARGV[1])
 local count = tonumber(ARGV[2])
+
+if not first or first < 0 or first ~= math.floor(first) then
+  return {6, 'first'}
+end
+if not count or count < 0 or count ~= math.floor(count) then
+  return {6, 'count'}
+end
 
 local m = redis.call('HMGET', meta, 'size', 'lease_ms', 'fresh')
 if not m[1] then

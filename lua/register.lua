@@ -6,6 +6,7 @@
 --
 -- Returns {0, created_us}  registered (microseconds since the epoch, from Redis TIME)
 --         {2}              a process of this name is already registered
+--         {6, argument}    an argument is missing or malformed; nothing changed
 --
 -- Constant work whatever the size: no key exists in Redis until it is first granted
 -- (grant.lua hands out the never-touched keys 0, 1, 2, ... from the `fresh` counter), so
@@ -13,6 +14,13 @@
 local meta = KEYS[1]
 local size = ARGV[1]
 local lease_ms = ARGV[2]
+
+for i, argument in ipairs({'key_set_size', 'lease_ms'}) do
+  local value = tonumber(ARGV[i])
+  if not value or value < 1 or value ~= math.floor(value) then
+    return {6, argument}
+  end
+end
 
 if redis.call('EXISTS', meta) == 1 then
   return {2}

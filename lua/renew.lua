@@ -12,13 +12,19 @@
 -- Returns {0, key, token, started_us, expires_us, last, lease_ms, machine}  renewed
 --         {4}  no lease with this token was ever granted
 --         {5}  the lease was granted and has ended (released, expired, or process deleted)
+--         {6, argument}  an argument is malformed; nothing changed
 --
 -- Times are microseconds from Redis TIME; a lease whose expires_us <= now has ended.
 local free, held, leases, tokens, fence, freed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local token = tonumber(ARGV[1])
 local lease_ms = tonumber(ARGV[2])
 
-if token < 1 or token > tonumber(redis.call('GET', fence) or '0') then
+if not lease_ms or lease_ms < 0 or lease_ms ~= math.floor(lease_ms) then
+  return {6, 'lease_ms'}
+end
+-- Tokens are looked up as text, so only the canonical spelling can name a lease.
+if not string.match(ARGV[1] or '', '^[1-9]%d*$')
+    or token > tonumber(redis.call('GET', fence) or '0') then
   return {4}
 end
 local key = redis.call('HGET', tokens, ARGV[1])

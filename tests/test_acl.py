@@ -30,6 +30,14 @@ pytestmark = pytest.mark.anyio
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "scripts.md"
 ROLES = ("worker", "admin")
+TOKEN_EPOCH_US = 1_767_225_600_000_000  # grant.lua: tokens count microseconds from 2026-01-01
+
+
+def next_token(previous: int | None, started_us: int | None) -> int:
+    """The token grant.lua issues after `previous`, at the Redis TIME it granted at."""
+    assert previous is not None
+    assert started_us is not None
+    return max(previous + 1, started_us - TOKEN_EPOCH_US)
 
 
 def doc_rules(role: str, prefix: str, user: str, password: str) -> list[str]:
@@ -111,7 +119,9 @@ async def test_admin_runs_a_process_from_register_to_delete(users: Users, prefix
         assert (registered.key_set_size, registered.lease_seconds) == (2, 60)
         assert [p.name for p in await store.processes()] == ["acl-admin"]
         lease = await store.grant("acl-admin", "admin-host")
-        assert (lease.key, lease.fencing_token) == (0, 1)
+        assert (lease.key, lease.fencing_token) == (0, next_token(0, lease.started_us))
+        fence = store.keys.process("acl-admin").fence
+        assert await admin.get(fence) == str(lease.fencing_token)
         renewed = await store.renew(lease.external_id or "", 120)
         assert renewed.expires_us is not None
         assert lease.expires_us is not None
@@ -141,7 +151,7 @@ async def test_worker_leases_and_waits_but_cannot_register_or_delete(
         assert await store.scripts.load_missing() == 0
 
         first = await store.grant("acl-worker", "w1")
-        assert first.fencing_token == 1
+        assert first.fencing_token == next_token(0, first.started_us)
         assert (await store.renew(first.external_id or "", 90)).expires_us is not None
         assert [k.machine for k in await store.batch_keys("acl-worker")] == ["w1"]
 
@@ -154,7 +164,10 @@ async def test_worker_leases_and_waits_but_cannot_register_or_delete(
             tasks.start_soon(release_soon)
             with anyio.fail_after(5):
                 second = await store.grant("acl-worker", "w2", wait_seconds=5)
-        assert (second.key, second.fencing_token, second.machine) == (0, 2, "w2")
+        assert (second.key, second.machine) == (0, "w2")
+        assert second.fencing_token == next_token(first.fencing_token, second.started_us)
+        fence = store.keys.process("acl-worker").fence
+        assert await worker.get(fence) == str(second.fencing_token)
         failed = await store.release(second.external_id or "", "failed")
         assert failed.key == 0
 
@@ -165,10 +178,10 @@ async def test_worker_leases_and_waits_but_cannot_register_or_delete(
         with pytest.raises(NoPermissionError):
             await worker.zadd(f"{prefix}:{{registry}}:processes", {"forged": 0})
         with pytest.raises(NoPermissionError):
-            await worker.hset(f"{prefix}:{{registry}}:pids", "0" * 20, "forged")
+            await worker.hset(f"{prefix}:{{registry}}:pids", "0" * 16, "forged")
         # Refused before doing anything: the process is intact and alone.
         assert [p.name for p in await admin_store.processes()] == ["acl-worker"]
-        assert await admin.hget(f"{prefix}:{{registry}}:pids", "0" * 20) is None
+        assert await admin.hget(f"{prefix}:{{registry}}:pids", "0" * 16) is None
 
 
 Refusal = Callable[[Redis], Awaitable[Any]]

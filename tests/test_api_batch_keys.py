@@ -14,6 +14,7 @@ import pytest
 from coordinator import lease_id
 from coordinator.app import create_app
 from coordinator.config import Settings
+from coordinator.models import from_rfc3339
 from tests.conftest import FakeClock, Register, serve
 from tests.test_api_errors import (
     API,
@@ -28,6 +29,14 @@ from tests.test_api_errors import (
 pytestmark = pytest.mark.anyio
 
 KEYS = f"{API}/process/batch_keys"
+TOKEN_EPOCH_US = 1_767_225_600_000_000  # grant.lua: tokens count microseconds from 2026-01-01
+
+
+def _next_token(previous: int, granted: dict[str, Any]) -> int:
+    """The token grant.lua issues after `previous`, at the Redis TIME `granted` started."""
+    started_us = from_rfc3339(granted["started_at"])
+    assert started_us is not None
+    return max(previous + 1, started_us - TOKEN_EPOCH_US)
 
 
 async def _keys(client: httpx.AsyncClient, name: str) -> list[dict[str, Any]]:
@@ -164,7 +173,8 @@ async def test_request_answers_201_with_the_granted_key(
     assert key["process_name"] == name
     assert key["last_completed_at"] is None
     assert isinstance(key["fencing_token"], int)
-    assert key["fencing_token"] >= 1
+    # The process's first grant: its token is the microseconds since the token epoch.
+    assert key["fencing_token"] == _next_token(0, key)
     uuid.UUID(key["external_id"])
     assert _seconds(key["expires_at"], key["started_at"]) == 3600
     started = parse_time(key["started_at"])
@@ -194,6 +204,8 @@ async def test_a_fresh_process_hands_out_keys_in_order_then_409(
     assert len({k["external_id"] for k in granted}) == 5
     tokens = [k["fencing_token"] for k in granted]
     assert tokens == sorted(set(tokens))
+    for previous, key in zip([0, *tokens[:-1]], granted, strict=True):
+        assert key["fencing_token"] == _next_token(previous, key)
 
     response = await _request(client, name)
     body = assert_problem(response, 409, "no_free_key")
@@ -422,7 +434,7 @@ async def test_renew_rejects_invalid_fields_with_422(
     assert (await _keys(client, name))[0] == key
 
 
-def _unknown_ids(name: str) -> list[str]:
+def _unknown_ids(name: str, last_token: int) -> list[str]:
     return [
         "not-a-uuid",
         "12345",
@@ -430,7 +442,10 @@ def _unknown_ids(name: str) -> list[str]:
         str(uuid.uuid4()).upper(),
         str(uuid.UUID(int=0)),
         str(lease_id.compose("never-registered-anywhere", 1)),
-        str(lease_id.compose(name, 10_000)),  # this process, a token never issued
+        # This process, tokens above its last one: never issued.
+        str(lease_id.compose(name, last_token + 1)),
+        str(lease_id.compose(name, last_token + 10**9)),
+        str(lease_id.compose(name, lease_id.MAX_TOKEN)),
     ]
 
 
@@ -438,8 +453,8 @@ async def test_renew_and_release_of_ids_never_granted_are_404(
     client: httpx.AsyncClient, register: Register
 ) -> None:
     name = (await register())["process_name"]
-    await _grant(client, name)
-    for external_id in _unknown_ids(name):
+    granted = await _grant(client, name)
+    for external_id in _unknown_ids(name, granted["fencing_token"]):
         url = f"{KEYS}/{external_id}"
         assert_problem(await client.patch(url), 404, "unknown_lease")
         assert_problem(await client.patch(url, json={"lease_seconds": 5}), 404, "unknown_lease")
@@ -575,6 +590,11 @@ def _at(clock: FakeClock) -> datetime:
     return datetime.fromtimestamp(round(clock.now * 1_000_000) / 1_000_000, UTC)
 
 
+def _clock_token(clock: FakeClock) -> int:
+    """The fencing token's clock part at fakeredis's TIME: microseconds since the token epoch."""
+    return round(clock.now * 1_000_000) - TOKEN_EPOCH_US
+
+
 def _close(value: str, expected: datetime) -> bool:
     return abs(parse_time(value) - expected) <= timedelta(microseconds=2)
 
@@ -605,7 +625,9 @@ async def test_an_expired_lease_is_granted_again_with_a_higher_token(
     fake_clock.advance(61)
     new = await _grant(timed, "p", "fresh")
     assert new["key"] == old["key"] == 0
-    assert new["fencing_token"] > old["fencing_token"]
+    assert old["fencing_token"] == _next_token(0, old)
+    assert new["fencing_token"] == _next_token(old["fencing_token"], new)
+    assert new["fencing_token"] == _clock_token(fake_clock) > old["fencing_token"]
     assert new["external_id"] != old["external_id"]
     assert new["machine"] == "fresh"
     for response in (
@@ -661,7 +683,9 @@ async def test_renew_of_an_expired_lease_is_410_and_frees_the_key(
     assert_free((await _keys(timed, "p"))[0])
     # Once gone, always gone: a later release is 410 too.
     assert_problem(await timed.delete(f"{KEYS}/{key['external_id']}"), 410, "lease_gone")
-    assert (await _grant(timed, "p"))["fencing_token"] > key["fencing_token"]
+    again = await _grant(timed, "p")
+    assert again["fencing_token"] == _next_token(key["fencing_token"], again)
+    assert again["fencing_token"] > key["fencing_token"]
 
 
 async def test_release_of_an_expired_lease_is_410_and_stamps_no_completion(
@@ -701,6 +725,9 @@ async def test_an_expired_key_keeps_its_place_in_the_order(
     again = await _grant(timed, "p")
     assert again["key"] == 0
     assert again["fencing_token"] > k1["fencing_token"] > k0["fencing_token"]
+    assert k1["fencing_token"] == k0["fencing_token"] + 1  # the clock stood still
+    assert again["fencing_token"] == _next_token(k1["fencing_token"], again)
+    assert again["fencing_token"] == _clock_token(fake_clock)
     assert (await _grant(timed, "p"))["key"] == 2
 
 

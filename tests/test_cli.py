@@ -26,6 +26,8 @@ import pytest
 import redis
 
 from coordinator.embedded import free_port
+from coordinator.keys import KeySpace
+from coordinator.models import from_rfc3339
 
 CLI = [sys.executable, "-m", "coordinator.cli"]
 API = "/api/v1"
@@ -41,6 +43,7 @@ KEY_FIELDS = {
 }
 PROCESS_HEADER = ["PROCESS", "KEYS", "LEASE_SECONDS"]
 KEYS_HEADER = ["KEY", "STATE", "MACHINE", "TOKEN", "EXPIRES_AT", "LAST_COMPLETED_AT", "EXTERNAL_ID"]
+TOKEN_EPOCH_US = 1_767_225_600_000_000  # grant.lua: tokens count microseconds from 2026-01-01
 # A shell child that says it has started, then sleeps until signalled; its trap records the
 # signal in $2 and exits 42. (`wait` returns as soon as a trapped signal arrives.)
 TRAPPING_CHILD = (
@@ -79,6 +82,19 @@ class Server:
         assert response.status_code == 201, response.text
         result: dict[str, Any] = response.json()
         return result
+
+    def fence(self, name: str) -> int | None:
+        """The last fencing token issued for `name` (the `fence` key), or None if none was."""
+        with redis.Redis.from_url(self.redis_url, decode_responses=True) as client:
+            value = client.get(KeySpace().process(name).fence)
+        return None if value is None else int(str(value))
+
+
+def next_token(previous: int, granted: dict[str, Any]) -> int:
+    """The token grant.lua issues after `previous`, at the Redis TIME `granted` started."""
+    started_us = from_rfc3339(granted["started_at"])
+    assert started_us is not None
+    return max(previous + 1, started_us - TOKEN_EPOCH_US)
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +291,9 @@ def test_key_commands(cli: Cli, server: Server, name: str) -> None:
     assert set(second) == KEY_FIELDS
     assert second == server.keys(name)[1]
     assert (second["key"], second["machine"], second["process_name"]) == (1, "m-1", name)
-    assert second["fencing_token"] == first["fencing_token"] + 1
+    assert first["fencing_token"] == next_token(0, first)
+    assert second["fencing_token"] == next_token(first["fencing_token"], second)
+    assert second["fencing_token"] == server.fence(name)
     assert cli.json("keys", name) == server.keys(name)
 
     renewed = cli.json("renew", second["external_id"], "--lease-seconds", "300")
@@ -352,8 +370,10 @@ def test_run_without_a_command_is_exit_2(
 ) -> None:
     server.register(name, keys=1)
     assert_error(cli("run", name, *rest), 2, "run needs a command")
-    # Nothing was acquired: the first grant still gets fencing token 1.
-    assert server.acquire(name)["fencing_token"] == 1
+    # Nothing was acquired: no token was ever issued, so the first grant's is the clock's.
+    assert server.fence(name) is None
+    first = server.acquire(name)
+    assert first["fencing_token"] == next_token(0, first) == server.fence(name)
 
 
 # ---- run ----
@@ -372,7 +392,8 @@ def test_run_gives_the_command_its_key(cli: Cli, server: Server, name: str, tmp_
 
     batch_key, size, token, external_id, process_name = out.read_text().splitlines()
     assert (batch_key, size, process_name) == ("1", "3", name)
-    assert int(token) == holder["fencing_token"] + 1
+    # The next token after the holder's, and the last one issued.
+    assert holder["fencing_token"] < int(token) == server.fence(name)
 
     keys = cli.json("keys", name)
     assert keys[0]["external_id"] == holder["external_id"]  # untouched
@@ -403,9 +424,13 @@ def test_run_propagates_failure_and_releases_failed(
     keys = server.keys(name)
     assert [k["external_id"] for k in keys] == [None, None]
     assert [k["last_completed_at"] for k in keys] == [None, None]
-    # Key 0 was granted (token 1) and released failed: it keeps its place, first in line.
+    # Key 0 was granted (a token was issued) and released failed: it keeps its place, first
+    # in line, and the next grant's token follows the run's.
+    ran = server.fence(name)
+    assert ran is not None
     again = server.acquire(name)
-    assert (again["key"], again["fencing_token"]) == (0, 2)
+    assert again["key"] == 0
+    assert again["fencing_token"] == next_token(ran, again) == server.fence(name)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -537,7 +562,10 @@ def test_run_waits_for_a_free_key(cli: Cli, server: Server, name: str, tmp_path:
         stop(run)
         valkey.close()
     assert run.returncode == 0, stderr
-    assert out.read_text() == f"0 {holder['fencing_token'] + 1}\n"
+    batch_key, token = out.read_text().split()
+    assert batch_key == "0"
+    # The next token after the holder's, and the last one issued.
+    assert holder["fencing_token"] < int(token) == server.fence(name)
     (key,) = server.keys(name)
     assert key["external_id"] is None
     assert key["last_completed_at"] is not None

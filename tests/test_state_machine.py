@@ -1,9 +1,11 @@
 """A stateful model test: the store on fakeredis with a controlled clock against a Python model.
 
 The model keeps, per process name, each key's staleness score (its last completion time in
-µs, or ``key - size`` if never completed), the live leases, and the fencing counter (which
-outlives deletion). It predicts which key every grant returns and the outcome of every
-renew and release, and after each step the store's key table must match it exactly.
+µs, or ``key - size`` if never completed), the live leases, and the last fencing token (which
+outlives deletion). It predicts which key and which token every grant returns (a token is
+max(last token + 1, Redis TIME in µs since 2026-01-01), and the clock is the test's) and the
+outcome of every renew and release, and after each step the store's key table must match it
+exactly.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from coordinator.models import BatchKey, Process
 from coordinator.store import Store
 
 START_US = 1_800_000_000_000_000
+TOKEN_EPOCH_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z: tokens count µs from here
 NAMES = ("alpha", "beta")
 LEASES = (1, 2, 5)
 MAX_LEASE_US = max(LEASES) * 1_000_000
@@ -185,7 +188,11 @@ class CoordinatorMachine(RuleBasedStateMachine):
         # Stalest first; equal scores (completions at one instant) tie by member string.
         key = min(free, key=lambda k: (proc.score[k], str(k)))
         lease_ms = proc.lease_ms if lease is None else lease * 1000
-        self.fence[name] += 1
+        # fakeredis answers TIME with round(time.time() * 1e6), time.time() being the clock.
+        redis_now_us = round(self.clock.now * 1_000_000)
+        assert redis_now_us == self.now_us
+        token = max(self.fence[name] + 1, redis_now_us - TOKEN_EPOCH_US)
+        self.fence[name] = token
         expected = Lease(
             name=name,
             key=key,
@@ -361,6 +368,13 @@ class CoordinatorMachine(RuleBasedStateMachine):
             # Every lease record the server keeps is one the model granted on that key.
             issued = {(lease.token, lease.key) for lease in proc.held.values()}
             assert {(int(t), int(k)) for t, k in token_to_key.items()} <= issued
+
+    @invariant()
+    def fences_hold_the_last_token(self) -> None:
+        """Each name's fence is its last token, through deletion and re-registration."""
+        for name in NAMES:
+            fence = self.run(self.client.get(self.store.keys.process(name).fence))
+            assert fence == (str(self.fence[name]) if self.fence[name] else None)
 
     @invariant()
     def process_list_matches(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 
@@ -19,6 +20,8 @@ from coordinator.errors import (
 from coordinator.models import Process
 
 pytestmark = pytest.mark.anyio
+
+TOKEN_EPOCH_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z, the origin of token clocks
 
 
 async def snapshot(redis, prefix):
@@ -148,8 +151,9 @@ async def test_release_response_fields(store, new_name):
     assert not listed.held
 
 
-async def test_fencing_tokens_strictly_increase_across_reregistration(store, new_name):
+async def test_fencing_tokens_strictly_increase_across_reregistration(store, redis, new_name):
     name = new_name()
+    fence = store.keys.process(name).fence
     tokens = []
     for _round in range(3):
         await store.register(name, key_set_size=3)
@@ -161,6 +165,9 @@ async def test_fencing_tokens_strictly_increase_across_reregistration(store, new
         held = [k for k in await store.batch_keys(name) if k.held]
         tokens.extend(k.fencing_token for k in held)
         await store.unregister(name)
+        # The fence outlives the process and holds the name's last token. (Tokens have a
+        # clock floor, so growing tokens alone would not prove the fence was kept.)
+        assert await redis.get(fence) == str(tokens[-1])
     assert tokens == sorted(tokens)
     assert len(set(tokens)) == len(tokens)
     assert tokens[0] >= 1
@@ -169,12 +176,24 @@ async def test_fencing_tokens_strictly_increase_across_reregistration(store, new
     assert (await store.grant(name, "w")).fencing_token > tokens[-1]
 
 
-async def test_fencing_tokens_are_per_process_name(store, new_name):
+async def test_fencing_tokens_are_per_process_name(store, redis, new_name):
     a, b = new_name(), new_name()
     await store.register(a, 5)
     await store.register(b, 5)
-    assert [(await store.grant(a, "w")).fencing_token for _ in range(3)] == [1, 2, 3]
-    assert (await store.grant(b, "w")).fencing_token == 1
+    tokens = [(await store.grant(a, "w")).fencing_token for _ in range(3)]
+    assert tokens[0] < tokens[1] < tokens[2]
+    # Put a's fence far ahead of the clock: a's next token continues from it exactly...
+    ahead = tokens[-1] + 10**12  # about 11.6 days of microseconds
+    await redis.set(store.keys.process(a).fence, str(ahead))
+    assert (await store.grant(a, "w")).fencing_token == ahead + 1
+    assert (await store.grant(a, "w")).fencing_token == ahead + 2
+    # ...while b, whose fence is its own and still empty, gets the clock's reading.
+    before_us = math.floor(time.time() * 1_000_000)
+    first_b = (await store.grant(b, "w")).fencing_token
+    after_us = math.ceil(time.time() * 1_000_000)
+    assert before_us - TOKEN_EPOCH_US <= first_b <= after_us - TOKEN_EPOCH_US
+    assert await redis.get(store.keys.process(b).fence) == str(first_b)
+    assert await redis.get(store.keys.process(a).fence) == str(ahead + 2)
 
 
 async def test_no_free_key_retry_after_within_lease(store, new_name):
@@ -229,13 +248,16 @@ async def test_ended_leases_are_gone(store, new_name):
     assert keys[granted.key].last_completed_us is not None
 
 
-async def test_never_granted_leases_are_unknown(store, new_name):
+async def test_never_granted_leases_are_unknown(store, redis, new_name):
     name = new_name()
     await store.register(name, key_set_size=2)
     granted = await store.grant(name, "w")
+    # Never granted means above the fence, which holds the last token issued.
+    assert await redis.get(store.keys.process(name).fence) == str(granted.fencing_token)
     never = [
         str(lease_id.compose(name, granted.fencing_token + 1)),
-        str(lease_id.compose(name, 2**42 - 1)),
+        str(lease_id.compose(name, granted.fencing_token + 10**9)),
+        str(lease_id.compose(name, lease_id.MAX_TOKEN)),
         str(lease_id.compose(new_name(), 1)),  # a name never registered
         "00000000-0000-4000-8000-000000000000",
         "b608a696-7197-42b1-bbbd-cabb962cbaad",

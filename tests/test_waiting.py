@@ -43,7 +43,7 @@ async def test_a_waiter_is_granted_soon_after_a_release(valkey_redis: Redis, pre
         granted = await waiter
         latencies.append(time.monotonic() - released_at)
         assert granted.key == held.key
-        assert granted.fencing_token == held.fencing_token + 1
+        assert (granted.fencing_token or 0) > (held.fencing_token or 0)
         await store.release(granted.external_id)
     # The contract is 50 ms; the bound leaves room for a loaded CI machine.
     assert statistics.median(latencies) < 0.05, latencies
@@ -69,7 +69,11 @@ async def test_twenty_waiters_on_one_key_are_each_granted_once_in_turn(
     await asyncio.sleep(0.05)  # let them all find the process full
     await store.release(first.external_id)
     tokens = await asyncio.gather(*workers)
-    assert sorted(tokens) == list(range(2, 22))
+    assert len(set(tokens)) == 20
+    assert min(tokens) > (first.fencing_token or 0)
+    # Tokens follow the order the key was handed on in.
+    granted_order = [token for event, token in timeline if event == "granted"]
+    assert granted_order == sorted(granted_order)
     # One holder at a time: every grant follows the previous holder's release.
     for (event, token), (next_event, next_token) in itertools.pairwise(timeline):
         if event == "granted":
@@ -92,7 +96,7 @@ async def test_a_waiter_gets_a_key_whose_lease_expires(valkey_redis: Redis, pref
     held = await store.grant("expiring", "stalled", lease_seconds=1)
     granted = await store.grant("expiring", "waiter", wait_seconds=5)
     assert granted.key == held.key
-    assert granted.fencing_token == (held.fencing_token or 0) + 1
+    assert (granted.fencing_token or 0) > (held.fencing_token or 0)
     assert granted.started_us is not None
     assert held.expires_us is not None
     assert granted.started_us >= held.expires_us

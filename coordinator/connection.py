@@ -6,7 +6,9 @@ from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from coordinator.config import REDIS_URL_SCHEMES, ConfigError, Settings
 
@@ -61,6 +63,44 @@ def connect(url: str, settings: Settings) -> RedisClient:
     return Redis.from_pool(pool)  # the client owns the pool and closes it
 
 
+class _Sentinels(Sentinel):
+    """redis-py's Sentinel with a discovery that many connections may run at once.
+
+    redis-py moves the sentinel that answered to the front of its list by an index read
+    before its await; concurrent discoveries (every new pooled connection runs one) then
+    duplicate one sentinel in the list and drop another, which is never asked again nor
+    closed. This moves it by identity instead.
+    """
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        errors: list[str] = []
+        for sentinel in list(self.sentinels):
+            try:
+                masters = await sentinel.sentinel_masters()
+            except (RedisConnectionError, RedisTimeoutError) as error:
+                errors.append(f"{sentinel} - {error!r}")
+                continue
+            state = masters.get(service_name) if isinstance(masters, dict) else None
+            if state and self.check_master_state(state, service_name):
+                self.sentinels.remove(sentinel)
+                self.sentinels.insert(0, sentinel)  # ask it first next time
+                return state["ip"], state["port"]
+        detail = f" : {', '.join(errors)}" if errors else ""
+        raise MasterNotFoundError(f"No master found for {service_name!r}{detail}")
+
+
+class _SentinelPrimary(Redis):
+    """The primary's client; closing it also closes its connections to the sentinels, which
+    redis-py leaves open (the Sentinel object is not owned by the client it hands out)."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        pool = self.connection_pool
+        if isinstance(pool, SentinelConnectionPool):
+            for sentinel in pool.sentinel_manager.sentinels:
+                await sentinel.aclose()
+
+
 def _sentinel_primary(url: str, settings: Settings) -> Redis:
     """`redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]`."""
     parts = urlsplit(url)
@@ -77,7 +117,7 @@ def _sentinel_primary(url: str, settings: Settings) -> Redis:
             raise ConfigError(f"a Sentinel address must be host:port, not {host!r}")
         sentinels.append((name, int(port)))
     timeout = settings.redis_timeout_seconds
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves __init__ untyped
+    sentinel = _Sentinels(  # type: ignore[no-untyped-call]  # redis-py leaves __init__ untyped
         sentinels,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
@@ -85,6 +125,7 @@ def _sentinel_primary(url: str, settings: Settings) -> Redis:
     )
     primary: Redis = sentinel.master_for(
         path[0],
+        redis_class=_SentinelPrimary,
         decode_responses=True,
         db=int(path[1]) if len(path) > 1 and path[1].isdigit() else 0,
         username=unquote(parts.username) if parts.username else None,

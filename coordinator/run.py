@@ -53,19 +53,28 @@ def _supervise(lease: AsyncLease, process_name: str, command: Sequence[str]) -> 
         "EXTERNAL_ID": lease.external_id,
         "PROCESS_NAME": process_name,
     }
-    try:
-        # A session of its own: only the signals passed on here reach the command.
-        child = subprocess.Popen(list(command), env=env, start_new_session=True)  # noqa: S603
-    except OSError as error:
-        print(f"coordinator: cannot run {command[0]}: {error.strerror}", file=sys.stderr)
-        return 127
+    child: subprocess.Popen[bytes] | None = None
+    pending: list[int] = []
 
     def forward(signum: int, _frame: FrameType | None) -> None:
-        child.send_signal(signum)
+        if child is None:
+            pending.append(signum)  # arrived while the command was starting: passed on below
+        else:
+            child.send_signal(signum)
 
+    # Handlers before the command starts: a signal that arrives once it runs (it may already
+    # have told the world so) must reach it, not kill this process and leave it orphaned.
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     stopping = False
     try:
+        try:
+            # A session of its own: only the signals passed on here reach the command.
+            child = subprocess.Popen(list(command), env=env, start_new_session=True)  # noqa: S603
+        except OSError as error:
+            print(f"coordinator: cannot run {command[0]}: {error.strerror}", file=sys.stderr)
+            return 127
+        for signum in pending:
+            child.send_signal(signum)
         while True:
             try:
                 code = child.wait(POLL_SECONDS)

@@ -55,6 +55,7 @@ class Report:
     overlaps: list[str] = field(default_factory=list)
     token_regressions: list[str] = field(default_factory=list)
     held_at_end: list[str] = field(default_factory=list)
+    transport_errors: int = 0
 
     @property
     def server_errors(self) -> int:
@@ -66,7 +67,8 @@ class Report:
         return (
             f"leases checked {self.leases} ({behaviours}); responses {statuses};"
             f" overlaps {len(self.overlaps)}; token regressions {len(self.token_regressions)};"
-            f" 5xx {self.server_errors}; keys held at the end {len(self.held_at_end)}"
+            f" 5xx {self.server_errors}; keys held at the end {len(self.held_at_end)};"
+            f" connection failures {self.transport_errors}"
         )
 
 
@@ -97,44 +99,69 @@ def check(leases: list[Lease], report: Report) -> None:
 
 async def _worker(
     client: httpx.AsyncClient, process: str, n: int, deadline: float,
+    leases: list[Lease], report: Report, rng: random.Random, tolerate: bool,
+) -> None:  # fmt: skip
+    while time.time() < deadline:
+        try:
+            await _cycle(client, process, n, leases, report, rng)
+        except httpx.TransportError:
+            # Only a test that kills a replica tolerates this; its leases then end by expiry.
+            if not tolerate:
+                raise
+            report.transport_errors += 1
+            await asyncio.sleep(0.05)
+
+
+async def _cycle(
+    client: httpx.AsyncClient, process: str, n: int,
     leases: list[Lease], report: Report, rng: random.Random,
 ) -> None:  # fmt: skip
+    """One grant, then complete, fail, abandon or renew it."""
     machine = f"worker-{n}"
-    while time.time() < deadline:
-        response = await client.post(
-            f"{API}/batch_keys",
-            json={"process_name": process, "machine": machine,
-                  "lease_seconds": rng.choice((1, 2)), "wait_seconds": 1},
-        )  # fmt: skip
-        report.statuses[response.status_code] += 1
-        if response.status_code != 201:
-            continue
-        body = response.json()
-        lease = Lease(process, body["key"], body["fencing_token"], time.time(),
-                      (from_rfc3339(body["expires_at"]) or 0) / 1e6)  # fmt: skip
-        leases.append(lease)
-        behaviour = rng.choice(BEHAVIOURS)
-        report.by_behaviour[behaviour] += 1
-        url = f"{API}/batch_keys/{body['external_id']}"
-        await asyncio.sleep(rng.uniform(0, 0.3))
-        if behaviour == "abandon":
-            continue  # never released: the lease must expire before the key moves on
-        outcome = "failed" if behaviour == "failed" else "completed"
-        if behaviour == "renew":
-            for _ in range(rng.randint(1, 3)):
-                renewed = await client.patch(url)
-                report.statuses[renewed.status_code] += 1
-                if renewed.status_code != 200:
-                    break
-                lease.expires = (from_rfc3339(renewed.json()["expires_at"]) or 0) / 1e6
-                await asyncio.sleep(rng.uniform(0.2, 0.6))
-        lease.ended = time.time()
+    response = await client.post(
+        f"{API}/batch_keys",
+        json={"process_name": process, "machine": machine,
+              "lease_seconds": rng.choice((1, 2)), "wait_seconds": 1},
+    )  # fmt: skip
+    report.statuses[response.status_code] += 1
+    if response.status_code != 201:
+        return
+    body = response.json()
+    lease = Lease(process, body["key"], body["fencing_token"], time.time(),
+                  (from_rfc3339(body["expires_at"]) or 0) / 1e6)  # fmt: skip
+    leases.append(lease)
+    behaviour = rng.choice(BEHAVIOURS)
+    report.by_behaviour[behaviour] += 1
+    url = f"{API}/batch_keys/{body['external_id']}"
+    await asyncio.sleep(rng.uniform(0, 0.3))
+    if behaviour == "abandon":
+        return  # never released: the lease must expire before the key moves on
+    outcome = "failed" if behaviour == "failed" else "completed"
+    if behaviour == "renew":
+        for _ in range(rng.randint(1, 3)):
+            renewed = await client.patch(url)
+            report.statuses[renewed.status_code] += 1
+            if renewed.status_code != 200:
+                break
+            lease.expires = (from_rfc3339(renewed.json()["expires_at"]) or 0) / 1e6
+            await asyncio.sleep(rng.uniform(0.2, 0.6))
+    lease.ended = time.time()
+    try:
         released = await client.delete(url, params={"outcome": outcome})
-        report.statuses[released.status_code] += 1
+    except httpx.TransportError:
+        lease.ended = float("inf")  # the release may never have arrived: it ends by expiry
+        raise
+    report.statuses[released.status_code] += 1
 
 
 async def run(
-    bases: list[str], seconds: float, processes: int = 3, workers: int = 16, seed: int = 1
+    bases: list[str],
+    seconds: float,
+    processes: int = 3,
+    workers: int = 16,
+    seed: int = 1,
+    *,
+    tolerate: bool = False,
 ) -> Report:
     """Drive the replicas for `seconds`, then check every lease and the final key table."""
     report, leases = Report(), []
@@ -149,7 +176,7 @@ async def run(
         deadline = time.time() + seconds
         await asyncio.gather(*(
             _worker(clients[(p * workers + n) % len(clients)], name, n, deadline, leases,
-                    report, random.Random(rng.random()))
+                    report, random.Random(rng.random()), tolerate)
             for p, name in enumerate(names) for n in range(workers)
         ))  # fmt: skip
         check(leases, report)
@@ -157,7 +184,7 @@ async def run(
         latest = max((lease.expires for lease in leases), default=time.time())
         await asyncio.sleep(max(0.0, latest - time.time()) + 0.05)
         for name in names:
-            keys = (await clients[1 % len(clients)].get(f"{API}/batch_keys/{name}")).json()
+            keys = (await clients[0].get(f"{API}/batch_keys/{name}")).json()
             report.held_at_end += [f"{name}/{k['key']}" for k in keys if k["external_id"]]
     finally:
         for client in clients:

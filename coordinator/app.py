@@ -195,6 +195,9 @@ def create_app(settings: Settings | None = None, *, redis: RedisClient | None = 
                 prefix=settings.key_prefix,
                 limits=limits,
                 replica_acks=settings.min_replica_acks,
+                # WAIT must end well inside the socket timeout, or a slow replica would turn
+                # a change that was made into a 503.
+                replica_timeout_ms=max(1, min(1000, int(settings.redis_timeout_seconds * 500))),
             )
             yield {"store": store, "tokens": load_tokens(settings)}
         finally:

@@ -77,12 +77,15 @@ class Store:
         prefix: str = "bpc",
         limits: Limits | None = None,
         replica_acks: int = 0,
+        replica_timeout_ms: int = 1000,
     ) -> None:
         self.redis = redis
         self.keys = KeySpace(prefix)
         self.limits = limits or Limits()
         # replica_acks > 0: every change waits (WAIT) until that many replicas hold it.
-        self.scripts = Scripts(redis, replica_acks=replica_acks)
+        self.scripts = Scripts(
+            redis, replica_acks=replica_acks, replica_timeout_ms=replica_timeout_ms
+        )
         # Process id -> name is fixed by the hash, so this cache never goes stale.
         self._names: dict[int, str] = {}
 

@@ -18,8 +18,10 @@ from coordinator.auth import Principal, TokenTable, load_tokens
 from coordinator.config import ConfigError, Settings
 from coordinator.connection import RedisClient, connect
 from coordinator.errors import CoordinatorError, StoreUnavailable
+from coordinator.metrics import install as install_metrics
 from coordinator.schemas import JSONResponse
 from coordinator.store import Limits, Store
+from coordinator.ui import dashboard
 
 API = "/api/v1"
 
@@ -138,6 +140,26 @@ async def release_batch_key(request: Request) -> Response:
     return JSONResponse(key.to_json())
 
 
+async def revoke_batch_key(request: Request) -> Response:
+    """POST /api/v1/process/batch_keys/<external_id>/revoke (admin)."""
+    caller = _caller(request)
+    external_id = request.path_params["external_id"]
+    if caller is not None:
+        caller.require("admin", await _store(request).process_name_of(external_id))
+    key = await _store(request).revoke(external_id)
+    return JSONResponse(key.to_json())
+
+
+async def list_events(request: Request) -> Response:
+    """GET /api/v1/process/<process_name>/events[?after=ID&limit=N]."""
+    caller = _caller(request)
+    name = validation.process_name(request.path_params["process_name"])
+    _require(caller, "worker", name)
+    after, limit = schemas.event_page(request.query_params)
+    events = await _store(request).events(name, after, limit)
+    return JSONResponse([e.to_json() for e in events])
+
+
 async def healthz(_request: Request) -> Response:
     """The process is up."""
     return JSONResponse({"status": "ok"})
@@ -165,9 +187,16 @@ ROUTES = [
     Route(f"{API}/process/batch_keys/{{external_id}}", renew_batch_key, methods=["PATCH"]),
     Route(f"{API}/process/batch_keys/{{external_id}}", release_batch_key, methods=["DELETE"]),
     Route(f"{API}/process/{{process_name}}", unregister_process, methods=["DELETE"]),
+    Route(f"{API}/process/batch_keys/{{external_id}}/revoke", revoke_batch_key, methods=["POST"]),
+    Route(f"{API}/process/{{process_name}}/events", list_events, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/openapi.json", openapi_json, methods=["GET"]),
+]
+# The operators' dashboard: a page, not part of the API (so not in ROUTES nor /openapi.json).
+UI_ROUTES = [
+    Route("/", dashboard, methods=["GET"]),
+    Route("/ui", dashboard, methods=["GET"]),
 ]
 
 
@@ -188,6 +217,7 @@ def create_app(settings: Settings | None = None, *, redis: RedisClient | None = 
         limits = Limits(
             max_key_set_size=settings.max_key_set_size,
             default_lease_seconds=settings.default_lease_seconds,
+            events_cap=settings.events_cap,
         )
         try:
             store = Store(
@@ -205,7 +235,7 @@ def create_app(settings: Settings | None = None, *, redis: RedisClient | None = 
                 await client.aclose()
 
     app = Starlette(
-        routes=ROUTES,
+        routes=[*ROUTES, *UI_ROUTES],
         lifespan=lifespan,
         exception_handlers={
             CoordinatorError: problems.coordinator_error,
@@ -216,4 +246,6 @@ def create_app(settings: Settings | None = None, *, redis: RedisClient | None = 
     # An unknown route is a 404 problem, not a 307 to a neighbour: a redirect of
     # DELETE .../batch_keys/ (empty id) would land on deleting a process named "batch_keys".
     app.router.redirect_slashes = False
+    # Prometheus: counts every request and serves GET /metrics (coordinator/metrics.py).
+    install_metrics(app)
     return app

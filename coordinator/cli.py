@@ -9,7 +9,8 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from coordinator import __version__, output
 from coordinator.auth import load_tokens, new_token
@@ -21,6 +22,7 @@ from coordinator.models import BatchKey, Process
 from coordinator.run import run_job
 
 logger = logging.getLogger("coordinator")
+FOLLOW_POLL_SECONDS = 0.5
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--role", choices=["admin", "worker"], required=True)
     create.add_argument("--processes", help="limit it to these process names (a,b,reports-*)")
 
+    _add_client_commands(commands)
+    return parser
+
+
+def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The commands that call the service, over HTTP or directly on Redis."""
     client = argparse.ArgumentParser(add_help=False)
     client.add_argument(
         "--url",
@@ -97,6 +105,13 @@ def _parser() -> argparse.ArgumentParser:
     release = commands.add_parser("release", parents=[client], help="end a lease")
     release.add_argument("external_id")
     release.add_argument("--outcome", choices=["completed", "failed"], default="completed")
+    revoke = commands.add_parser("revoke", parents=[client], help="end a lease (admin)")
+    revoke.add_argument("external_id")
+    events = commands.add_parser("events", parents=[client], help="a process's history")
+    events.add_argument("name")
+    events.add_argument("--after", default="-", help="only events after this event id")
+    events.add_argument("--limit", type=int, default=100)
+    events.add_argument("--follow", action="store_true", help="keep printing new events")
 
     run = commands.add_parser(
         "run",
@@ -112,7 +127,6 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--wait", type=float, default=0, help="seconds to wait for a free key")
     # Not REMAINDER: that would swallow the options after NAME (main() splits off `-- ...`).
     run.add_argument("command_rest", nargs="*", metavar="-- COMMAND ARGS...")
-    return parser
 
 
 def _client(args: argparse.Namespace) -> Coordinator:
@@ -128,27 +142,48 @@ def client_command(args: argparse.Namespace) -> int:
         if not command:
             raise ConfigError("run needs a command: coordinator run PROCESS -- COMMAND ARGS...")
     with _client(args) as coordinator:
+        if args.command == "events":
+            return _print_events(coordinator, args)
         if args.command == "run":
             return run_job(coordinator, args.name, args.machine, command,
                            wait_seconds=args.wait, lease_seconds=args.lease_seconds)  # fmt: skip
-        result: Process | BatchKey | list[Process] | list[BatchKey]
-        if args.command == "process":
-            if args.action == "list":
-                result = coordinator.processes()
-            elif args.action == "register":
-                result = coordinator.register(args.name, args.keys, args.lease_seconds)
-            else:
-                result = coordinator.unregister(args.name)
-        elif args.command == "keys":
-            result = coordinator.keys(args.name)
-        elif args.command == "acquire":
-            result = coordinator.acquire(args.name, args.machine, args.lease_seconds, args.wait)
-        elif args.command == "renew":
-            result = coordinator.renew(args.external_id, args.lease_seconds)
-        else:
-            result = coordinator.release(args.external_id, args.outcome)
+        result = _CALLS[args.command if args.command != "process" else args.action](
+            coordinator, args
+        )
     print(_render(result, as_json=args.json))
     return 0
+
+
+Result = Process | BatchKey | list[Process] | list[BatchKey]
+# One call per command (`process` commands by their action).
+_CALLS: dict[str, Callable[[Coordinator, argparse.Namespace], Result]] = {
+    "list": lambda c, a: c.processes(),
+    "register": lambda c, a: c.register(a.name, a.keys, a.lease_seconds),
+    "delete": lambda c, a: c.unregister(a.name),
+    "keys": lambda c, a: c.keys(a.name),
+    "acquire": lambda c, a: c.acquire(a.name, a.machine, a.lease_seconds, a.wait),
+    "renew": lambda c, a: c.renew(a.external_id, a.lease_seconds),
+    "release": lambda c, a: c.release(a.external_id, a.outcome),
+    "revoke": lambda c, a: c.revoke(a.external_id),
+}
+
+
+def _print_events(coordinator: Coordinator, args: argparse.Namespace) -> int:
+    """Print events, and with --follow keep polling for new ones until interrupted."""
+    after = args.after
+    try:
+        while True:
+            batch = coordinator.events(args.name, after, args.limit)
+            for event in batch:
+                print(output.event_line(event, as_json=args.json), flush=True)
+            if batch:
+                after = batch[-1].id
+            if not args.follow:
+                return 0
+            if not batch:
+                time.sleep(FOLLOW_POLL_SECONDS)
+    except KeyboardInterrupt:
+        return 0
 
 
 def _render(result: Process | BatchKey | list[Process] | list[BatchKey], *, as_json: bool) -> str:
@@ -212,15 +247,19 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         else:
             # Worker processes import the factory and read the URL from the environment.
             os.environ["COORDINATOR_REDIS_URL"] = str(settings.redis_url)
-            uvicorn.run(
-                "coordinator.app:create_app",
-                factory=True,
-                host=args.host,
-                port=args.port,
-                workers=args.workers,
-                log_level=args.log_level,
-                proxy_headers=True,
-            )
+            # ... and PROMETHEUS_MULTIPROC_DIR, where they keep the counters /metrics sums.
+            from coordinator.metrics import multiprocess_directory  # noqa: PLC0415
+
+            with multiprocess_directory(args.workers):
+                uvicorn.run(
+                    "coordinator.app:create_app",
+                    factory=True,
+                    host=args.host,
+                    port=args.port,
+                    workers=args.workers,
+                    log_level=args.log_level,
+                    proxy_headers=True,
+                )
     except _Stop as stop:
         logger.info("stopped by %s", stop)
     finally:

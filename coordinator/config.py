@@ -37,6 +37,7 @@ class Settings:
     redis_timeout_seconds: float = 2.0
     redis_max_connections: int = 64
     min_replica_acks: int = 0
+    events_cap: int = 10_000
     tokens: str | None = None
     tokens_file: Path | None = None
 
@@ -80,6 +81,7 @@ class Settings:
             ),
             min_replica_acks=_replica_acks(get("MIN_REPLICA_ACKS"), redis_url),
             tokens=get("TOKENS"),
+            events_cap=_int(get("EVENTS_CAP"), "EVENTS_CAP", defaults.events_cap, 1, 10_000_000),
             tokens_file=Path(tokens_file) if (tokens_file := get("TOKENS_FILE")) else None,
             redis_max_connections=_int(
                 get("REDIS_MAX_CONNECTIONS"),

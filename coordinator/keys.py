@@ -20,6 +20,7 @@ class ProcessKeys:
     tokens: str
     fence: str
     freed: str
+    events: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,7 @@ class KeySpace:
             tokens=base + "tokens",
             fence=base + "fence",
             freed=base + "freed",
+            events=base + "events",
         )
 
     @property

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from coordinator.lease_id import compose
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -46,6 +48,59 @@ class Process:
     def from_json(cls, data: dict[str, Any]) -> Process:
         """A process object as the HTTP API returns it."""
         return cls(data["process_name"], int(data["key_set_size"]), int(data["lease_seconds"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of a process's history (a Redis stream entry)."""
+
+    id: str
+    process_name: str
+    type: str
+    at_us: int
+    key: int | None = None
+    machine: str | None = None
+    fencing_token: int | None = None
+
+    @classmethod
+    def from_stream(cls, process_name: str, entry_id: str, fields: dict[str, str]) -> Event:
+        """An entry as the scripts write it: empty fields are absent values."""
+        return cls(
+            id=entry_id,
+            process_name=process_name,
+            type=fields.get("type", ""),
+            at_us=int(fields.get("at_us") or 0),
+            key=int(fields["key"]) if fields.get("key") else None,
+            machine=fields.get("machine") or None,
+            fencing_token=int(fields["token"]) if fields.get("token") else None,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The event object of the HTTP API; external_id is derived from the token."""
+        token = self.fencing_token
+        return {
+            "id": self.id,
+            "type": self.type,
+            "process_name": self.process_name,
+            "key": self.key,
+            "machine": self.machine,
+            "external_id": str(compose(self.process_name, token)) if token else None,
+            "fencing_token": token,
+            "at": rfc3339(self.at_us),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Event:
+        """An event object as the HTTP API returns it."""
+        return cls(
+            id=data["id"],
+            process_name=data["process_name"],
+            type=data["type"],
+            at_us=from_rfc3339(data["at"]) or 0,
+            key=data["key"],
+            machine=data["machine"],
+            fencing_token=data["fencing_token"],
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 from coordinator import __version__, validation
 from coordinator.problems import MEDIA_TYPE, PROBLEMS
-from coordinator.schemas import MAX_PAGE
+from coordinator.schemas import MAX_AFTER, MAX_PAGE
 
 JSON = "application/json"
 Schema = dict[str, Any]
@@ -55,6 +55,8 @@ _PROCESS_NAME = {
     "pattern": validation.PROCESS_NAME_PATTERN,
 }
 _LEASE = {"type": "integer", "minimum": 1, "maximum": validation.LEASE_SECONDS_MAX}
+# An optional request field may also be null, which means the same as leaving it out.
+_OPTIONAL_LEASE = {**_LEASE, "type": ["integer", "null"]}
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 _NAME_PARAM = {"name": "process_name", "in": "path", "required": True, "schema": _PROCESS_NAME}
 # OpenAPI holds /batch_keys/{a} and /batch_keys/{b} to be one path, so GET (a process name)
@@ -108,8 +110,8 @@ _SCHEMAS: dict[str, Schema] = {
         "additionalProperties": False,
         "properties": {
             "process_name": _PROCESS_NAME,
-            "key_set_size": {"type": "integer", "minimum": 1, "default": 10},
-            "lease_seconds": _LEASE,
+            "key_set_size": {"type": ["integer", "null"], "minimum": 1, "default": 10},
+            "lease_seconds": _OPTIONAL_LEASE,
         },
     },
     "GrantRequest": {
@@ -119,9 +121,9 @@ _SCHEMAS: dict[str, Schema] = {
         "properties": {
             "process_name": _PROCESS_NAME,
             "machine": {"type": "string", "minLength": 1, "maxLength": validation.MACHINE_MAX},
-            "lease_seconds": _LEASE,
+            "lease_seconds": _OPTIONAL_LEASE,
             "wait_seconds": {
-                "type": "number",
+                "type": ["number", "null"],
                 "minimum": 0,
                 "maximum": validation.WAIT_SECONDS_MAX,
                 "default": 0,
@@ -133,7 +135,7 @@ _SCHEMAS: dict[str, Schema] = {
     "RenewRequest": {
         "type": "object",
         "additionalProperties": False,
-        "properties": {"lease_seconds": _LEASE},
+        "properties": {"lease_seconds": _OPTIONAL_LEASE},
     },
     "Problem": {
         "type": "object",
@@ -147,6 +149,40 @@ _SCHEMAS: dict[str, Schema] = {
         },
     },
     "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
+    "Event": {
+        "type": "object",
+        "required": [
+            "id",
+            "type",
+            "process_name",
+            "key",
+            "machine",
+            "external_id",
+            "fencing_token",
+            "at",
+        ],
+        "properties": {
+            "id": {"type": "string"},
+            "type": {
+                "enum": [
+                    "registered",
+                    "granted",
+                    "renewed",
+                    "released-completed",
+                    "released-failed",
+                    "expired",
+                    "revoked",
+                    "deleted",
+                ]
+            },
+            "process_name": _PROCESS_NAME,
+            "key": {"type": ["integer", "null"]},
+            "machine": {"type": ["string", "null"]},
+            "external_id": {"type": ["string", "null"], "format": "uuid"},
+            "fencing_token": {"type": ["integer", "null"]},
+            "at": {"type": "string", "format": "date-time"},
+        },
+    },
 }
 
 
@@ -233,7 +269,12 @@ def _document() -> dict[str, Any]:
                             "name": "after",
                             "in": "query",
                             "required": False,
-                            "schema": {"type": "integer", "minimum": -1, "default": -1},
+                            "schema": {
+                                "type": "integer",
+                                "minimum": -1,
+                                "maximum": MAX_AFTER,
+                                "default": -1,
+                            },
                         },
                     ],
                     "responses": {
@@ -266,6 +307,48 @@ def _document() -> dict[str, Any]:
                     "responses": {
                         **_ok(200, "The key as it stood at release", _ref("BatchKey")),
                         **_problems("unknown_lease", "lease_gone", "invalid_field"),
+                    },
+                },
+            },
+            "/api/v1/process/batch_keys/{id}/revoke": {
+                "post": {
+                    "summary": "End a lease now, as an administrator (no completion stamped)",
+                    "operationId": "revokeBatchKey",
+                    "parameters": [_ID_PARAM],
+                    "responses": {
+                        **_ok(200, "The key as it stood when revoked", _ref("BatchKey")),
+                        **_problems("unknown_lease", "lease_gone"),
+                    },
+                },
+            },
+            "/api/v1/process/{process_name}/events": {
+                "get": {
+                    "summary": "The process's history, oldest first (kept after a delete)",
+                    "operationId": "listEvents",
+                    "parameters": [
+                        _NAME_PARAM,
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "required": False,
+                            "description": "Only events after this event id.",
+                            "schema": {"type": "string", "pattern": r"^(-|\d{1,20}-\d{1,20})$"},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": MAX_PAGE,
+                                "default": 100,
+                            },
+                        },
+                    ],
+                    "responses": {
+                        **_ok(200, "The events", {"type": "array", "items": _ref("Event")}),
+                        **_problems("unknown_process", "invalid_field"),
                     },
                 },
             },

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import orjson
 
-from coordinator.models import BatchKey, Process, rfc3339
+from coordinator.models import BatchKey, Event, Process, rfc3339
 
 
 def as_json(records: Process | BatchKey | Sequence[Process | BatchKey]) -> str:
@@ -14,6 +14,16 @@ def as_json(records: Process | BatchKey | Sequence[Process | BatchKey]) -> str:
     if isinstance(records, Process | BatchKey):
         return orjson.dumps(records.to_json()).decode()
     return orjson.dumps([r.to_json() for r in records]).decode()
+
+
+def event_line(event: Event, *, as_json: bool) -> str:
+    """One event per line: JSON, or time, type, key, machine and token."""
+    if as_json:
+        return orjson.dumps(event.to_json()).decode()
+    fields = [rfc3339(event.at_us) or "", event.type.ljust(18)]
+    if event.key is not None:
+        fields.append(f"key={event.key} machine={event.machine} token={event.fencing_token}")
+    return "  ".join(fields)
 
 
 def table(rows: Sequence[Sequence[str]]) -> str:

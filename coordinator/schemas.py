@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,9 @@ from coordinator.problems import BodyTooLarge, MalformedJson, UnsupportedMediaTy
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_PAGE = 10_000
+_STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
+# The largest `after` of a key listing (the largest key set a deployment may configure).
+MAX_AFTER = 1 << 40
 
 
 class JSONResponse(Response):
@@ -68,9 +72,18 @@ def key_page(query: Mapping[str, str]) -> KeyPage:
     limit = query.get("limit")
     after = query.get("after")
     return KeyPage(
-        first=0 if after is None else _query_int(after, "after", -1, 1 << 40) + 1,
+        first=0 if after is None else _query_int(after, "after", -1, MAX_AFTER) + 1,
         limit=None if limit is None else _query_int(limit, "limit", 1, MAX_PAGE),
     )
+
+
+def event_page(query: Mapping[str, str]) -> tuple[str, int]:
+    """?after=<stream id>&limit=N on an event listing (limit 1 to 10,000, default 100)."""
+    after = query.get("after", "-")
+    if after != "-" and not _STREAM_ID.fullmatch(after):
+        raise InvalidField("after", "must be an event id such as 1764000000000-0")
+    limit = query.get("limit")
+    return after, 100 if limit is None else _query_int(limit, "limit", 1, MAX_PAGE)
 
 
 async def json_array(head: BatchKey, rest: AsyncIterator[BatchKey]) -> AsyncIterator[bytes]:

@@ -30,7 +30,7 @@ from coordinator.errors import (
     UnknownProcess,
 )
 from coordinator.keys import KeySpace
-from coordinator.models import BatchKey, Process
+from coordinator.models import BatchKey, Event, Process
 from coordinator.scripts import Scripts, raise_for_status
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ class Limits:
     default_key_set_size: int = 10
     max_key_set_size: int = 1_000_000
     default_lease_seconds: int = 3600
+    events_cap: int = 10_000
 
 
 @contextmanager
@@ -112,7 +113,9 @@ class Store:
             if owner != name:
                 raise ProcessExists(name, f"'{name}' shares its id with process '{owner}'.")
             reply = await self.scripts.call(
-                "register", [self.keys.process(name).meta], [size, lease * 1000]
+                "register",
+                [self.keys.process(name).meta, self.keys.process(name).events],
+                [size, lease * 1000, self.limits.events_cap],
             )
             # The name is listed only once its keys exist, so a listing never shows a
             # half-made process; a duplicate registration re-lists it, healing a crash
@@ -147,7 +150,9 @@ class Store:
         with _store_errors():
             await self.redis.zrem(self.keys.registry, name)
             reply = await self.scripts.call(
-                "unregister", [k.meta, k.free, k.held, k.leases, k.tokens, k.freed], []
+                "unregister",
+                [k.meta, k.free, k.held, k.leases, k.tokens, k.freed, k.events],
+                [self.limits.events_cap],
             )
         raise_for_status(reply, process_name=name)
         return Process(name, int(reply[1]), int(reply[2]) // 1000)
@@ -201,8 +206,8 @@ class Store:
             with _store_errors():
                 reply = await self.scripts.call(
                     "grant",
-                    [k.meta, k.free, k.held, k.leases, k.tokens, k.fence],
-                    [machine, lease_ms],
+                    [k.meta, k.free, k.held, k.leases, k.tokens, k.fence, k.events],
+                    [machine, lease_ms, self.limits.events_cap],
                 )
             try:
                 raise_for_status(reply, process_name=name)
@@ -241,7 +246,9 @@ class Store:
         k = self.keys.process(name)
         with _store_errors():
             reply = await self.scripts.call(
-                "renew", [k.free, k.held, k.leases, k.tokens, k.fence, k.freed], [token, lease_ms]
+                "renew",
+                [k.free, k.held, k.leases, k.tokens, k.fence, k.freed, k.events],
+                [token, lease_ms, self.limits.events_cap],
             )
         raise_for_status(reply, process_name=name, external_id=external_id)
         _, key, token, started, expires, last, _lease_ms, machine = reply
@@ -249,12 +256,34 @@ class Store:
 
     async def release(self, external_id: str, outcome: str = "completed") -> BatchKey:
         """End a live lease; `completed` stamps the key's completion, `failed` does not."""
-        outcome = validation.outcome(outcome)
+        return await self._end(external_id, validation.outcome(outcome))
+
+    async def revoke(self, external_id: str) -> BatchKey:
+        """End a live lease now, as an administrator: no completion stamped, the holder's next
+        renew or release answers LeaseGone."""
+        return await self._end(external_id, "revoked")
+
+    async def events(self, name: str, after: str = "-", limit: int = 100) -> list[Event]:
+        """The process's history after stream id `after`, oldest first (kept after a delete)."""
+        name = validation.process_name(name)
+        k = self.keys.process(name)
+        with _store_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.exists(k.meta, k.events)
+                pipe.xrange(k.events, "-" if after == "-" else f"({after}", "+", count=limit)
+                present, rows = await pipe.execute()
+        if not present:
+            raise UnknownProcess(name)
+        return [Event.from_stream(name, entry_id, fields) for entry_id, fields in rows]
+
+    async def _end(self, external_id: str, outcome: str) -> BatchKey:
         name, token = await self._resolve(external_id)
         k = self.keys.process(name)
         with _store_errors():
             reply = await self.scripts.call(
-                "release", [k.free, k.held, k.leases, k.tokens, k.fence, k.freed], [token, outcome]
+                "release",
+                [k.free, k.held, k.leases, k.tokens, k.fence, k.freed, k.events],
+                [token, outcome, self.limits.events_cap],
             )
         raise_for_status(reply, process_name=name, external_id=external_id)
         _, key, token, started, last, machine = reply

@@ -6,8 +6,10 @@
 -- KEYS[4] leases  hash   key -> "token|started_us|expires_us|lease_ms|last|machine"
 -- KEYS[5] tokens  hash   token -> key, for the leases that are live
 -- KEYS[6] fence   string the process name's last fencing token (never deleted)
+-- KEYS[7] events  stream (optional) the process's history; each change appends one entry
 -- ARGV[1] machine   any string, stored as given
 -- ARGV[2] lease_ms  lease length in milliseconds; 0 takes the process's default
+-- ARGV[3] events_cap  (optional, default 10000) entries the stream keeps, at least
 --
 -- Returns {0, key, token, started_us, expires_us, last, size, lease_ms}  granted
 --         {1}                       no such process
@@ -24,8 +26,10 @@
 -- the old primary gave, unless its clock is behind by more than the failover took.
 -- Cost: O(log size) plus at most RECLAIM_LIMIT expired leases returned to the free set.
 local meta, free, held, leases, tokens, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local events = KEYS[7]
 local machine = ARGV[1]
 local lease_ms = tonumber(ARGV[2])
+local events_cap = tonumber(ARGV[3] or '10000')
 local RECLAIM_LIMIT = 16
 local TOKEN_EPOCH_US = 1767225600000000
 
@@ -34,6 +38,17 @@ if not machine or machine == '' then
 end
 if not lease_ms or lease_ms < 0 or lease_ms ~= math.floor(lease_ms) then
   return {6, 'lease_ms'}
+end
+if not events_cap or events_cap < 1 then
+  return {6, 'events_cap'}
+end
+
+-- Appends one entry to the history, when the caller passed the stream (older callers don't).
+local function record(kind, key, token, machine, at_us)
+  if events then
+    redis.call('XADD', events, 'MAXLEN', '~', string.format('%d', events_cap), '*', 'type', kind,
+      'key', key, 'token', token, 'machine', machine, 'at_us', string.format('%.0f', at_us))
+  end
 end
 
 local m = redis.call('HMGET', meta, 'size', 'lease_ms', 'fresh')
@@ -52,11 +67,13 @@ local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local expired = redis.call('ZRANGEBYSCORE', held, '-inf', string.format('%.0f', now_us),
   'LIMIT', 0, RECLAIM_LIMIT)
 for _, key in ipairs(expired) do
-  local token, last = string.match(redis.call('HGET', leases, key), '^(%d+)|%d+|%d+|%d+|(-?%d+)|')
+  local token, last, machine_then = string.match(redis.call('HGET', leases, key),
+    '^(%d+)|%d+|%d+|%d+|(-?%d+)|(.*)$')
   redis.call('HDEL', tokens, token)
   redis.call('HDEL', leases, key)
   redis.call('ZREM', held, key)
   redis.call('ZADD', free, last, key)
+  record('expired', key, token, machine_then, now_us)
 end
 
 local key, last
@@ -82,4 +99,5 @@ redis.call('HSET', leases, name, string.format('%s|%.0f|%.0f|%d|%.0f|', token_te
   expires_us, lease_ms, last) .. machine)
 redis.call('HSET', tokens, token_text, name)
 redis.call('ZADD', held, string.format('%.0f', expires_us), name)
+record('granted', name, token_text, machine, now_us)
 return {0, key, token, now_us, expires_us, last, size, lease_ms}

@@ -1,8 +1,10 @@
 -- register.lua: create a process's key space, or refuse because the name is taken.
 --
 -- KEYS[1] meta   hash {size, lease_ms, fresh, created_us}; its existence is the registration
+-- KEYS[2] events stream (optional) the process's history (kept across delete and re-register)
 -- ARGV[1] key_set_size  integer >= 1
 -- ARGV[2] lease_ms      default lease length of this process's grants, in milliseconds
+-- ARGV[3] events_cap    (optional, default 10000) entries the stream keeps, at least
 --
 -- Returns {0, created_us}  registered (microseconds since the epoch, from Redis TIME)
 --         {2}              a process of this name is already registered
@@ -11,10 +13,14 @@
 -- Constant work whatever the size: no key exists in Redis until it is first granted
 -- (grant.lua hands out the never-touched keys 0, 1, 2, ... from the `fresh` counter), so
 -- registering a million keys blocks Redis no longer than registering ten.
-local meta = KEYS[1]
+local meta, events = KEYS[1], KEYS[2]
 local size = ARGV[1]
 local lease_ms = ARGV[2]
+local events_cap = tonumber(ARGV[3] or '10000')
 
+if not events_cap or events_cap < 1 then
+  return {6, 'events_cap'}
+end
 for i, argument in ipairs({'key_set_size', 'lease_ms'}) do
   local value = tonumber(ARGV[i])
   if not value or value < 1 or value ~= math.floor(value) then
@@ -30,4 +36,9 @@ local t = redis.call('TIME')
 local created_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 redis.call('HSET', meta, 'size', size, 'lease_ms', lease_ms, 'fresh', 0,
   'created_us', string.format('%.0f', created_us))
+if events then
+  redis.call('XADD', events, 'MAXLEN', '~', string.format('%d', events_cap), '*',
+    'type', 'registered', 'key', '', 'token', '', 'machine', '', 'at_us',
+    string.format('%.0f', created_us), 'size', size)
+end
 return {0, created_us}

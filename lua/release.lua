@@ -1,4 +1,5 @@
--- release.lua: end a live lease, stamping the key's completion unless the work failed.
+-- release.lua: end a live lease, stamping the key's completion unless the work failed or an
+-- administrator revoked it.
 --
 -- KEYS[1] free    zset   key -> staleness score; the released key goes back here
 -- KEYS[2] held    zset   key -> expires_us
@@ -6,8 +7,11 @@
 -- KEYS[4] tokens  hash   token -> key, for the leases that are live
 -- KEYS[5] fence   string the process name's last fencing token
 -- KEYS[6] freed   list   wake-up signals for grants waiting for a free key
+-- KEYS[7] events  stream (optional) the process's history; each change appends one entry
 -- ARGV[1] token    the lease's fencing token (decoded from its external_id)
--- ARGV[2] outcome  "completed" (last completion becomes now) or "failed" (keeps its old place)
+-- ARGV[2] outcome  "completed" (last completion becomes now), "failed" (keeps its old place)
+--                  or "revoked" (as failed, by an administrator)
+-- ARGV[3] events_cap  (optional, default 10000) entries the stream keeps, at least
 --
 -- Returns {0, key, token, started_us, last, machine}  released; last is the key's staleness
 --            score afterwards: completion microsecond, or (key - size) < 0 if never completed
@@ -17,11 +21,24 @@
 --
 -- Times are microseconds from Redis TIME; a lease whose expires_us <= now has ended.
 local free, held, leases, tokens, fence, freed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local events = KEYS[7]
 local token = tonumber(ARGV[1])
 local outcome = ARGV[2]
+local events_cap = tonumber(ARGV[3] or '10000')
 
-if outcome ~= 'completed' and outcome ~= 'failed' then
+-- Appends one entry to the history, when the caller passed the stream (older callers don't).
+local function record(kind, key, token, machine, at_us)
+  if events then
+    redis.call('XADD', events, 'MAXLEN', '~', string.format('%d', events_cap), '*', 'type', kind, 'key', key,
+      'token', token, 'machine', machine, 'at_us', string.format('%.0f', at_us))
+  end
+end
+
+if outcome ~= 'completed' and outcome ~= 'failed' and outcome ~= 'revoked' then
   return {6, 'outcome'}
+end
+if not events_cap or events_cap < 1 then
+  return {6, 'events_cap'}
 end
 -- Tokens are looked up as text, so only the canonical spelling can name a lease.
 if not string.match(ARGV[1] or '', '^[1-9]%d*$')
@@ -50,6 +67,8 @@ redis.call('RPUSH', freed, key)
 redis.call('LTRIM', freed, -64, -1)
 redis.call('PEXPIRE', freed, 60000)
 if ended then
+  record('expired', key, ARGV[1], machine, now_us)
   return {5}
 end
+record(outcome == 'revoked' and 'revoked' or 'released-' .. outcome, key, ARGV[1], machine, now_us)
 return {0, tonumber(key), token, tonumber(started), tonumber(last), machine}

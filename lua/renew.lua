@@ -6,8 +6,10 @@
 -- KEYS[4] tokens  hash   token -> key, for the leases that are live
 -- KEYS[5] fence   string the process name's last fencing token
 -- KEYS[6] freed   list   wake-up signals for grants waiting for a free key
+-- KEYS[7] events  stream (optional) the process's history; each change appends one entry
 -- ARGV[1] token     the lease's fencing token (decoded from its external_id)
 -- ARGV[2] lease_ms  new lease length in milliseconds; 0 keeps the lease's own length
+-- ARGV[3] events_cap  (optional, default 10000) entries the stream keeps, at least
 --
 -- Returns {0, key, token, started_us, expires_us, last, lease_ms, machine}  renewed
 --         {4}  no lease with this token was ever granted
@@ -16,11 +18,24 @@
 --
 -- Times are microseconds from Redis TIME; a lease whose expires_us <= now has ended.
 local free, held, leases, tokens, fence, freed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local events = KEYS[7]
 local token = tonumber(ARGV[1])
 local lease_ms = tonumber(ARGV[2])
+local events_cap = tonumber(ARGV[3] or '10000')
+
+-- Appends one entry to the history, when the caller passed the stream (older callers don't).
+local function record(kind, key, token, machine, at_us)
+  if events then
+    redis.call('XADD', events, 'MAXLEN', '~', string.format('%d', events_cap), '*', 'type', kind, 'key', key,
+      'token', token, 'machine', machine, 'at_us', string.format('%.0f', at_us))
+  end
+end
 
 if not lease_ms or lease_ms < 0 or lease_ms ~= math.floor(lease_ms) then
   return {6, 'lease_ms'}
+end
+if not events_cap or events_cap < 1 then
+  return {6, 'events_cap'}
 end
 -- Tokens are looked up as text, so only the canonical spelling can name a lease.
 if not string.match(ARGV[1] or '', '^[1-9]%d*$')
@@ -45,6 +60,7 @@ if tonumber(expires) <= now_us then
   redis.call('RPUSH', freed, key)
   redis.call('LTRIM', freed, -64, -1)
   redis.call('PEXPIRE', freed, 60000)
+  record('expired', key, ARGV[1], machine, now_us)
   return {5}
 end
 
@@ -55,4 +71,5 @@ local expires_us = now_us + lease_ms * 1000
 redis.call('HSET', leases, key, string.format('%s|%s|%.0f|%d|%s|', ARGV[1], started, expires_us,
   lease_ms, last) .. machine)
 redis.call('ZADD', held, string.format('%.0f', expires_us), key)
+record('renewed', key, ARGV[1], machine, now_us)
 return {0, tonumber(key), token, tonumber(started), expires_us, tonumber(last), lease_ms, machine}

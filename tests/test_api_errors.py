@@ -261,7 +261,7 @@ async def test_json_content_type_variants_are_accepted(
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("GET", "/"),
+        ("GET", "/ui/"),  # "/" and "/ui" are the dashboard
         ("GET", "/nope"),
         ("GET", "/api/v1"),
         ("GET", "/api/v2/process"),
@@ -410,6 +410,8 @@ API_OPERATIONS = {
     ("/api/v1/process/batch_keys/{}", "get"),
     ("/api/v1/process/batch_keys/{}", "patch"),
     ("/api/v1/process/batch_keys/{}", "delete"),
+    ("/api/v1/process/batch_keys/{}/revoke", "post"),
+    ("/api/v1/process/{}/events", "get"),
     ("/healthz", "get"),
     ("/readyz", "get"),
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import time
 import uuid
@@ -17,11 +18,25 @@ from redis.asyncio.cluster import RedisCluster
 from coordinator.app import create_app
 from coordinator.config import Settings
 from coordinator.connection import connect
-from coordinator.embedded import EmbeddedValkey, server_binary
+from coordinator.embedded import EmbeddedValkey, free_port, server_binary
 from coordinator.keys import KeySpace
 from tests.conftest import serve
 
 pytestmark = pytest.mark.anyio
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is a valid, free port too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +45,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     nodes = [
         EmbeddedValkey(
             tmp_path_factory.mktemp(f"node{n}"),
+            port=_cluster_port(),
             extra_args=("--cluster-enabled", "yes", "--cluster-node-timeout", "2000"),
         )
         for n in range(3)

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from types import TracebackType
 
 from coordinator.client.lease import AsyncLease
-from coordinator.models import BatchKey, Process
+from coordinator.models import BatchKey, Event, Process
 
 
 class AsyncCoordinator(ABC):
@@ -51,6 +51,14 @@ class AsyncCoordinator(ABC):
     @abstractmethod
     async def release(self, external_id: str, outcome: str = "completed") -> BatchKey:
         """End a live lease as `completed` or `failed`."""
+
+    @abstractmethod
+    async def revoke(self, external_id: str) -> BatchKey:
+        """End a lease now, as an administrator."""
+
+    @abstractmethod
+    async def events(self, name: str, after: str = "-", limit: int = 100) -> list[Event]:
+        """The process's history after event id `after`, oldest first."""
 
     @abstractmethod
     async def aclose(self) -> None:

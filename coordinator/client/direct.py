@@ -5,7 +5,7 @@ from __future__ import annotations
 from coordinator.client.base import AsyncCoordinator
 from coordinator.config import Settings
 from coordinator.connection import connect
-from coordinator.models import BatchKey, Process
+from coordinator.models import BatchKey, Event, Process
 from coordinator.store import Limits, Store
 
 
@@ -55,6 +55,14 @@ class AsyncRedisCoordinator(AsyncCoordinator):
     async def release(self, external_id: str, outcome: str = "completed") -> BatchKey:
         """End a live lease as `completed` or `failed`."""
         return await self.store.release(external_id, outcome)
+
+    async def revoke(self, external_id: str) -> BatchKey:
+        """End a lease now, as an administrator."""
+        return await self.store.revoke(external_id)
+
+    async def events(self, name: str, after: str = "-", limit: int = 100) -> list[Event]:
+        """The process's history after event id `after`, oldest first."""
+        return await self.store.events(name, after, limit)
 
     async def aclose(self) -> None:
         """Close the connection pool."""

@@ -10,7 +10,7 @@ import httpx
 from coordinator import errors
 from coordinator.auth import Forbidden, Unauthorized
 from coordinator.client.base import AsyncCoordinator
-from coordinator.models import BatchKey, Process
+from coordinator.models import BatchKey, Event, Process
 
 API = "/api/v1"
 
@@ -88,6 +88,18 @@ class AsyncHttpCoordinator(AsyncCoordinator):
         data = await self._call("DELETE", f"{API}/process/batch_keys/{external_id}",
                                 external_id=external_id, params={"outcome": outcome})  # fmt: skip
         return BatchKey.from_json(data)
+
+    async def revoke(self, external_id: str) -> BatchKey:
+        """End a lease now, as an administrator."""
+        data = await self._call("POST", f"{API}/process/batch_keys/{external_id}/revoke",
+                                external_id=external_id)  # fmt: skip
+        return BatchKey.from_json(data)
+
+    async def events(self, name: str, after: str = "-", limit: int = 100) -> list[Event]:
+        """The process's history after event id `after`, oldest first."""
+        rows = await self._call("GET", f"{API}/process/{name}/events", name=name,
+                                params={"after": after, "limit": limit})  # fmt: skip
+        return [Event.from_json(row) for row in rows]
 
     async def aclose(self) -> None:
         """Close the connection pool."""

@@ -16,7 +16,7 @@ from coordinator.client.base import AsyncCoordinator
 from coordinator.client.direct import AsyncRedisCoordinator
 from coordinator.client.http import AsyncHttpCoordinator
 from coordinator.client.lease import AsyncLease
-from coordinator.models import BatchKey, Process
+from coordinator.models import BatchKey, Event, Process
 
 T = TypeVar("T")
 
@@ -105,6 +105,14 @@ class Coordinator:
     def release(self, external_id: str, outcome: str = "completed") -> BatchKey:
         """End a live lease as `completed` or `failed`."""
         return self._run(self.async_client.release(external_id, outcome))
+
+    def revoke(self, external_id: str) -> BatchKey:
+        """End a lease now, as an administrator."""
+        return self._run(self.async_client.revoke(external_id))
+
+    def events(self, name: str, after: str = "-", limit: int = 100) -> list[Event]:
+        """The process's history after event id `after`, oldest first."""
+        return self._run(self.async_client.events(name, after, limit))
 
     def lease(
         self, name: str, machine: str, lease_seconds: int | None = None, wait_seconds: float = 0

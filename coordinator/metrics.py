@@ -1,0 +1,343 @@
+"""Prometheus metrics: request and operation counters, and per-process figures from Redis.
+
+Counters and the latency histogram are counted by a pure ASGI middleware, from the matched
+route's template and the response status, so handlers and the store are untouched. With
+several worker processes (`coordinator serve --workers N`) every process writes them to files
+in PROMETHEUS_MULTIPROC_DIR (prometheus-client's multiprocess mode) and `/metrics` sums the
+files, so whichever worker answers, each request is counted exactly once.
+
+The per-process figures (keys held and free, expired leases, the stalest completion) are read
+from Redis when scraped (`coordinator.stats`), by the one worker that answers, into a registry
+of their own: never summed across workers.
+
+`/metrics` answers loopback clients, and others that present a valid API token (admin or
+worker; a token limited to some processes sees only their figures).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from urllib.parse import parse_qsl
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from coordinator.auth import Forbidden, Principal, TokenTable
+from coordinator.stats import ProcessStats, process_stats
+from coordinator.store import Store
+
+logger = logging.getLogger("coordinator")
+
+# No `*_created` series: the multiprocess mode has none, so both modes print the same names.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The classic text format every Prometheus version reads (what generate_latest writes).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+PATH = "/metrics"
+UNMATCHED = "unmatched"
+# Up to 60 s: a grant may wait that long for a key (`wait_seconds`).
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# Anything else a client sends is counted as "other": labels stay a bounded set.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+_BATCH_KEYS = "/api/v1/process/batch_keys"
+_LEASE = _BATCH_KEYS + "/{external_id}"
+# (method, route template) -> operation; its outcome comes from the status.
+OPERATIONS = {
+    ("POST", _BATCH_KEYS): "grant",
+    ("PATCH", _LEASE): "renew",
+    ("DELETE", _LEASE): "release",
+}
+_SUCCESS = {"grant": 201, "renew": 200, "release": 200}
+_FAILURES = {
+    401: "unauthorized",
+    403: "forbidden",
+    409: "no_free_key",  # the only 409 of a grant
+    410: "lease_gone",
+    503: "store_unavailable",
+}
+OUTCOMES = {
+    "grant": ("granted", "no_free_key", "unknown_process"),
+    "renew": ("renewed", "unknown_lease", "lease_gone"),
+    "release": ("completed", "failed", "unknown_lease", "lease_gone"),
+}
+
+
+def multiprocess() -> bool:
+    """Whether counters live in PROMETHEUS_MULTIPROC_DIR (prometheus-client decides it so)."""
+    return bool(os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower()))
+
+
+def _outcome(operation: str, status: int, query_string: bytes) -> str:
+    if status == _SUCCESS[operation]:
+        if operation == "grant":
+            return "granted"
+        if operation == "renew":
+            return "renewed"
+        # A 200 means the outcome parameter was valid; Starlette reads its last value.
+        outcomes = [v for k, v in parse_qsl(query_string.decode("latin-1")) if k == "outcome"]
+        return outcomes[-1] if outcomes else "completed"
+    if status == 404:
+        return "unknown_process" if operation == "grant" else "unknown_lease"
+    if status in _FAILURES:
+        return _FAILURES[status]
+    return "error" if status >= 500 else "rejected"
+
+
+class Metrics:
+    """The counters of one app; in multiprocess mode their values live in the shared files."""
+
+    def __init__(self) -> None:
+        self.multiprocess = multiprocess()
+        self.registry = CollectorRegistry()
+        labels = ("method", "route", "status")
+        self.requests = Counter(
+            "coordinator_http_requests",
+            "HTTP requests answered, by method, route template and status.",
+            labels,
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "coordinator_http_request_duration_seconds",
+            "Seconds from a request's arrival to the end of its response (a grant's"
+            " wait_seconds included), by method, route template and status.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.operations = {
+            "grant": Counter(
+                "coordinator_grants",
+                "Grant requests (POST /api/v1/process/batch_keys) by outcome: granted,"
+                " no_free_key, unknown_process, unauthorized, forbidden, rejected (other 4xx),"
+                " store_unavailable, error.",
+                ["outcome"],
+                registry=self.registry,
+            ),
+            "renew": Counter(
+                "coordinator_renewals",
+                "Renewals (PATCH .../batch_keys/{external_id}) by outcome: renewed,"
+                " unknown_lease, lease_gone, unauthorized, forbidden, rejected,"
+                " store_unavailable, error.",
+                ["outcome"],
+                registry=self.registry,
+            ),
+            "release": Counter(
+                "coordinator_releases",
+                "Releases (DELETE .../batch_keys/{external_id}) by outcome: completed, failed,"
+                " unknown_lease, lease_gone, unauthorized, forbidden, rejected,"
+                " store_unavailable, error.",
+                ["outcome"],
+                registry=self.registry,
+            ),
+        }
+        self.no_free_key = Counter(
+            "coordinator_no_free_key",
+            "Grants answered 409 no_free_key (after waiting, if they asked to wait).",
+            registry=self.registry,
+        )
+        # The usual outcomes show as 0 from the start, so rate() sees their first increase.
+        for operation, outcomes in OUTCOMES.items():
+            for outcome in outcomes:
+                self.operations[operation].labels(outcome)
+        self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def observe(self, scope: Scope, status: int, seconds: float) -> None:
+        """Count one answered request (the middleware calls this)."""
+        method = scope["method"] if scope["method"] in METHODS else "other"
+        route = scope.get("route")
+        template = getattr(route, "path", UNMATCHED) if route is not None else UNMATCHED
+        key = (method, template, status)
+        series = self._series.get(key)
+        if series is None:
+            # Bounded: the routes, the methods above, and the statuses the app answers.
+            series = self._series[key] = (
+                self.requests.labels(method, template, str(status)),
+                self.latency.labels(method, template, str(status)),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
+        operation = OPERATIONS.get((method, template))
+        if operation is not None:
+            outcome = _outcome(operation, status, scope.get("query_string", b""))
+            self.operations[operation].labels(outcome).inc()
+            if outcome == "no_free_key":
+                self.no_free_key.inc()
+
+    def exposition(self) -> bytes:
+        """The counters in text format: this process's, or every worker's summed."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
+
+
+class MetricsMiddleware:
+    """Times and counts every HTTP request; labels come from the route Starlette matched."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # an exception before the response starts becomes a 500 further out
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            self.metrics.observe(scope, status, time.perf_counter() - started)
+
+
+class _Snapshot:
+    """Per-process gauges of one scrape, as a prometheus-client collector."""
+
+    def __init__(self, stats: list[ProcessStats] | None) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        up = GaugeMetricFamily(
+            "coordinator_store_up",
+            "1 if this scrape read the per-process figures from Redis, 0 if Redis failed"
+            " (the coordinator_process_* figures are then missing).",
+            value=0 if self.stats is None else 1,
+        )
+        yield up
+        if self.stats is None:
+            return
+        families: list[tuple[str, str, Callable[[ProcessStats], float]]] = [
+            ("key_set_size", "Keys of the process (key_set_size).", lambda s: s.key_set_size),
+            ("keys_held", "Keys under a lease that has not expired.", lambda s: s.held),
+            (
+                "keys_free",
+                "Keys a grant could hand out now (expired leases included).",
+                lambda s: s.free,
+            ),
+            (
+                "keys_never_completed",
+                "Free keys never released as completed (expired leases not yet reclaimed"
+                " are not counted).",
+                lambda s: s.never_completed,
+            ),
+            (
+                "leases_expired_unreclaimed",
+                "Leases past their expiry that no grant has returned to the free set yet"
+                " (grants reclaim up to 16 each); expiries are not counted as they are"
+                " reclaimed, so this is the gauge to watch for abandoned work.",
+                lambda s: s.expired,
+            ),
+        ]
+        for suffix, help_text, value in families:
+            family = GaugeMetricFamily(
+                f"coordinator_process_{suffix}", help_text, labels=["process"]
+            )
+            for s in self.stats:
+                family.add_metric([s.name], value(s))
+            yield family
+        stalest = GaugeMetricFamily(
+            "coordinator_process_stalest_completion_age_seconds",
+            "Seconds since the oldest last_completed_at among the process's free keys that"
+            " have completed (keys never completed are not in it: see"
+            " coordinator_process_keys_never_completed). Absent while none has completed.",
+            labels=["process"],
+        )
+        for s in self.stats:
+            if (age := s.stalest_age_seconds) is not None:
+                stalest.add_metric([s.name], age)
+        yield stalest
+        yield GaugeMetricFamily(
+            "coordinator_processes", "Registered processes.", value=len(self.stats)
+        )
+
+
+def _is_loopback(request: Request) -> bool:
+    if request.client is None:
+        return False
+    try:
+        return ipaddress.ip_address(request.client.host).is_loopback
+    except ValueError:
+        return False
+
+
+def _viewer(request: Request) -> Principal | None:
+    """Who may scrape: None sees everything (loopback); else a valid token, or 401/403."""
+    if _is_loopback(request):
+        return None
+    tokens: TokenTable = request.state.tokens
+    if not tokens:
+        raise Forbidden(
+            "Metrics are served to loopback clients only while no API tokens are configured."
+        )
+    return tokens.authenticate(request.headers.get("authorization"))
+
+
+def install(app: Starlette) -> Metrics:
+    """Count every request of `app` and serve GET /metrics."""
+    metrics = Metrics()
+
+    async def endpoint(request: Request) -> Response:
+        viewer = _viewer(request)
+        store: Store = request.state.store
+        stats: list[ProcessStats] | None
+        try:
+            stats = await process_stats(store)
+        except RedisError as error:
+            logger.warning("metrics: per-process figures unavailable: %s", error)
+            stats = None
+        if stats is not None and viewer is not None:
+            stats = [s for s in stats if viewer.may_act_on(s.name)]
+        body = metrics.exposition() + generate_latest(_Snapshot(stats))
+        return Response(body, media_type=CONTENT_TYPE)
+
+    # First, so no catch-all route added later can shadow it.
+    app.router.routes.insert(0, Route(PATH, endpoint, methods=["GET"]))
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return metrics
+
+
+@contextmanager
+def multiprocess_directory(workers: int) -> Iterator[None]:
+    """For `serve --workers N`: a fresh PROMETHEUS_MULTIPROC_DIR the workers inherit, removed
+    at exit. A directory the operator set is used as is (it should be empty at start)."""
+    if workers < 2 or multiprocess():
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="coordinator-metrics-")
+    os.environ[MULTIPROC_ENV] = path
+    logger.info("metrics of the %d worker processes are summed from %s", workers, path)
+    try:
+        yield
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(path, ignore_errors=True)

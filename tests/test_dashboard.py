@@ -1,0 +1,362 @@
+"""The dashboard in a real browser: Debian's headless Chromium, driven by Playwright, against a
+live `coordinator serve` with its embedded Valkey.
+
+Playwright never downloads a browser here: it drives /usr/bin/chromium (Debian's `chromium`
+package, which .ci/run installs when missing). Without it these tests fail, they do not skip.
+Screenshots go to tests/artifacts/ (git-ignored); docs/dashboard.png is a copy of
+dashboard.png.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, expect, sync_playwright
+
+from coordinator.auth import new_token
+from tests.test_serve import _env, serving
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).parent / "artifacts"
+LAUNCH_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+KEYS = "/api/v1/process/batch_keys"
+# The page refreshes every 2 s; a loaded CI machine gets some slack over Playwright's 5 s.
+expect.set_options(timeout=10_000)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.is_file():
+        pytest.fail(
+            f"{CHROMIUM} is missing: the dashboard tests need Debian's chromium package"
+            " (`apt-get install chromium`; .ci/run installs it when missing)",
+            pytrace=False,
+        )
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A live `coordinator serve` with an open API, as `make run` starts it."""
+    with serving(_env(tmp_path_factory.mktemp("dashboard") / "data")) as served:
+        yield served.base
+
+
+@pytest.fixture
+def api(base: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base, timeout=10) as client:
+        yield client
+
+
+class Tab:
+    """A page of its own browser context; page errors and console errors fail the test."""
+
+    def __init__(self, browser: Browser, **context: Any) -> None:
+        self.context = browser.new_context(**context)
+        self.page = self.context.new_page()
+        self.problems: list[str] = []
+        self.page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
+        self.page.on("console", self._console)
+
+    def _console(self, message: ConsoleMessage) -> None:
+        # A refused API call logs "Failed to load resource"; the page shows those itself.
+        if message.type == "error" and "Failed to load resource" not in message.text:
+            self.problems.append(f"console: {message.text}")
+
+    def close(self) -> None:
+        self.context.close()
+        assert not self.problems, self.problems
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    tab = Tab(browser, viewport=DESKTOP)
+    yield tab.page
+    tab.close()
+
+
+def _name(stem: str) -> str:
+    return f"{stem}-{uuid.uuid4().hex[:6]}"
+
+
+def _register(api: httpx.Client, name: str, keys: int, **fields: Any) -> None:
+    response = api.post(
+        "/api/v1/process", json={"process_name": name, "key_set_size": keys, **fields}
+    )
+    assert response.status_code == 201, response.text
+
+
+def _grant(api: httpx.Client, name: str, machine: str, **fields: Any) -> dict[str, Any]:
+    response = api.post(KEYS, json={"process_name": name, "machine": machine, **fields})
+    assert response.status_code == 201, response.text
+    granted: dict[str, Any] = response.json()
+    return granted
+
+
+def _open(page: Page, base: str, name: str) -> None:
+    """Load the dashboard and pick the process from its list, as an operator would."""
+    page.goto(f"{base}/")
+    page.locator("#process-list button", has_text=name).click()
+    expect(page.locator("#process-heading")).to_have_text(name)
+
+
+def _wait_for_refresh(page: Page) -> None:
+    """Until the page has loaded fresh data at least once more (it does every 2 s)."""
+    body = page.locator("body")
+    seen = body.get_attribute("data-refreshes")
+    expect(body).not_to_have_attribute("data-refreshes", seen or "", timeout=10_000)
+
+
+def test_grid_shows_leases_and_revoke_ends_one(page: Page, base: str, api: httpx.Client) -> None:
+    name = _name("nightly")
+    _register(api, name, 10)
+    first = _grant(api, name, "worker-1")
+    second = _grant(api, name, "worker-2")
+    assert (first["key"], second["key"]) == (0, 1)
+
+    _open(page, base, name)
+    grid = page.locator("#grid")
+    expect(grid.locator("[data-key]")).to_have_count(10)
+    expect(grid.locator('[data-lease="held"]')).to_have_count(2)
+    expect(grid.locator('[data-lease="free"]')).to_have_count(8)
+    expect(grid.locator('[data-state="held"]')).to_have_count(2)
+    expect(grid.locator('[data-state="never"]')).to_have_count(8)  # nothing completed yet
+    expect(page.locator('#legend [data-count="held"]')).to_have_text("2")
+    expect(page.locator('#legend [data-count="never"]')).to_have_text("8")
+    # The hover text and the table name the machine and how long the key has been held.
+    expect(page.locator("#key-0")).to_have_attribute(
+        "title",
+        re.compile(
+            r"^Key 0: held\nmachine worker-1\nheld for \d+ s\nlease ends in (59 min \d+ s|1 h)\n"
+            r"never completed$"
+        ),
+    )
+    rows = page.locator("#held-body tr")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0)).to_contain_text("worker-1")
+    expect(rows.nth(1)).to_contain_text("worker-2")
+    # Clicking a cell shows its details, with the lease's own revoke button.
+    page.locator("#key-1").click()
+    expect(page.locator("#key-detail")).to_contain_text("worker-2")
+    expect(page.locator("#key-detail")).to_contain_text(second["external_id"])
+    # ... and the arrow keys move through the grid.
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#key-detail")).to_contain_text("Key 2")
+    expect(page.locator("#key-detail")).to_contain_text("free, never completed")
+    expect(grid).to_have_attribute("aria-activedescendant", "key-2")
+
+    # Revoke asks first: dismissing the question changes nothing.
+    questions: list[str] = []
+
+    def answer(accept: bool) -> None:
+        def on_dialog(dialog: Dialog) -> None:
+            questions.append(dialog.message)
+            if accept:
+                dialog.accept()
+            else:
+                dialog.dismiss()
+
+        page.once("dialog", on_dialog)
+
+    revoke_first = page.locator(
+        f'#held-body tr[data-key="0"] button[data-revoke="{first["external_id"]}"]'
+    )
+    answer(accept=False)
+    revoke_first.click()
+    _wait_for_refresh(page)
+    assert questions == [questions[0]]
+    assert "Revoke the lease on key 0 held by worker-1?" in questions[0]
+    expect(grid.locator('[data-lease="held"]')).to_have_count(2)
+    assert api.get(f"{KEYS}/{name}").json()[0]["external_id"] == first["external_id"]
+
+    answer(accept=True)
+    revoke_first.click()
+    expect(grid.locator('[data-lease="held"]')).to_have_count(1)
+    expect(grid.locator('[data-lease="free"]')).to_have_count(9)
+    expect(page.locator("#key-0")).to_have_attribute("data-lease", "free")
+    expect(page.locator("#key-1")).to_have_attribute("data-lease", "held")
+    expect(page.locator("#notice")).to_contain_text("Revoked the lease on key 0")
+    expect(page.locator("#held-body tr")).to_have_count(1)
+    assert len(questions) == 2
+
+    # The API agrees: key 0 is free, its old lease is gone for its holder, key 1 still held.
+    keys = api.get(f"{KEYS}/{name}").json()
+    assert keys[0]["external_id"] is None
+    assert keys[1]["external_id"] == second["external_id"]
+    gone = api.delete(f"{KEYS}/{first['external_id']}")
+    assert gone.status_code == 410
+    assert gone.json()["code"] == "lease_gone"
+    # Revoking a lease that has already ended shows the API's own explanation.
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.evaluate(
+        """id => {
+            const button = document.createElement("button");
+            button.dataset.revoke = id;
+            button.dataset.key = "0";
+            document.body.append(button);
+            button.click();
+        }""",
+        first["external_id"],
+    )
+    expect(page.locator("#error")).to_be_visible()
+    expect(page.locator("#error-detail")).to_contain_text(gone.json()["detail"])
+
+
+def test_register_and_delete_through_the_page(page: Page, base: str, api: httpx.Client) -> None:
+    name = _name("reports")
+    page.goto(f"{base}/ui")
+    form = page.locator("#register-form")
+    form.get_by_label("Name").fill(name)
+    form.get_by_label("Keys").fill("6")
+    form.get_by_label("Lease seconds").fill("600")
+    form.get_by_role("button", name="Register").click()
+
+    expect(page.locator("#process-heading")).to_have_text(name)
+    expect(page.locator("#process-list button", has_text=name)).to_have_attribute(
+        "aria-current", "true"
+    )
+    expect(page.locator("#grid [data-key]")).to_have_count(6)
+    expect(page.locator('#grid [data-state="never"]')).to_have_count(6)
+    expect(page.locator("#process-meta")).to_have_text("6 keys · lease 10 min")
+    listed = {p["process_name"]: p for p in api.get("/api/v1/process").json()}
+    assert listed[name]["key_set_size"] == 6
+    assert listed[name]["lease_seconds"] == 600
+
+    # A refused registration shows the problem's detail.
+    form.get_by_label("Name").fill(name)
+    form.get_by_role("button", name="Register").click()
+    refused = api.post("/api/v1/process", json={"process_name": name, "key_set_size": 16})
+    assert refused.status_code == 409
+    expect(page.locator("#error-detail")).to_have_text(refused.json()["detail"])
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete process…").click()
+    expect(page.locator("#process-list button", has_text=name)).to_have_count(0)
+    expect(page.locator("#notice")).to_contain_text(f"Deleted process “{name}”")
+    assert api.get(f"{KEYS}/{name}").status_code == 404
+
+
+def test_tokens_are_sent_and_refusals_shown(browser: Browser, tmp_path: Path) -> None:
+    admin, admin_line = new_token("admin")
+    worker, worker_line = new_token("worker")
+    env = _env(tmp_path / "data", COORDINATOR_TOKENS=f"{admin_line};{worker_line}")
+    with serving(env) as served, httpx.Client(base_url=served.base) as api:
+        api.headers["Authorization"] = f"Bearer {admin}"
+        _register(api, "guarded", 4)
+        held = _grant(api, "guarded", "worker-9")
+        tab = Tab(browser, viewport=DESKTOP)
+        page = tab.page
+        page.goto(f"{served.base}/")  # the page itself needs no token
+        expect(page.locator("#error-detail")).to_contain_text(
+            "Send an API token as 'Authorization: Bearer <token>'."
+        )
+
+        page.get_by_label("API token").fill(worker)
+        page.get_by_role("button", name="Use token").click()
+        expect(page.locator("#error")).to_be_hidden()
+        expect(page.locator('#grid [data-lease="held"]')).to_have_count(1)
+        assert page.evaluate("sessionStorage.getItem('coordinator.token')") == worker
+
+        # A worker token may list but not revoke: the 403's detail is shown, the lease stays.
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.locator(f'button[data-revoke="{held["external_id"]}"]').first.click()
+        expect(page.locator("#error-detail")).to_have_text("This needs an admin token.")
+        assert api.get(f"{KEYS}/guarded").json()[0]["external_id"] == held["external_id"]
+
+        page.get_by_label("API token").fill(admin)
+        page.get_by_role("button", name="Use token").click()
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.locator(f'button[data-revoke="{held["external_id"]}"]').first.click()
+        expect(page.locator('#grid [data-lease="held"]')).to_have_count(0)
+        assert api.get(f"{KEYS}/guarded").json()[0]["external_id"] is None
+        tab.close()
+
+
+def test_screenshots_at_desktop_and_phone_width(browser: Browser, tmp_path: Path) -> None:
+    """A process in every state, on a server of its own so the list shows only the demo."""
+    with serving(_env(tmp_path / "data")) as served, httpx.Client(base_url=served.base) as api:
+        _register(api, "nightly-invoices", 64, lease_seconds=3600)
+        _register(api, "hourly-reports", 8)
+        _register(api, "search-reindex", 256, lease_seconds=900)
+        leases = [_grant(api, "nightly-invoices", f"batch-{n % 4 + 1:02d}") for n in range(26)]
+        for lease in leases[:20]:  # keys 0-19 done, 20-25 still held
+            assert api.delete(f"{KEYS}/{lease['external_id']}").status_code == 200
+        for machine in ("batch-05", "batch-06"):  # keys 26, 27: 5 min left of a 1 h lease
+            _grant(api, "nightly-invoices", machine, lease_seconds=300)
+        _grant(api, "hourly-reports", "cron-1")
+
+        tab = Tab(browser, viewport=DESKTOP)
+        page = tab.page
+        _open(page, served.base, "nightly-invoices")
+        counts = {"free": "20", "never": "36", "held": "6", "expiring": "2"}
+        for state, number in counts.items():
+            expect(page.locator(f'#legend [data-count="{state}"]')).to_have_text(number)
+            expect(page.locator(f'#grid [data-state="{state}"]')).to_have_count(int(number))
+        expect(page.locator("#key-26")).to_have_attribute("data-lease", "held")
+        expect(page.locator('#held-body tr[data-state="expiring"]')).to_have_count(2)
+        page.locator("#key-21").click()
+        expect(page.locator("#key-detail")).to_contain_text("batch-02")
+        page.mouse.move(0, 0)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "dashboard.png")
+        tab.close()
+
+        phone = Tab(browser, viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=2)
+        page = phone.page
+        _open(page, served.base, "nightly-invoices")
+        expect(page.locator('#grid [data-state="expiring"]')).to_have_count(2)
+        widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        assert widths[0] <= widths[1], f"horizontal scroll at phone width: {widths}"
+        assert widths[1] == PHONE["width"]
+        # Every control is on screen, none cut off at the right edge.
+        overflowing = page.evaluate(
+            """() => [...document.querySelectorAll("button, input, table, #grid")]
+                .filter(e => e.offsetParent !== null
+                             && e.getBoundingClientRect().right > window.innerWidth + 0.5)
+                .map(e => e.id || e.textContent.trim() || e.tagName)"""
+        )
+        assert overflowing == []
+        page.screenshot(path=ARTIFACTS / "dashboard-phone.png")
+        phone.close()
+
+
+def test_page_is_self_contained(api: httpx.Client) -> None:
+    """No external resource, and a policy that would block one anyway."""
+    for path in ("/", "/ui"):
+        response = api.get(path)
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/html; charset=utf-8"
+        policy = response.headers["content-security-policy"]
+        assert "default-src 'none'" in policy
+        assert "connect-src 'self'" in policy
+        nonce = policy.split("'nonce-")[1].split("'")[0]
+        assert response.text.count(f'nonce="{nonce}"') == 2
+        assert "__CSP_NONCE__" not in response.text
+        for external in ("http://", "https://", "//cdn", "src="):
+            assert external not in response.text
+    assert (
+        api.get("/").headers["content-security-policy"]
+        != api.get("/ui").headers["content-security-policy"]
+    )

@@ -1,0 +1,398 @@
+"""GET /metrics: request and operation counters, per-process gauges, access, several workers."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import httpx
+import pytest
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from starlette.applications import Starlette
+
+from coordinator import stats
+from coordinator.app import create_app
+from coordinator.auth import new_token
+from coordinator.config import Settings
+from coordinator.embedded import free_port
+from coordinator.store import Store
+from tests.conftest import FakeClock, Register
+from tests.test_serve import _env, serving
+
+pytestmark = pytest.mark.anyio
+
+API = "/api/v1/process"
+KEYS = f"{API}/batch_keys"
+LEASE = KEYS + "/{external_id}"
+WORKER, WORKER_LINE = new_token("worker")
+LIMITED, LIMITED_LINE = new_token("worker", "seen-*")
+OUTSIDE = ("203.0.113.5", 1234)
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    """Every sample of a scrape, by name and labels."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+async def scrape(client: httpx.AsyncClient, **kwargs: Any) -> Samples:
+    response = await client.get("/metrics", **kwargs)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return parse(response.text)
+
+
+@asynccontextmanager
+async def serve_from(
+    app: Starlette, client: tuple[str, int] = ("127.0.0.1", 123)
+) -> AsyncIterator[httpx.AsyncClient]:
+    """Like conftest.serve, with the client address chosen."""
+    async with app.router.lifespan_context(app) as state:
+
+        async def with_state(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            scope["state"] = dict(state or {})
+            await app(scope, receive, send)
+
+        transport = httpx.ASGITransport(app=with_state, client=client, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://coordinator") as http:
+            yield http
+
+
+async def _grant(client: httpx.AsyncClient, name: str, **fields: Any) -> httpx.Response:
+    return await client.post(KEYS, json={"process_name": name, "machine": "m", **fields})
+
+
+# --- counters and the latency histogram ---------------------------------------------------
+
+
+async def test_requests_and_operations_are_counted(
+    client: httpx.AsyncClient, register: Register
+) -> None:
+    name = (await register(key_set_size=2))["process_name"]
+    first = (await _grant(client, name)).json()
+    second = (await _grant(client, name)).json()
+    assert (await _grant(client, name)).status_code == 409
+    assert (await _grant(client, "never-registered")).status_code == 404
+    assert (await client.patch(f"{KEYS}/{first['external_id']}", json={})).status_code == 200
+    assert (await client.delete(f"{KEYS}/{first['external_id']}")).status_code == 200
+    done = await client.delete(f"{KEYS}/{second['external_id']}?outcome=failed")
+    assert done.status_code == 200
+    assert (await client.delete(f"{KEYS}/{first['external_id']}")).status_code == 410
+    assert (await client.get(f"{KEYS}/{name}")).status_code == 200
+    assert (await client.get(f"/nowhere/{first['external_id']}")).status_code == 404
+    assert (await client.request("BREW", "/healthz")).status_code == 405
+
+    samples = await scrape(client)
+
+    def requests(method: str, route: str, status: int) -> float | None:
+        return value(
+            samples, "coordinator_http_requests_total", method=method, route=route,
+            status=str(status),
+        )  # fmt: skip
+
+    assert requests("POST", API, 201) == 1
+    assert requests("POST", KEYS, 201) == 2
+    assert requests("POST", KEYS, 409) == 1
+    assert requests("POST", KEYS, 404) == 1
+    assert requests("PATCH", LEASE, 200) == 1
+    assert requests("DELETE", LEASE, 200) == 2
+    assert requests("DELETE", LEASE, 410) == 1
+    # Routes by template: process names and lease ids are no request labels.
+    assert requests("GET", KEYS + "/{process_name}", 200) == 1
+    assert requests("GET", "unmatched", 404) == 1
+    assert requests("other", "/healthz", 405) == 1
+    label_values = {
+        v for n, labels in samples if not n.startswith("coordinator_process_") for _, v in labels
+    }
+    assert name not in label_values
+    assert not any(first["external_id"] in v for v in label_values)
+
+    assert value(samples, "coordinator_grants_total", outcome="granted") == 2
+    assert value(samples, "coordinator_grants_total", outcome="no_free_key") == 1
+    assert value(samples, "coordinator_grants_total", outcome="unknown_process") == 1
+    assert value(samples, "coordinator_no_free_key_total") == 1
+    assert value(samples, "coordinator_renewals_total", outcome="renewed") == 1
+    assert value(samples, "coordinator_renewals_total", outcome="lease_gone") == 0
+    assert value(samples, "coordinator_releases_total", outcome="completed") == 1
+    assert value(samples, "coordinator_releases_total", outcome="failed") == 1
+    assert value(samples, "coordinator_releases_total", outcome="lease_gone") == 1
+
+    # The histogram: cumulative buckets ending in +Inf == count, and a positive sum.
+    histogram = "coordinator_http_request_duration_seconds"
+    labels = {"method": "POST", "route": KEYS, "status": "201"}
+    assert value(samples, f"{histogram}_count", **labels) == 2
+    sum_ = value(samples, f"{histogram}_sum", **labels)
+    assert sum_ is not None
+    assert 0 < sum_ < 10
+    buckets = sorted(
+        (float(dict(ls)["le"]), v)
+        for (n, ls), v in samples.items()
+        if n == f"{histogram}_bucket" and set(labels.items()) <= ls
+    )
+    counts = [v for _, v in buckets]
+    assert counts == sorted(counts)
+    assert buckets[-1] == (float("inf"), 2)
+    assert [le for le, _ in buckets][-2] == 60
+
+    # The scrape itself is counted, by the next one.
+    again = await scrape(client)
+    assert value(again, "coordinator_http_requests_total", method="GET", route="/metrics",
+                 status="200") == 1  # fmt: skip
+
+
+async def test_an_unexpected_error_is_counted_as_500(
+    redis: Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Store, "grant", broken)
+    async with serve_from(create_app(Settings(key_prefix=prefix), redis=redis)) as client:
+        assert (await _grant(client, "anything")).status_code == 500
+        samples = await scrape(client)
+    assert value(samples, "coordinator_grants_total", outcome="error") == 1
+    assert (
+        value(samples, "coordinator_http_requests_total", method="POST", route=KEYS, status="500")
+        == 1
+    )
+
+
+# --- per-process gauges, read from Redis at scrape time -----------------------------------
+
+
+def _gauges(samples: Samples, name: str) -> dict[str, float | None]:
+    return {
+        suffix: value(samples, f"coordinator_process_{suffix}", process=name)
+        for suffix in (
+            "key_set_size",
+            "keys_held",
+            "keys_free",
+            "keys_never_completed",
+            "leases_expired_unreclaimed",
+            "stalest_completion_age_seconds",
+        )
+    }
+
+
+async def test_process_gauges_follow_grants_and_releases(
+    client: httpx.AsyncClient, register: Register
+) -> None:
+    name = (await register(key_set_size=5))["process_name"]
+    empty = (await register(key_set_size=3))["process_name"]
+    before = await scrape(client)
+    assert value(before, "coordinator_store_up") == 1
+    assert _gauges(before, name) == {
+        "key_set_size": 5,
+        "keys_held": 0,
+        "keys_free": 5,
+        "keys_never_completed": 5,
+        "leases_expired_unreclaimed": 0,
+        "stalest_completion_age_seconds": None,  # nothing completed yet
+    }
+    ids = [(await _grant(client, name)).json()["external_id"] for _ in range(3)]
+    assert (await client.delete(f"{KEYS}/{ids[0]}?outcome=completed")).status_code == 200
+    assert (await client.delete(f"{KEYS}/{ids[1]}?outcome=failed")).status_code == 200
+
+    samples = await scrape(client)
+    gauges = _gauges(samples, name)
+    age = gauges.pop("stalest_completion_age_seconds")
+    assert gauges == {
+        "key_set_size": 5,
+        "keys_held": 1,
+        "keys_free": 4,
+        # key 1 failed and keys 3, 4 were never handed out; key 0 completed.
+        "keys_never_completed": 3,
+        "leases_expired_unreclaimed": 0,
+    }
+    assert age is not None
+    assert 0 <= age < 5
+    assert _gauges(samples, empty)["keys_free"] == 3
+    assert value(samples, "coordinator_processes") == 2
+    # The listing agrees with the gauges.
+    listed = (await client.get(f"{KEYS}/{name}")).json()
+    assert sum(k["expires_at"] is not None for k in listed) == gauges["keys_held"]
+
+
+@pytest.fixture
+async def clocked(
+    prefix: str, fake_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The app on fakeredis, with Redis's clock and the stats' clock both `fake_clock`."""
+    monkeypatch.setattr(stats, "time", fake_clock)
+    server = fakeredis.FakeAsyncRedis(decode_responses=True, server=fakeredis.FakeServer())
+    async with server, serve_from(create_app(Settings(key_prefix=prefix), redis=server)) as http:
+        yield http
+
+
+async def test_stalest_age_and_unreclaimed_expiries(
+    clocked: httpx.AsyncClient, fake_clock: FakeClock
+) -> None:
+    client = clocked
+    await client.post(API, json={"process_name": "aging", "key_set_size": 4})
+    for _ in range(2):
+        lease = (await _grant(client, "aging")).json()
+        assert (await client.delete(f"{KEYS}/{lease['external_id']}")).status_code == 200
+        fake_clock.advance(100)
+    # Keys 0 and 1 completed 200 s and 100 s ago; the stalest is key 0.
+    gauges = _gauges(await scrape(client), "aging")
+    assert gauges["stalest_completion_age_seconds"] == pytest.approx(200, abs=0.01)
+    assert gauges["keys_never_completed"] == 2
+
+    abandoned = [(await _grant(client, "aging", lease_seconds=10)).json() for _ in range(2)]
+    assert [a["key"] for a in abandoned] == [2, 3]
+    fake_clock.advance(11)
+    gauges = _gauges(await scrape(client), "aging")
+    assert gauges["leases_expired_unreclaimed"] == 2
+    assert gauges["keys_held"] == 0
+    assert gauges["keys_free"] == 4
+    # The next grant returns both to the free set (and takes one of them).
+    assert (await _grant(client, "aging")).status_code == 201
+    gauges = _gauges(await scrape(client), "aging")
+    assert gauges["leases_expired_unreclaimed"] == 0
+    assert gauges["keys_held"] == 1
+    assert gauges["keys_free"] == 3
+
+
+async def test_redis_down_still_serves_the_counters(prefix: str) -> None:
+    redis = Redis(
+        port=free_port(),
+        socket_connect_timeout=0.2,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=True,
+    )
+    async with redis, serve_from(create_app(Settings(key_prefix=prefix), redis=redis)) as client:
+        assert (await _grant(client, "p")).status_code == 503
+        samples = await scrape(client)
+    assert value(samples, "coordinator_store_up") == 0
+    assert value(samples, "coordinator_grants_total", outcome="store_unavailable") == 1
+    assert not any(n.startswith("coordinator_process_") for n, _ in samples)
+
+
+# --- who may scrape -----------------------------------------------------------------------
+
+
+async def test_outside_clients_without_tokens_configured_are_refused(
+    redis: Redis, prefix: str
+) -> None:
+    app = create_app(Settings(key_prefix=prefix), redis=redis)
+    async with serve_from(app, client=OUTSIDE) as client:
+        response = await client.get("/metrics", headers={"Authorization": f"Bearer {WORKER}"})
+    assert response.status_code == 403
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "forbidden"
+
+
+def _guarded(redis: Redis, prefix: str) -> Starlette:
+    tokens = f"{WORKER_LINE};{LIMITED_LINE}"
+    return create_app(Settings(key_prefix=prefix, tokens=tokens), redis=redis)
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong-token", f"Basic {WORKER}"])
+async def test_outside_clients_need_a_valid_token(
+    redis: Redis, prefix: str, authorization: str | None
+) -> None:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    async with serve_from(_guarded(redis, prefix), client=OUTSIDE) as client:
+        response = await client.get("/metrics", headers=headers)
+    assert response.status_code == 401
+    assert response.json()["code"] == "unauthorized"
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_loopback_or_a_token_may_scrape(redis: Redis, prefix: str) -> None:
+    store = Store(redis, prefix=prefix)
+    await store.register("seen-1", 2)
+    await store.register("hidden-1", 3)
+    shown: dict[str, set[str]] = {}
+    for who, client_address, token in [
+        ("loopback", ("127.0.0.1", 5000), None),
+        ("loopback v6", ("::1", 5000), None),
+        ("worker", OUTSIDE, WORKER),
+        ("limited", OUTSIDE, LIMITED),
+    ]:
+        headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        async with serve_from(_guarded(redis, prefix), client=client_address) as client:
+            samples = await scrape(client, headers=headers)
+        assert value(samples, "coordinator_grants_total", outcome="granted") == 0
+        shown[who] = {
+            dict(labels)["process"]
+            for n, labels in samples
+            if n == "coordinator_process_key_set_size"
+        }
+    assert shown["loopback"] == shown["loopback v6"] == shown["worker"] == {"seen-1", "hidden-1"}
+    # A token limited to some processes sees only their figures.
+    assert shown["limited"] == {"seen-1"}
+
+
+# --- several workers ------------------------------------------------------------------------
+
+
+def _worker_counts(directory: Path) -> dict[str, float]:
+    """Grants counted by each worker process, read from its own file."""
+    counts = {}
+    for path in directory.glob("counter_*.db"):
+        pid = path.stem.removeprefix("counter_")
+        counts[pid] = sum(
+            s.value
+            for metric in MultiProcessCollector.merge([str(path)])
+            for s in metric.samples
+            if s.name == "coordinator_grants_total" and s.labels == {"outcome": "granted"}
+        )
+    return counts
+
+
+def test_several_workers_count_each_request_once(tmp_path: Path) -> None:
+    with serving(_env(tmp_path / "data"), "--workers", "2") as served:
+        found = re.search(r"summed from (\S+)", served.log)
+        assert found, served.log
+        directory = Path(found.group(1))
+        assert directory.is_dir()
+        base = served.base
+        created = httpx.post(f"{base}{API}", json={"process_name": "spread", "key_set_size": 1000})
+        assert created.status_code == 201
+        sent = 0
+        deadline = time.monotonic() + 30
+        # A new connection per request, until both workers have answered some.
+        while sent < 40 or len([c for c in _worker_counts(directory).values() if c]) < 2:
+            assert time.monotonic() < deadline, _worker_counts(directory)
+            response = httpx.post(f"{base}{KEYS}", json={"process_name": "spread", "machine": "m"})
+            assert response.status_code == 201
+            sent += 1
+        per_worker = _worker_counts(directory)
+        assert len(per_worker) == 2
+        assert sum(per_worker.values()) == sent
+        # Every scrape, whichever worker answers it, counts each request exactly once.
+        for _ in range(6):
+            samples = parse(httpx.get(f"{base}/metrics").text)
+            assert value(samples, "coordinator_grants_total", outcome="granted") == sent
+            assert (
+                value(samples, "coordinator_http_requests_total", method="POST", route=KEYS,
+                      status="201") == sent
+            )  # fmt: skip
+            assert (
+                value(samples, "coordinator_http_request_duration_seconds_count", method="POST",
+                      route=KEYS, status="201") == sent
+            )  # fmt: skip
+            # Read from Redis by the answering worker alone: not multiplied by the workers.
+            assert value(samples, "coordinator_process_keys_held", process="spread") == sent
+            assert value(samples, "coordinator_processes") == 1
+    assert served.process.returncode == 0
+    assert not directory.exists()

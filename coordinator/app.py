@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from coordinator import openapi, problems, schemas, validation
+from coordinator import logs, openapi, problems, schemas, validation
 from coordinator.auth import Principal, TokenTable, load_tokens
 from coordinator.config import ConfigError, Settings
 from coordinator.connection import RedisClient, connect
@@ -69,6 +69,7 @@ async def register_process(request: Request) -> Response:
     store = _store(request)
     body = await schemas.register_body(request, store.limits.max_key_set_size)
     _require(caller, "admin", body.process_name)
+    logs.note(request, process_name=body.process_name)
     process = await store.register(body.process_name, body.key_set_size, body.lease_seconds)
     location = f"{API}/process/{quote(process.name)}"
     return JSONResponse(process.to_json(), 201, headers={"Location": location})
@@ -79,6 +80,7 @@ async def unregister_process(request: Request) -> Response:
     caller = _caller(request)
     name = validation.process_name(request.path_params["process_name"])
     _require(caller, "admin", name)
+    logs.note(request, process_name=name)
     process = await _store(request).unregister(name)
     return JSONResponse(process.to_json())
 
@@ -88,6 +90,7 @@ async def list_batch_keys(request: Request) -> Response:
     caller = _caller(request)
     name = validation.process_name(request.path_params["process_name"])
     _require(caller, "worker", name)
+    logs.note(request, process_name=name)
     page = schemas.key_page(request.query_params)
     keys = _store(request).iter_batch_keys(name, page.first, page.limit)
     # The first chunk is read before answering, so an unknown process is still a 404.
@@ -113,9 +116,11 @@ async def grant_batch_key(request: Request) -> Response:
     caller = _caller(request)
     body = await schemas.grant_body(request)
     _require(caller, "worker", body.process_name)
+    logs.note(request, process_name=body.process_name)
     key = await _store(request).grant(
         body.process_name, body.machine, body.lease_seconds, body.wait_seconds
     )
+    logs.note(request, key=key.key, external_id=key.external_id)
     location = f"{API}/process/batch_keys/{key.external_id}"
     return JSONResponse(key.to_json(), 201, headers={"Location": location})
 
@@ -126,7 +131,9 @@ async def renew_batch_key(request: Request) -> Response:
     body = await schemas.renew_body(request)
     external_id = request.path_params["external_id"]
     await _require_lease(request, caller, external_id)
+    logs.note(request, external_id=external_id)
     key = await _store(request).renew(external_id, body.lease_seconds)
+    logs.note(request, process_name=key.process_name, key=key.key)
     return JSONResponse(key.to_json())
 
 
@@ -136,7 +143,9 @@ async def release_batch_key(request: Request) -> Response:
     outcome = validation.outcome(request.query_params.get("outcome", "completed"))
     external_id = request.path_params["external_id"]
     await _require_lease(request, caller, external_id)
+    logs.note(request, external_id=external_id)
     key = await _store(request).release(external_id, outcome)
+    logs.note(request, process_name=key.process_name, key=key.key)
     return JSONResponse(key.to_json())
 
 
@@ -146,7 +155,9 @@ async def revoke_batch_key(request: Request) -> Response:
     external_id = request.path_params["external_id"]
     if caller is not None:
         caller.require("admin", await _store(request).process_name_of(external_id))
+    logs.note(request, external_id=external_id)
     key = await _store(request).revoke(external_id)
+    logs.note(request, process_name=key.process_name, key=key.key)
     return JSONResponse(key.to_json())
 
 
@@ -155,6 +166,7 @@ async def list_events(request: Request) -> Response:
     caller = _caller(request)
     name = validation.process_name(request.path_params["process_name"])
     _require(caller, "worker", name)
+    logs.note(request, process_name=name)
     after, limit = schemas.event_page(request.query_params)
     events = await _store(request).events(name, after, limit)
     return JSONResponse([e.to_json() for e in events])
@@ -248,4 +260,7 @@ def create_app(settings: Settings | None = None, *, redis: RedisClient | None = 
     app.router.redirect_slashes = False
     # Prometheus: counts every request and serves GET /metrics (coordinator/metrics.py).
     install_metrics(app)
+    # Outermost, so its line and X-Request-ID cover every answer, errors included.
+    logs.configure(settings.log_level)
+    app.add_middleware(logs.RequestLog)
     return app

@@ -40,7 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to bind (8000)")
     serve.add_argument("--workers", type=int, default=1, help="API processes sharing the port")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    serve.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="log level (COORDINATOR_LOG_LEVEL; default info); each request is one JSON line",
+    )
     serve.add_argument(
         "--insecure-open",
         action="store_true",
@@ -222,6 +226,9 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     # that would kill this process before the embedded Valkey is stopped.
     for stopping in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stopping, _stop)
+    if args.log_level:  # also for worker processes, which read the environment
+        os.environ["COORDINATOR_LOG_LEVEL"] = args.log_level
+        settings = Settings.from_env()
     embedded: EmbeddedValkey | None = None
     if settings.redis_url is None:
         embedded = EmbeddedValkey(settings.data_dir).start()
@@ -241,7 +248,8 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
                 create_app(settings),
                 host=args.host,
                 port=args.port,
-                log_level=args.log_level,
+                log_level=settings.log_level,
+                access_log=False,  # coordinator.logs writes one JSON line per request
                 proxy_headers=True,
             )
         else:
@@ -257,7 +265,8 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
                     host=args.host,
                     port=args.port,
                     workers=args.workers,
-                    log_level=args.log_level,
+                    log_level=settings.log_level,
+                    access_log=False,  # coordinator.logs writes one JSON line per request
                     proxy_headers=True,
                 )
     except _Stop as stop:

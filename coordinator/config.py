@@ -38,6 +38,7 @@ class Settings:
     redis_max_connections: int = 64
     min_replica_acks: int = 0
     events_cap: int = 10_000
+    log_level: str = "info"
     tokens: str | None = None
     tokens_file: Path | None = None
 
@@ -81,6 +82,7 @@ class Settings:
             ),
             min_replica_acks=_replica_acks(get("MIN_REPLICA_ACKS"), redis_url),
             tokens=get("TOKENS"),
+            log_level=_log_level(get("LOG_LEVEL") or defaults.log_level),
             events_cap=_int(get("EVENTS_CAP"), "EVENTS_CAP", defaults.events_cap, 1, 10_000_000),
             tokens_file=Path(tokens_file) if (tokens_file := get("TOKENS_FILE")) else None,
             redis_max_connections=_int(
@@ -91,6 +93,12 @@ class Settings:
                 10_000,
             ),
         )
+
+
+def _log_level(raw: str) -> str:
+    if raw.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"COORDINATOR_LOG_LEVEL must be debug, info, warning or error: {raw!r}")
+    return raw.lower()
 
 
 def _replica_acks(raw: str | None, redis_url: str | None) -> int:

@@ -49,7 +49,7 @@ from coordinator.store import Store
 logger = logging.getLogger("coordinator")
 
 # No `*_created` series: the multiprocess mode has none, so both modes print the same names.
-disable_created_metrics()  # type: ignore[no-untyped-call]
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus-client
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # The classic text format every Prometheus version reads (what generate_latest writes).
@@ -190,7 +190,7 @@ class Metrics:
         if not self.multiprocess:
             return generate_latest(self.registry)
         merged = CollectorRegistry()
-        MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        MultiProcessCollector(merged)  # type: ignore[no-untyped-call]  # untyped in prometheus-client
         return generate_latest(merged)
 
 

@@ -1,6 +1,6 @@
 """How soon a waiting grant gets a key after it is released (real Valkey, one process).
 
-    .venv/bin/python bench/wakeup.py [ROUNDS]
+.venv/bin/python bench/wakeup.py [ROUNDS]
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ async def measure(url: str, rounds: int) -> list[float]:
         for _ in range(rounds):
             held = await store.grant("busy", "holder")
             waiter = asyncio.create_task(store.grant("busy", "waiter", wait_seconds=10))
-            while not any(c.get("cmd") == "blpop" for c in await redis.client_list()):
+            # Polls Valkey's client list until the waiter blocks: no local event to wait on.
+            while not any(c.get("cmd") == "blpop" for c in await redis.client_list()):  # noqa: ASYNC110
                 await asyncio.sleep(0.001)
             await store.release(held.external_id or "")
             released = time.perf_counter()

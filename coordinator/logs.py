@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,7 +48,7 @@ class RequestLog:
             await self.app(scope, receive, send)
             return
         incoming = dict(scope["headers"]).get(HEADER.encode(), b"").decode("latin-1")
-        request_id = incoming if _CALLER_ID.fullmatch(incoming) else uuid.uuid4().hex
+        request_id = incoming if _CALLER_ID.fullmatch(incoming) else os.urandom(16).hex()
         fields: dict[str, Any] = {}
         state = scope.setdefault("state", {})
         state["log"] = fields

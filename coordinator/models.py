@@ -9,14 +9,18 @@ from typing import Any
 from coordinator.lease_id import compose
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(1970, 1, 1)  # UTC by construction: see rfc3339
 
 
 def rfc3339(microseconds: int | None) -> str | None:
     """Microseconds since the epoch as RFC 3339 UTC with microseconds and `Z`."""
     if microseconds is None:
         return None
-    moment = _EPOCH + timedelta(microseconds=microseconds)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # A naive UTC moment's isoformat() has no offset to strip, and is several times faster
+    # than strftime on this path (three times per key object).
+    return (_NAIVE_EPOCH + timedelta(microseconds=microseconds)).isoformat(
+        "T", "microseconds"
+    ) + "Z"
 
 
 def from_rfc3339(text: str | None) -> int | None:

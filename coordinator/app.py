@@ -241,6 +241,7 @@ def create_app(settings: Settings | None = None, *, redis: RedisClient | None = 
                 # a change that was made into a 503.
                 replica_timeout_ms=max(1, min(1000, int(settings.redis_timeout_seconds * 500))),
             )
+            store.on_reclaimed = metrics.expiries_reclaimed.inc
             yield {"store": store, "tokens": load_tokens(settings)}
         finally:
             if redis is None:
@@ -259,7 +260,7 @@ def create_app(settings: Settings | None = None, *, redis: RedisClient | None = 
     # DELETE .../batch_keys/ (empty id) would land on deleting a process named "batch_keys".
     app.router.redirect_slashes = False
     # Prometheus: counts every request and serves GET /metrics (coordinator/metrics.py).
-    install_metrics(app)
+    metrics = install_metrics(app)
     # Outermost, so its line and X-Request-ID cover every answer, errors included.
     logs.configure(settings.log_level)
     app.add_middleware(logs.RequestLog)

@@ -152,6 +152,12 @@ class Metrics:
                 registry=self.registry,
             ),
         }
+        self.expiries_reclaimed = Counter(
+            "coordinator_expiries_reclaimed",
+            "Expired leases that grants returned to the free set (a renew or release that"
+            " finds its own lease expired returns it too, counted as lease_gone there).",
+            registry=self.registry,
+        )
         self.no_free_key = Counter(
             "coordinator_no_free_key",
             "Grants answered 409 no_free_key (after waiting, if they asked to wait).",
@@ -253,8 +259,8 @@ class _Snapshot:
             (
                 "leases_expired_unreclaimed",
                 "Leases past their expiry that no grant has returned to the free set yet"
-                " (grants reclaim up to 16 each); expiries are not counted as they are"
-                " reclaimed, so this is the gauge to watch for abandoned work.",
+                " (grants reclaim up to 16 each; coordinator_expiries_reclaimed_total counts"
+                " them as they are); the gauge to watch for abandoned work.",
                 lambda s: s.expired,
             ),
         ]

@@ -7,7 +7,7 @@ turns replies into records, and turns failures into the exceptions of `errors`.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -87,6 +87,8 @@ class Store:
         self.scripts = Scripts(
             redis, replica_acks=replica_acks, replica_timeout_ms=replica_timeout_ms
         )
+        # Told how many expired leases each grant returned to the free set (metrics).
+        self.on_reclaimed: Callable[[int], None] | None = None
         # Process id -> name is fixed by the hash, so this cache never goes stale.
         self._names: dict[int, str] = {}
 
@@ -218,7 +220,9 @@ class Store:
                     raise
                 # Wake on a release, or when the earliest lease expires, whichever is first.
                 await self._await_freed(k.freed, min(remaining, busy.retry_after_us / 1e6))
-        _, key, token, started, expires, last, _size, _lease_ms = reply
+        _, key, token, started, expires, last, _size, _lease_ms = reply[:8]
+        if len(reply) > 8 and reply[8] and self.on_reclaimed is not None:
+            self.on_reclaimed(int(reply[8]))
         return BatchKey(
             process_name=name,
             key=key,

@@ -11,7 +11,8 @@
 -- ARGV[2] lease_ms  lease length in milliseconds; 0 takes the process's default
 -- ARGV[3] events_cap  (optional, default 10000) entries the stream keeps, at least
 --
--- Returns {0, key, token, started_us, expires_us, last, size, lease_ms}  granted
+-- Returns {0, key, token, started_us, expires_us, last, size, lease_ms, reclaimed}  granted;
+--            reclaimed = expired leases this call returned to the free set
 --         {1}                       no such process
 --         {3, retry_after_us}       no key free; microseconds until the earliest lease expires
 --         {6, argument}             an argument is missing or malformed; nothing changed
@@ -100,4 +101,4 @@ redis.call('HSET', leases, name, string.format('%s|%.0f|%.0f|%d|%.0f|', token_te
 redis.call('HSET', tokens, token_text, name)
 redis.call('ZADD', held, string.format('%.0f', expires_us), name)
 record('granted', name, token_text, machine, now_us)
-return {0, key, token, now_us, expires_us, last, size, lease_ms}
+return {0, key, token, now_us, expires_us, last, size, lease_ms, #expired}

@@ -263,9 +263,12 @@ async def test_stalest_age_and_unreclaimed_expiries(
     assert gauges["leases_expired_unreclaimed"] == 2
     assert gauges["keys_held"] == 0
     assert gauges["keys_free"] == 4
+    before = value(await scrape(client), "coordinator_expiries_reclaimed_total")
     # The next grant returns both to the free set (and takes one of them).
     assert (await _grant(client, "aging")).status_code == 201
-    gauges = _gauges(await scrape(client), "aging")
+    samples = await scrape(client)
+    assert value(samples, "coordinator_expiries_reclaimed_total") == (before or 0) + 2
+    gauges = _gauges(samples, "aging")
     assert gauges["leases_expired_unreclaimed"] == 0
     assert gauges["keys_held"] == 1
     assert gauges["keys_free"] == 3

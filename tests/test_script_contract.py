@@ -262,8 +262,9 @@ async def test_a_cycle_run_with_valkey_cli_is_what_the_api_reports(
         {"process_name": name, "key_set_size": 3, "key_space_size": 3, "lease_seconds": 60}
     ]
 
-    status, key, token, started, expires, last, size, lease_ms = await worker.grant(name, "cli-7")
-    assert (status, key, last, size, lease_ms) == (0, 0, -3, 3, 60_000)
+    granted = await worker.grant(name, "cli-7")
+    status, key, token, started, expires, last, size, lease_ms, reclaimed = granted
+    assert (status, key, last, size, lease_ms, reclaimed) == (0, 0, -3, 3, 60_000, 0)
     assert expires - started == 60_000_000
     assert abs(started / 1e6 - time.time()) < 60, "microseconds since the epoch"
     # A new name's fence is empty: its first token is the grant's microsecond since 2026.

@@ -497,24 +497,27 @@ def test_run_renews_a_short_lease_through_a_long_command(server: Server) -> None
     }
     try:
         granted: dict[str, dict[str, Any]] = {}
+        seen_at: dict[str, float] = {}  # when each run's lease was first seen: its own clock
         deadline = time.monotonic() + 15
         while len(granted) < 2:
             for name in runs:
                 key = server.keys(name)[0]
                 if key["external_id"] is not None and name not in granted:
                     granted[name] = key
+                    seen_at[name] = time.monotonic()
             assert time.monotonic() < deadline, "the runs never acquired their keys"
             time.sleep(0.02)
-        t0 = time.monotonic()
         for name, key in granted.items():
             lease = at(key["expires_at"]) - at(key["started_at"])
             assert lease.total_seconds() == 2, name
 
         previous = granted
         for check_at in (3, 5):
-            time.sleep(max(0, t0 + check_at - time.monotonic()))
             now: dict[str, dict[str, Any]] = {}
-            for name, run in runs.items():
+            # Each run is checked 3 s and 5 s into its own job, so one that started earlier
+            # cannot have finished its `sleep 6` before its check.
+            for name, run in sorted(runs.items(), key=lambda item: seen_at[item[0]]):
+                time.sleep(max(0, seen_at[name] + check_at - time.monotonic()))
                 assert run.poll() is None, run.communicate()
                 key = server.keys(name)[0]
                 # Held past the 2 s it was granted for, by the same lease, extended again.

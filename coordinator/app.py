@@ -92,7 +92,9 @@ async def list_batch_keys(request: Request) -> Response:
     _require(caller, "worker", name)
     logs.note(request, process_name=name)
     page = schemas.key_page(request.query_params)
-    keys = _store(request).iter_batch_keys(name, page.first, page.limit)
+    # One key past the page tells whether another page follows, in the same reads.
+    limit = None if page.limit is None else page.limit + 1
+    keys = _store(request).iter_batch_keys(name, page.first, limit)
     # The first chunk is read before answering, so an unknown process is still a 404.
     try:
         head = await anext(keys)
@@ -102,10 +104,8 @@ async def list_batch_keys(request: Request) -> Response:
         return StreamingResponse(schemas.json_array(head, keys), media_type="application/json")
     rows = [head, *[key async for key in keys]]
     headers = {}
-    if (
-        len(rows) == page.limit
-        and rows[-1].key + 1 < (await _store(request).process(name)).key_set_size
-    ):
+    if len(rows) > page.limit:
+        rows = rows[: page.limit]
         query = urlencode({"limit": page.limit, "after": rows[-1].key})
         headers["Link"] = f'<{request.url.path}?{query}>; rel="next"'
     return JSONResponse([k.to_json() for k in rows], headers=headers)

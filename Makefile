@@ -4,9 +4,28 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest clean bench soak
+.PHONY: run test lint typecheck pytest browser fuzz clean bench soak
+
+# tests/test_dashboard.py drives Debian's chromium, and Playwright launches it from here.
+CHROMIUM := /usr/bin/chromium
+
+# $(call require,CHECK,PACKAGE,WHO): when the shell command CHECK fails, install the Debian
+# PACKAGE with apt-get if we are root (as `bench` installs wrk); if CHECK still fails, stop
+# with one line saying what to install. WHO says what needs it.
+define require
+	@$(1) >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "make: installing $(2) with apt-get ($(3) needs it)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends $(2) >/dev/null; \
+	  fi; \
+	  $(1) >/dev/null 2>&1 || { echo "make: $(3) needs Debian's $(2) package:" \
+	    "install it (as root: apt-get install $(2)) and run make again" >&2; exit 1; }; \
+	}
+endef
 
 $(STAMP): pyproject.toml
+	$(call require,$(PYTHON) -c 'import ensurepip',python3-venv,$(PYTHON) -m venv)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -15,7 +34,8 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/coordinator serve
 
-test: lint typecheck pytest
+# The browser comes first, so a machine that lacks it stops at once, not after the long run.
+test: browser lint typecheck pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check coordinator tests
@@ -24,8 +44,18 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy coordinator
 
-pytest: $(STAMP)
+pytest: $(STAMP) browser
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+browser:
+	$(call require,test -x $(CHROMIUM),chromium,tests/test_dashboard.py)
+
+# Not part of `make test`, where Hypothesis draws the same examples every run (the `gate`
+# profile, tests/conftest.py): the fuzz and model tests with new examples every run, ten times
+# as many (the `explore` profile; a few minutes).
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=explore $(BIN)/pytest tests/test_fuzz.py tests/test_state_machine.py \
+	  tests/test_lease_id.py --timeout=1800 $(PYTEST_ARGS)
 
 # Not part of `make test`: measures the service against its ceilings on one private Valkey,
 # prints a table and writes bench/results.json (a few minutes). The HTTP load comes from wrk,

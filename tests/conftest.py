@@ -6,6 +6,7 @@ Every test gets its own key prefix, so tests never see each other's data.
 from __future__ import annotations
 
 import itertools
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -14,6 +15,7 @@ from typing import Any
 
 import fakeredis
 import httpx
+import hypothesis
 import pytest
 from fakeredis.commands_mixins import server_mixin
 from redis.asyncio import Redis
@@ -25,6 +27,28 @@ from coordinator.embedded import EmbeddedValkey
 from coordinator.store import Limits, Store
 
 BACKENDS = ["valkey", "fakeredis"]
+
+# Hypothesis profiles, for every hypothesis test in the suite. `gate` (`make test`, and any run
+# without HYPOTHESIS_PROFILE) draws the same examples every run, with no deadline, so a run
+# passes or fails on the code, not on luck or a busy machine. `explore` (`make fuzz`) draws new
+# examples every run, ten times as many (tests that pin their own count scale it by
+# max_examples / 100).
+hypothesis.settings.register_profile(
+    "gate",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[hypothesis.HealthCheck.too_slow],
+)
+hypothesis.settings.register_profile(
+    "explore",
+    max_examples=1000,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[hypothesis.HealthCheck.too_slow],
+)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "gate"))
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 live `coordinator serve` with its embedded Valkey.
 
 Playwright never downloads a browser here: it drives /usr/bin/chromium (Debian's `chromium`
-package, which .ci/run installs when missing). Without it these tests fail, they do not skip.
+package, which `make test` installs when missing). Without it these tests fail, they do not skip.
 Screenshots go to tests/artifacts/ (git-ignored); docs/dashboard.png is a copy of
 dashboard.png.
 """
@@ -48,7 +48,7 @@ def browser() -> Iterator[Browser]:
     if not CHROMIUM.is_file():
         pytest.fail(
             f"{CHROMIUM} is missing: the dashboard tests need Debian's chromium package"
-            " (`apt-get install chromium`; .ci/run installs it when missing)",
+            " (`apt-get install chromium`; `make test` installs it when missing, as root)",
             pytrace=False,
         )
     with sync_playwright() as playwright:

@@ -4,7 +4,9 @@ Every operation the document describes gets generated requests, both ones its sc
 (positive) and ones it forbids (negative). Every response must be no 5xx, have a status code,
 content type and headers the document lists for the operation, and a body matching the
 document's schema for that status; every forbidden request must be refused with a 4xx; and
-after every call, every key in Redis starts with the app's prefix.
+after every call, every key in Redis starts with the app's prefix. Under the `gate` Hypothesis
+profile of `make test` (tests/conftest.py) the examples are the same every run; `make fuzz`
+draws new ones, ten times as many.
 
 A process is registered before fuzzing, and part of the generated key requests and key
 listings are steered to it, so grants succeed too; each lease granted is then renewed and
@@ -18,6 +20,7 @@ Hypothesis test over `APIOperation.as_strategy()`, schemathesis's public strateg
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterator
 
@@ -37,15 +40,17 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from coordinator import openapi
-from coordinator.app import create_app
+from coordinator.app import ROUTES, create_app
 from coordinator.config import Settings
 
 PREFIX = "fuzz"
 TARGET = "fuzz-target"
 TARGET_KEYS = 1000
-# Generated examples per operation and mode: 10 operations x 2 modes x 40 stays well under
-# a minute on fakeredis.
-MAX_EXAMPLES = 40
+# Generated examples per operation and mode: 40 under the `gate` profile of `make test`, the same
+# 40 every run (10 operations x 2 modes x 40 stays well under a minute on fakeredis); ten times
+# as many, new every run, under `make fuzz`'s `explore` profile (tests/conftest.py), which
+# raises Hypothesis's default of 100 examples to 1000.
+MAX_EXAMPLES = 40 * settings.default.max_examples // 100
 # The deployment's maximum key set size: a generated registration asks for at most this many
 # keys (more is the documented 422), so listing a generated process stays quick.
 MAX_KEY_SET_SIZE = 1000
@@ -151,6 +156,23 @@ def _renew_and_release(fuzz: Fuzz, external_id: str) -> None:
         path_parameters={"id": external_id}, query={"outcome": "completed"}
     )
     assert fuzz.call(release).status_code == 200
+
+
+def test_every_operation_is_fuzzed() -> None:
+    """Every route the app serves is an operation of the document, and every operation gets
+    positive cases, and negative ones too when it takes input."""
+    template = re.compile(r"\{[^}]*\}")
+    served = {
+        (method, template.sub("{}", route.path))
+        for route in ROUTES
+        for method in (route.methods or set()) - {"HEAD"}
+    }
+    cased = {tuple(case.values) for case in CASES}
+    fuzzed = {(method, template.sub("{}", path)) for method, path, _ in cased}
+    assert served <= fuzzed, served - fuzzed
+    for method, path, has_input in OPERATIONS:
+        assert (method, path, GenerationMode.POSITIVE) in cased
+        assert ((method, path, GenerationMode.NEGATIVE) in cased) == has_input
 
 
 @pytest.mark.parametrize(("method", "path", "mode"), CASES)

@@ -394,7 +394,8 @@ def test_store_matches_the_model(fake_clock):
     run_state_machine_as_test(
         CoordinatorMachine,
         settings=settings(
-            max_examples=60,
+            # 60 under `make test`'s gate profile; ten times as many under `make fuzz`.
+            max_examples=60 * settings.default.max_examples // 100,
             stateful_step_count=40,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],

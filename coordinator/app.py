@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
@@ -14,10 +15,11 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from coordinator import logs, openapi, problems, schemas, validation
-from coordinator.auth import Principal, TokenTable, load_tokens
+from coordinator.auth import Forbidden, Principal, TokenTable, load_tokens
 from coordinator.config import ConfigError, Settings
 from coordinator.connection import RedisClient, connect
-from coordinator.errors import CoordinatorError, StoreUnavailable
+from coordinator.errors import CoordinatorError, StoreUnavailable, UnknownLease
+from coordinator.eviction import EvictionGuard
 from coordinator.metrics import install as install_metrics
 from coordinator.schemas import JSONResponse
 from coordinator.store import Limits, Store
@@ -31,6 +33,7 @@ class State(TypedDict):
 
     store: Store
     tokens: TokenTable
+    eviction: EvictionGuard
 
 
 def _store(request: Request) -> Store:
@@ -50,9 +53,19 @@ def _require(caller: Principal | None, role: str, process_name: str | None = Non
 
 
 async def _require_lease(request: Request, caller: Principal | None, external_id: str) -> None:
-    """A process-limited token may touch only leases of its processes."""
+    """A process-limited token may touch only leases of its processes; an id that names no
+    process is refused alike, so the answer tells a stranger nothing about which exist."""
     if caller is not None and caller.processes is not None:
-        _require(caller, "worker", await _store(request).process_name_of(external_id))
+        try:
+            name = await _store(request).process_name_of(external_id)
+        except UnknownLease:
+            raise Forbidden("This token does not cover this lease's process.") from None
+        _require(caller, "worker", name)
+
+
+def _holder(caller: Principal | None) -> str:
+    """Who a grant is recorded for, and who a renew or release must be: no one when open."""
+    return "" if caller is None else caller.holder
 
 
 async def list_processes(request: Request) -> Response:
@@ -118,7 +131,7 @@ async def grant_batch_key(request: Request) -> Response:
     _require(caller, "worker", body.process_name)
     logs.note(request, process_name=body.process_name)
     key = await _store(request).grant(
-        body.process_name, body.machine, body.lease_seconds, body.wait_seconds
+        body.process_name, body.machine, body.lease_seconds, body.wait_seconds, _holder(caller)
     )
     logs.note(request, key=key.key, external_id=key.external_id)
     location = f"{API}/process/batch_keys/{key.external_id}"
@@ -132,7 +145,8 @@ async def renew_batch_key(request: Request) -> Response:
     external_id = request.path_params["external_id"]
     await _require_lease(request, caller, external_id)
     logs.note(request, external_id=external_id)
-    key = await _store(request).renew(external_id, body.lease_seconds)
+    holder = "" if caller is None else caller.holder_check
+    key = await _store(request).renew(external_id, body.lease_seconds, holder)
     logs.note(request, process_name=key.process_name, key=key.key)
     return JSONResponse(key.to_json())
 
@@ -144,7 +158,8 @@ async def release_batch_key(request: Request) -> Response:
     external_id = request.path_params["external_id"]
     await _require_lease(request, caller, external_id)
     logs.note(request, external_id=external_id)
-    key = await _store(request).release(external_id, outcome)
+    holder = "" if caller is None else caller.holder_check
+    key = await _store(request).release(external_id, outcome, holder)
     logs.note(request, process_name=key.process_name, key=key.key)
     return JSONResponse(key.to_json())
 
@@ -172,15 +187,28 @@ async def list_events(request: Request) -> Response:
     return JSONResponse([e.to_json() for e in events])
 
 
+async def purge_events(request: Request) -> Response:
+    """DELETE /api/v1/process/<process_name>/events (admin): forget a deleted process's history."""
+    caller = _caller(request)
+    name = validation.process_name(request.path_params["process_name"])
+    _require(caller, "admin", name)
+    logs.note(request, process_name=name)
+    await _store(request).purge_history(name)
+    return Response(status_code=204)
+
+
 async def healthz(_request: Request) -> Response:
     """The process is up."""
     return JSONResponse({"status": "ok"})
 
 
 async def readyz(request: Request) -> Response:
-    """Redis answers a real script call (a PING would miss a flushed script cache)."""
+    """Redis answers a real script call (a PING would miss a flushed script cache), and
+    evicts no keys (maxmemory-policy noeviction)."""
+    eviction: EvictionGuard = request.state.eviction
     try:
         await _store(request).check_ready()
+        await eviction.check()
     except StoreUnavailable as error:
         return problems.problem("store_unavailable", str(error), {"Retry-After": "1"})
     return JSONResponse({"status": "ready"})
@@ -201,6 +229,7 @@ ROUTES = [
     Route(f"{API}/process/{{process_name}}", unregister_process, methods=["DELETE"]),
     Route(f"{API}/process/batch_keys/{{external_id}}/revoke", revoke_batch_key, methods=["POST"]),
     Route(f"{API}/process/{{process_name}}/events", list_events, methods=["GET"]),
+    Route(f"{API}/process/{{process_name}}/events", purge_events, methods=["DELETE"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/openapi.json", openapi_json, methods=["GET"]),
@@ -230,7 +259,14 @@ def create_app(settings: Settings | None = None, *, redis: RedisClient | None = 
             max_key_set_size=settings.max_key_set_size,
             default_lease_seconds=settings.default_lease_seconds,
             events_cap=settings.events_cap,
+            deleted_history_seconds=settings.deleted_history_seconds,
         )
+        eviction = EvictionGuard(client)
+        # At start, so an unreadable policy is warned about once even if /readyz is never
+        # called; an evicting one was refused by `serve` already and is /readyz's to report.
+        with contextlib.suppress(StoreUnavailable):
+            await eviction.check()
+        store: Store | None = None
         try:
             store = Store(
                 client,
@@ -240,10 +276,17 @@ def create_app(settings: Settings | None = None, *, redis: RedisClient | None = 
                 # WAIT must end well inside the socket timeout, or a slow replica would turn
                 # a change that was made into a 503.
                 replica_timeout_ms=max(1, min(1000, int(settings.redis_timeout_seconds * 500))),
+                max_waiters=settings.max_waiters,
             )
             store.on_reclaimed = metrics.expiries_reclaimed.inc
-            yield {"store": store, "tokens": load_tokens(settings)}
+            yield {
+                "store": store,
+                "tokens": load_tokens(settings),
+                "eviction": eviction,
+            }
         finally:
+            if store is not None:
+                await store.aclose()  # its waiters' listeners, before the client they use
             if redis is None:
                 await client.aclose()
 

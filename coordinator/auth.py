@@ -42,6 +42,14 @@ class Principal:
 
     role: str
     processes: tuple[str, ...] | None = None  # None: every process
+    # The lease holder id of this token (hex, from its hash): the leases it is granted can be
+    # renewed and released only by it (and by admins). Workers sharing a token share it.
+    holder: str = ""
+
+    @property
+    def holder_check(self) -> str:
+        """The holder a renew or release must match: none for an admin, who may end any."""
+        return "" if self.role == "admin" else self.holder
 
     def may_act_on(self, process_name: str) -> bool:
         """Whether the token covers this process."""
@@ -94,7 +102,7 @@ class TokenTable:
             if fields[1] not in ROLES:
                 raise ConfigError(f"{source} line {number}: the role must be admin or worker")
             processes = tuple(fields[2].split(",")) if len(fields) == 3 else None
-            entries.append((hashed, Principal(fields[1], processes)))
+            entries.append((hashed, Principal(fields[1], processes, hashed[:8].hex())))
         return cls(entries)
 
     def authenticate(self, authorization: str | None) -> Principal:

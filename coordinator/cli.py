@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
@@ -10,19 +12,24 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 from coordinator import __version__, output
 from coordinator.auth import load_tokens, new_token
 from coordinator.client.sync import Coordinator, HttpCoordinator, RedisCoordinator
 from coordinator.config import ConfigError, Settings
+from coordinator.datadir import DataDir, RunningServer, running_server
 from coordinator.embedded import EmbeddedError, EmbeddedValkey
 from coordinator.errors import CoordinatorError
+from coordinator.eviction import refuse_evicting
 from coordinator.models import BatchKey, Process
 from coordinator.run import run_job
 
 logger = logging.getLogger("coordinator")
 FOLLOW_POLL_SECONDS = 0.5
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_PREFIX = "bpc"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,16 +75,23 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     client = argparse.ArgumentParser(add_help=False)
     client.add_argument(
         "--url",
-        default=os.environ.get("COORDINATOR_URL", "http://127.0.0.1:8000"),
-        help="the HTTP API (COORDINATOR_URL; default http://127.0.0.1:8000)",
+        help="the HTTP API (COORDINATOR_URL; else the server running in COORDINATOR_DATA_DIR;"
+        f" else {DEFAULT_URL})",
     )
-    client.add_argument(
+    direct = client.add_mutually_exclusive_group()
+    direct.add_argument(
         "--redis-url", help="run the scripts directly on this Redis instead of calling the API"
+    )
+    direct.add_argument(
+        "--direct",
+        action="store_true",
+        help="run the scripts directly on the Redis of the server running in"
+        " COORDINATOR_DATA_DIR (./.coordinator-data)",
     )
     client.add_argument(
         "--prefix",
-        default=os.environ.get("COORDINATOR_KEY_PREFIX", "bpc"),
-        help="key prefix with --redis-url (COORDINATOR_KEY_PREFIX; default bpc)",
+        help="key prefix with --redis-url or --direct (COORDINATOR_KEY_PREFIX; else the"
+        f" running server's with --direct; else {DEFAULT_PREFIX})",
     )
     client.add_argument("--json", action="store_true", help="print JSON instead of a table")
     client.add_argument(
@@ -86,7 +100,9 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         help="API token for --url (COORDINATOR_TOKEN)",
     )
 
-    process = commands.add_parser("process", help="list, register or delete processes")
+    process = commands.add_parser(
+        "process", help="list, register or delete processes, or purge a deleted one's history"
+    )
     process_commands = process.add_subparsers(dest="action", required=True)
     process_commands.add_parser("list", parents=[client], help="registered processes")
     register = process_commands.add_parser("register", parents=[client], help="register one")
@@ -95,6 +111,12 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     register.add_argument("--lease-seconds", type=int, help="default lease of its grants")
     delete = process_commands.add_parser("delete", parents=[client], help="delete one")
     delete.add_argument("name")
+    purge = process_commands.add_parser(
+        "purge",
+        parents=[client],
+        help="forget a deleted process's history now (admin); it otherwise expires by itself",
+    )
+    purge.add_argument("name")
 
     keys = commands.add_parser("keys", parents=[client], help="the state of a process's keys")
     keys.add_argument("name")
@@ -134,9 +156,35 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
 
 
 def _client(args: argparse.Namespace) -> Coordinator:
+    prefix = args.prefix or _env("COORDINATOR_KEY_PREFIX")
+    if args.direct:
+        server = _running_server()
+        if server is None:
+            raise ConfigError(
+                f"--direct: no `coordinator serve` is running on {_data_dir().resolve()}"
+                " (set COORDINATOR_DATA_DIR to its folder, or pass --redis-url)"
+            )
+        return RedisCoordinator(server.redis_url, prefix or server.key_prefix)
     if args.redis_url:
-        return RedisCoordinator(args.redis_url, args.prefix)
-    return HttpCoordinator(args.url, token=args.token)
+        return RedisCoordinator(args.redis_url, prefix or DEFAULT_PREFIX)
+    url = args.url or _env("COORDINATOR_URL")
+    if url is None:
+        server = _running_server()
+        url = server.api_url if server else DEFAULT_URL
+    return HttpCoordinator(url, token=args.token)
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(name, "").strip() or None
+
+
+def _data_dir() -> Path:
+    return Path(_env("COORDINATOR_DATA_DIR") or Settings().data_dir)
+
+
+def _running_server() -> RunningServer | None:
+    """The `coordinator serve` running on this shell's data folder, if any."""
+    return running_server(_data_dir())
 
 
 def client_command(args: argparse.Namespace) -> int:
@@ -148,6 +196,10 @@ def client_command(args: argparse.Namespace) -> int:
     with _client(args) as coordinator:
         if args.command == "events":
             return _print_events(coordinator, args)
+        if args.command == "process" and args.action == "purge":
+            coordinator.purge_history(args.name)
+            print(f"purged the history of {args.name}")
+            return 0
         if args.command == "run":
             return run_job(coordinator, args.name, args.machine, command,
                            wait_seconds=args.wait, lease_seconds=args.lease_seconds)  # fmt: skip
@@ -212,8 +264,6 @@ def _stop(signum: int, _frame: object) -> None:
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     """Serve the API, on the configured Redis or on an embedded Valkey started here."""
-    import uvicorn  # noqa: PLC0415 - only the server needs it
-
     if args.workers < 1:
         raise ConfigError("--workers must be at least 1")
     if not load_tokens(settings) and not _is_loopback(args.host) and not args.insecure_open:
@@ -222,6 +272,9 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
             " network: set COORDINATOR_TOKENS_FILE (see `coordinator token create`), bind"
             " 127.0.0.1, or pass --insecure-open"
         )
+    memory = settings.redis_url is not None and settings.redis_url.startswith("memory://")
+    if memory and args.workers > 1:
+        raise ConfigError("memory:// keeps state inside one process: use --workers 1")
     # uvicorn re-raises the stopping signal once it has shut down; with the default handler
     # that would kill this process before the embedded Valkey is stopped.
     for stopping in (signal.SIGTERM, signal.SIGINT):
@@ -229,53 +282,80 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.log_level:  # also for worker processes, which read the environment
         os.environ["COORDINATOR_LOG_LEVEL"] = args.log_level
         settings = Settings.from_env()
-    embedded: EmbeddedValkey | None = None
-    if settings.redis_url is None:
-        embedded = EmbeddedValkey(settings.data_dir).start()
-        settings = Settings.from_env({**os.environ, "COORDINATOR_REDIS_URL": embedded.url})
-        logger.info(
-            "embedded Valkey on %s, data in %s (direct workers use this URL)",
-            embedded.url,
-            settings.data_dir.resolve(),
-        )
-    elif settings.redis_url.startswith("memory://") and args.workers > 1:
-        raise ConfigError("memory:// keeps state inside one process: use --workers 1")
     try:
-        if args.workers == 1:
-            from coordinator.app import create_app  # noqa: PLC0415
-
-            uvicorn.run(
-                create_app(settings),
-                host=args.host,
-                port=args.port,
-                log_level=settings.log_level,
-                access_log=False,  # coordinator.logs writes one JSON line per request
-                proxy_headers=True,
-            )
-        else:
-            # Worker processes import the factory and read the URL from the environment.
-            os.environ["COORDINATOR_REDIS_URL"] = str(settings.redis_url)
-            # ... and PROMETHEUS_MULTIPROC_DIR, where they keep the counters /metrics sums.
-            from coordinator.metrics import multiprocess_directory  # noqa: PLC0415
-
-            with multiprocess_directory(args.workers):
-                uvicorn.run(
-                    "coordinator.app:create_app",
-                    factory=True,
-                    host=args.host,
-                    port=args.port,
-                    workers=args.workers,
-                    log_level=settings.log_level,
-                    access_log=False,  # coordinator.logs writes one JSON line per request
-                    proxy_headers=True,
-                )
+        with contextlib.ExitStack() as stack:
+            if settings.redis_url is None:
+                api_url = _local_url(args.host, args.port)
+                url = stack.enter_context(_embedded_valkey(settings, api_url))
+                settings = Settings.from_env({**os.environ, "COORDINATOR_REDIS_URL": url})
+            elif not memory:
+                asyncio.run(refuse_evicting(settings.redis_url, settings))
+            _run_uvicorn(args, settings)
     except _Stop as stop:
         logger.info("stopped by %s", stop)
-    finally:
-        if embedded is not None:
+    return 0
+
+
+@contextlib.contextmanager
+def _embedded_valkey(settings: Settings, api_url: str) -> Iterator[str]:
+    """Own the data folder, run its Valkey on the kept port, and publish both URLs there."""
+    with DataDir(settings.data_dir).owned(api_url) as folder:
+        embedded = EmbeddedValkey(settings.data_dir, folder.valkey_port(settings.valkey_port))
+        embedded.start()
+        try:
+            folder.keep_port(embedded.port)
+            server = RunningServer(os.getpid(), api_url, embedded.url, settings.key_prefix)
+            with folder.published(server):
+                logger.info(
+                    "embedded Valkey on %s, data in %s (direct workers use this URL; it is"
+                    " kept across restarts)",
+                    embedded.url,
+                    settings.data_dir.resolve(),
+                )
+                yield embedded.url
+        finally:
             embedded.stop()
             logger.info("embedded Valkey stopped")
-    return 0
+
+
+def _run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
+    """Run the API until it is stopped: in this process, or in `--workers` processes."""
+    import uvicorn  # noqa: PLC0415 - only the server needs it
+
+    if args.workers == 1:
+        from coordinator.app import create_app  # noqa: PLC0415
+
+        uvicorn.run(
+            create_app(settings),
+            host=args.host,
+            port=args.port,
+            log_level=settings.log_level,
+            access_log=False,  # coordinator.logs writes one JSON line per request
+            proxy_headers=True,
+        )
+        return
+    # Worker processes import the factory and read the URL from the environment.
+    os.environ["COORDINATOR_REDIS_URL"] = str(settings.redis_url)
+    # ... and PROMETHEUS_MULTIPROC_DIR, where they keep the counters /metrics sums.
+    from coordinator.metrics import multiprocess_directory  # noqa: PLC0415
+
+    with multiprocess_directory(args.workers):
+        uvicorn.run(
+            "coordinator.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=settings.log_level,
+            access_log=False,  # coordinator.logs writes one JSON line per request
+            proxy_headers=True,
+        )
+
+
+def _local_url(host: str, port: int) -> str:
+    """The API's URL for a client on this machine, when it is bound to `host`."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # noqa: S104
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _is_loopback(host: str) -> bool:

@@ -7,7 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from coordinator.validation import LEASE_SECONDS_MAX
+from coordinator.validation import (
+    DELETED_HISTORY_SECONDS_DEFAULT,
+    DELETED_HISTORY_SECONDS_MAX,
+    DELETED_HISTORY_SECONDS_MIN,
+    EVENTS_CAP_MAX,
+    KEY_SET_SIZE_LIMIT,
+    LEASE_SECONDS_MAX,
+)
 
 REDIS_URL_SCHEMES = (
     "redis://",
@@ -31,13 +38,17 @@ class Settings:
 
     redis_url: str | None = None
     data_dir: Path = Path(".coordinator-data")
+    valkey_port: int | None = None
     key_prefix: str = "bpc"
     default_lease_seconds: int = 3600
     max_key_set_size: int = 1_000_000
     redis_timeout_seconds: float = 2.0
     redis_max_connections: int = 64
+    # Grants waiting for a key at once on one replica; the next is answered 409 at once.
+    max_waiters: int = 10_000
     min_replica_acks: int = 0
     events_cap: int = 10_000
+    deleted_history_seconds: int = DELETED_HISTORY_SECONDS_DEFAULT
     log_level: str = "info"
     tokens: str | None = None
     tokens_file: Path | None = None
@@ -64,6 +75,8 @@ class Settings:
         return cls(
             redis_url=redis_url,
             data_dir=Path(get("DATA_DIR") or defaults.data_dir),
+            # 0 only when unset: the embedded Valkey then keeps the port it chose once.
+            valkey_port=_int(get("VALKEY_PORT"), "VALKEY_PORT", 0, 1, 65535) or None,
             key_prefix=prefix,
             default_lease_seconds=_int(
                 get("DEFAULT_LEASE_SECONDS"),
@@ -73,7 +86,11 @@ class Settings:
                 LEASE_SECONDS_MAX,
             ),
             max_key_set_size=_int(
-                get("MAX_KEY_SET_SIZE"), "MAX_KEY_SET_SIZE", defaults.max_key_set_size, 1, 1 << 40
+                get("MAX_KEY_SET_SIZE"),
+                "MAX_KEY_SET_SIZE",
+                defaults.max_key_set_size,
+                1,
+                KEY_SET_SIZE_LIMIT,
             ),
             redis_timeout_seconds=_float(
                 get("REDIS_TIMEOUT_SECONDS"),
@@ -83,7 +100,16 @@ class Settings:
             min_replica_acks=_replica_acks(get("MIN_REPLICA_ACKS"), redis_url),
             tokens=get("TOKENS"),
             log_level=_log_level(get("LOG_LEVEL") or defaults.log_level),
-            events_cap=_int(get("EVENTS_CAP"), "EVENTS_CAP", defaults.events_cap, 1, 10_000_000),
+            events_cap=_int(
+                get("EVENTS_CAP"), "EVENTS_CAP", defaults.events_cap, 1, EVENTS_CAP_MAX
+            ),
+            deleted_history_seconds=_int(
+                get("DELETED_HISTORY_SECONDS"),
+                "DELETED_HISTORY_SECONDS",
+                defaults.deleted_history_seconds,
+                DELETED_HISTORY_SECONDS_MIN,
+                DELETED_HISTORY_SECONDS_MAX,
+            ),
             tokens_file=Path(tokens_file) if (tokens_file := get("TOKENS_FILE")) else None,
             redis_max_connections=_int(
                 get("REDIS_MAX_CONNECTIONS"),
@@ -92,6 +118,7 @@ class Settings:
                 1,
                 10_000,
             ),
+            max_waiters=_int(get("MAX_WAITERS"), "MAX_WAITERS", defaults.max_waiters, 0, 1_000_000),
         )
 
 

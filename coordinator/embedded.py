@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import re
 import shutil
 import signal
 import socket
@@ -15,8 +16,13 @@ from pathlib import Path
 from types import TracebackType
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 _PR_SET_PDEATHSIG = 1
+LOG_FILE = "valkey.log"
+# "1234:M 28 Nov 2026 23:37:02.607 # message": the part before the message.
+_LOG_PREFIX = re.compile(r"^\d+:[A-Z] .*? [-.*#] ")
 
 
 class EmbeddedError(RuntimeError):
@@ -57,6 +63,18 @@ def free_port() -> int:
         return port
 
 
+def port_is_free(port: int) -> bool:
+    """Whether the server could listen on this loopback port now (as Valkey binds it)."""
+    with socket.socket() as probe:
+        # As Valkey does: a port whose last connections linger in TIME_WAIT is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 class EmbeddedValkey:
     """A Valkey child process on loopback, with append-only persistence in `data_dir`."""
 
@@ -75,6 +93,7 @@ class EmbeddedValkey:
         self.start_timeout = start_timeout
         self.extra_args = tuple(extra_args)
         self._process: subprocess.Popen[bytes] | None = None
+        self._log_start = 0
 
     @property
     def url(self) -> str:
@@ -103,9 +122,11 @@ class EmbeddedValkey:
             "--loglevel",
             "warning",
             "--logfile",
-            "valkey.log",
+            LOG_FILE,
             *self.extra_args,
         ]
+        log = self.data_dir / LOG_FILE
+        self._log_start = log.stat().st_size if log.exists() else 0
         self._process = subprocess.Popen(  # noqa: S603 - fixed arguments, our own binary
             command,
             stdin=subprocess.DEVNULL,
@@ -113,28 +134,58 @@ class EmbeddedValkey:
             stderr=subprocess.PIPE,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
         )
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()  # a failed or interrupted start leaves no server behind
+            raise
         return self
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=0.5)
+        # One attempt per call: redis-py's retries would outlast a server that already exited.
+        client = redis.Redis(
+            port=self.port,
+            socket_connect_timeout=0.5,
+            socket_timeout=0.5,
+            retry=Retry(NoBackoff(), 0),
+        )
         try:
             while True:
                 assert self._process is not None
                 if self._process.poll() is not None:
-                    error = self._process.stderr.read().decode() if self._process.stderr else ""
-                    raise EmbeddedError(f"Valkey exited at start-up: {error.strip()}")
-                with contextlib.suppress(redis.exceptions.RedisError):
-                    # LOADING answers are errors too: wait until the AOF is replayed.
-                    if client.ping():
-                        return
+                    raise EmbeddedError(f"Valkey exited at start-up: {self._start_failure()}")
+                if self._answers(client, self._process.pid):
+                    return
                 if time.monotonic() > deadline:
-                    self.stop()
                     raise EmbeddedError(f"Valkey did not answer within {self.start_timeout} s")
                 time.sleep(0.02)
         finally:
             client.close()
+
+    @staticmethod
+    def _answers(client: redis.Redis, pid: int) -> bool:
+        """Whether the server of process `pid` answers on the port, its data loaded."""
+        with contextlib.suppress(redis.exceptions.RedisError):
+            # Another program may listen on the port (then ours fails to bind): not it.
+            if client.info("server").get("process_id") == pid:
+                # LOADING answers are errors too: wait until the AOF is replayed.
+                return bool(client.ping())
+        return False
+
+    def _start_failure(self) -> str:
+        """Why the server exited: its stderr, else the last lines it logged in this start."""
+        assert self._process is not None
+        error = self._process.stderr.read().decode().strip() if self._process.stderr else ""
+        if error:
+            return error
+        # Valkey logs to valkey.log, so a refused port or a bad file is said only there.
+        lines: list[str] = []
+        with contextlib.suppress(OSError), (self.data_dir / LOG_FILE).open("rb") as log:
+            log.seek(self._log_start)
+            lines = log.read().decode(errors="replace").splitlines()
+        logged = "; ".join(_LOG_PREFIX.sub("", line) for line in lines[-2:] if line.strip())
+        return logged or f"no message (see {self.data_dir / LOG_FILE})"
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server gracefully (SIGTERM flushes the append-only file)."""

@@ -67,6 +67,19 @@ class LeaseGone(CoordinatorError):
         self.external_id = external_id
 
 
+class NotLeaseHolder(CoordinatorError):
+    """The lease is held by another API token: only its holder or an admin may end or extend it."""
+
+    code = "not_lease_holder"
+
+    def __init__(self, external_id: str) -> None:
+        super().__init__(
+            f"Lease '{external_id}' was granted to another token; only its holder or an admin"
+            " token may renew or release it."
+        )
+        self.external_id = external_id
+
+
 class StoreUnavailable(CoordinatorError):
     """Redis could not be reached or did not answer in time."""
 

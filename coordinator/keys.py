@@ -48,6 +48,11 @@ class KeySpace:
         """Sorted set of registered names (all scores 0, so it orders by name)."""
         return f"{self.prefix}:{{registry}}:processes"
 
+    def retired_id(self, pid: str) -> str:
+        """String holding the name of a deleted process with this id, while its history stays
+        (so its leases still answer 410, not 404); it expires with the history."""
+        return f"{self.prefix}:{{registry}}:retired:{pid}"
+
     @property
     def process_ids(self) -> str:
         """Hash from a process id (see `lease_id`) to the name it was derived from."""

@@ -7,7 +7,6 @@ from typing import Any
 
 from coordinator import __version__, validation
 from coordinator.problems import MEDIA_TYPE, PROBLEMS
-from coordinator.schemas import MAX_AFTER, MAX_PAGE
 
 JSON = "application/json"
 Schema = dict[str, Any]
@@ -186,6 +185,9 @@ _SCHEMAS: dict[str, Schema] = {
 }
 
 
+_HOLDER_ONLY = frozenset({"renewBatchKey", "releaseBatchKey"})
+
+
 @cache
 def document() -> dict[str, Any]:
     """The whole OpenAPI document (built once; it never changes while the service runs)."""
@@ -195,7 +197,9 @@ def document() -> dict[str, Any]:
         if path.startswith("/api/"):
             for operation in operations.values():
                 operation["security"] = [{}, {"bearer": []}]
-                operation["responses"].update(_problems("unauthorized", "forbidden"))
+                # Renew and release also answer 403 to a token that is not the lease's holder.
+                holder = ("not_lease_holder",) if operation["operationId"] in _HOLDER_ONLY else ()
+                operation["responses"].update(_problems("unauthorized", "forbidden", *holder))
     return doc
 
 
@@ -263,7 +267,11 @@ def _document() -> dict[str, Any]:
                             "name": "limit",
                             "in": "query",
                             "required": False,
-                            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": validation.PAGE_MAX,
+                            },
                         },
                         {
                             "name": "after",
@@ -272,7 +280,7 @@ def _document() -> dict[str, Any]:
                             "schema": {
                                 "type": "integer",
                                 "minimum": -1,
-                                "maximum": MAX_AFTER,
+                                "maximum": validation.KEY_AFTER_MAX,
                                 "default": -1,
                             },
                         },
@@ -331,8 +339,14 @@ def _document() -> dict[str, Any]:
                             "name": "after",
                             "in": "query",
                             "required": False,
-                            "description": "Only events after this event id.",
-                            "schema": {"type": "string", "pattern": r"^(-|\d{1,20}-\d{1,20})$"},
+                            "description": "Only events after this event id: `-` (from the"
+                            " first) or `<milliseconds>-<sequence>`, each part an integer from 0"
+                            f" to {validation.EVENT_ID_PART_MAX}.",
+                            "schema": {
+                                "type": "string",
+                                "pattern": validation.EVENT_ID_PATTERN,
+                                "default": "-",
+                            },
                         },
                         {
                             "name": "limit",
@@ -341,14 +355,27 @@ def _document() -> dict[str, Any]:
                             "schema": {
                                 "type": "integer",
                                 "minimum": 1,
-                                "maximum": MAX_PAGE,
-                                "default": 100,
+                                "maximum": validation.PAGE_MAX,
+                                "default": validation.EVENTS_PAGE_DEFAULT,
                             },
                         },
                     ],
                     "responses": {
                         **_ok(200, "The events", {"type": "array", "items": _ref("Event")}),
                         **_problems("unknown_process", "invalid_field"),
+                    },
+                },
+                "delete": {
+                    "summary": "Purge a deleted process's history now (admin)",
+                    "operationId": "purgeEvents",
+                    "description": "A deleted process's history expires by itself after"
+                    " COORDINATOR_DELETED_HISTORY_SECONDS (7 days unless set); this forgets it"
+                    " at once, and its leases then answer 404 instead of 410. A registered"
+                    " process's history is not purged (409).",
+                    "parameters": [_NAME_PARAM],
+                    "responses": {
+                        "204": {"description": "Purged"},
+                        **_problems("unknown_process", "process_exists", "invalid_field"),
                     },
                 },
             },

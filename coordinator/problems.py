@@ -42,6 +42,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "malformed_json": (400, "Malformed JSON body"),
     "unauthorized": (401, "Unauthorized"),
     "forbidden": (403, "Forbidden"),
+    "not_lease_holder": (403, "Not the lease holder"),
     "unknown_process": (404, "Unknown process"),
     "unknown_lease": (404, "Unknown lease"),
     "not_found": (404, "Not found"),

@@ -17,10 +17,9 @@ from coordinator.models import BatchKey
 from coordinator.problems import BodyTooLarge, MalformedJson, UnsupportedMediaType
 
 MAX_BODY_BYTES = 64 * 1024
-MAX_PAGE = 10_000
-_STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
-# The largest `after` of a key listing (the largest key set a deployment may configure).
-MAX_AFTER = 1 << 40
+# An integer in a query: ASCII digits only (str.isdigit also takes "²" and "٣"), and at most 20 of
+# them (more is past every bound here, and int() refuses strings past 4300 digits).
+_QUERY_INT = re.compile(r"-?[0-9]{1,20}")
 
 
 class JSONResponse(Response):
@@ -72,18 +71,18 @@ def key_page(query: Mapping[str, str]) -> KeyPage:
     limit = query.get("limit")
     after = query.get("after")
     return KeyPage(
-        first=0 if after is None else _query_int(after, "after", -1, MAX_AFTER) + 1,
-        limit=None if limit is None else _query_int(limit, "limit", 1, MAX_PAGE),
+        first=0 if after is None else _query_int(after, "after", -1, validation.KEY_AFTER_MAX) + 1,
+        limit=None if limit is None else _query_int(limit, "limit", 1, validation.PAGE_MAX),
     )
 
 
 def event_page(query: Mapping[str, str]) -> tuple[str, int]:
-    """?after=<stream id>&limit=N on an event listing (limit 1 to 10,000, default 100)."""
-    after = query.get("after", "-")
-    if after != "-" and not _STREAM_ID.fullmatch(after):
-        raise InvalidField("after", "must be an event id such as 1764000000000-0")
+    """?after=<event id>&limit=N on an event listing (limit 1 to 10,000, default 100)."""
+    after = validation.event_id(query.get("after", "-"))
     limit = query.get("limit")
-    return after, 100 if limit is None else _query_int(limit, "limit", 1, MAX_PAGE)
+    if limit is None:
+        return after, validation.EVENTS_PAGE_DEFAULT
+    return after, _query_int(limit, "limit", 1, validation.PAGE_MAX)
 
 
 async def json_array(head: BatchKey, rest: AsyncIterator[BatchKey]) -> AsyncIterator[bytes]:
@@ -95,7 +94,8 @@ async def json_array(head: BatchKey, rest: AsyncIterator[BatchKey]) -> AsyncIter
 
 
 def _query_int(raw: str, field: str, low: int, high: int) -> int:
-    if not raw.lstrip("-").isdigit() or not low <= int(raw) <= high:
+    """A query parameter's integer from `low` to `high` (the bounds /openapi.json states)."""
+    if not _QUERY_INT.fullmatch(raw) or not low <= int(raw) <= high:
         raise InvalidField(field, f"must be an integer from {low} to {high}")
     return int(raw)
 

@@ -15,6 +15,7 @@ from coordinator.errors import (
     InvalidField,
     LeaseGone,
     NoFreeKey,
+    NotLeaseHolder,
     ProcessExists,
     UnexpectedReply,
     UnknownLease,
@@ -42,6 +43,7 @@ class Status(IntEnum):
     UNKNOWN_LEASE = 4
     LEASE_GONE = 5
     INVALID_ARGUMENT = 6
+    NOT_LEASE_HOLDER = 7
 
 
 def lua_dir() -> Path:
@@ -129,6 +131,8 @@ def raise_for_status(reply: list[Any], *, process_name: str = "", external_id: s
         error = UnknownLease(external_id)
     elif code == Status.LEASE_GONE:
         error = LeaseGone(external_id)
+    elif code == Status.NOT_LEASE_HOLDER:
+        error = NotLeaseHolder(external_id)
     elif code == Status.INVALID_ARGUMENT:
         error = InvalidField(str(reply[1]), "was refused by the script as malformed")
     else:

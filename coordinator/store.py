@@ -6,38 +6,26 @@ turns replies into records, and turns failures into the exceptions of `errors`.
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import (
-    ClusterDownError,
-    MasterDownError,
-    ReadOnlyError,
-    TryAgainError,
-)
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from coordinator import lease_id, validation
 from coordinator.errors import (
-    NoFreeKey,
     ProcessExists,
-    StoreUnavailable,
     UnknownLease,
     UnknownProcess,
 )
 from coordinator.keys import KeySpace
 from coordinator.models import BatchKey, Event, Process
 from coordinator.scripts import Scripts, raise_for_status
+from coordinator.unavailable import store_errors
+from coordinator.waiters import DEFAULT_MAX_WAITERS, Waiters
 
 if TYPE_CHECKING:
     from coordinator.connection import RedisClient
 
 INSPECT_CHUNK = 1000
-BLOCK_SLICE_SECONDS = 0.5
 _PROCESS_ID_CACHE_MAX = 65_536
 
 
@@ -49,23 +37,8 @@ class Limits:
     max_key_set_size: int = 1_000_000
     default_lease_seconds: int = 3600
     events_cap: int = 10_000
-
-
-@contextmanager
-def _store_errors() -> Iterator[None]:
-    """Redis being down or slow is the store's failure, never the caller's."""
-    try:
-        yield
-    except (
-        RedisConnectionError,
-        RedisTimeoutError,
-        # Failover and resharding: a replica just promoted, a slot moving, a cluster healing.
-        ReadOnlyError,
-        ClusterDownError,
-        TryAgainError,
-        MasterDownError,
-    ) as error:
-        raise StoreUnavailable(f"Redis did not answer: {error}") from error
+    # How long a deleted process's history (and its leases' 410s) stays before it expires.
+    deleted_history_seconds: int = validation.DELETED_HISTORY_SECONDS_DEFAULT
 
 
 class Store:
@@ -79,6 +52,7 @@ class Store:
         limits: Limits | None = None,
         replica_acks: int = 0,
         replica_timeout_ms: int = 1000,
+        max_waiters: int = DEFAULT_MAX_WAITERS,
     ) -> None:
         self.redis = redis
         self.keys = KeySpace(prefix)
@@ -91,6 +65,12 @@ class Store:
         self.on_reclaimed: Callable[[int], None] | None = None
         # Process id -> name is fixed by the hash, so this cache never goes stale.
         self._names: dict[int, str] = {}
+        # Grants waiting for a key on this replica: queued, not one connection each.
+        self.waiters = Waiters(redis, max_waiters=max_waiters)
+
+    async def aclose(self) -> None:
+        """Stop the waiters' listeners; waiting grants answer StoreUnavailable."""
+        await self.waiters.aclose()
 
     async def register(
         self, name: str, key_set_size: int | None = None, lease_seconds: int | None = None
@@ -108,7 +88,7 @@ class Store:
             self.limits.default_lease_seconds if lease_seconds is None else lease_seconds
         )
         pid = f"{lease_id.process_id(name):016x}"
-        with _store_errors():
+        with store_errors():
             # A pid is never reassigned, so a failed HSETNX followed by a read is race-free.
             claimed = await self.redis.hsetnx(self.keys.process_ids, pid, name)
             owner = name if claimed else str(await self.redis.hget(self.keys.process_ids, pid))
@@ -128,7 +108,7 @@ class Store:
 
     async def processes(self) -> list[Process]:
         """Every registered process, by name."""
-        with _store_errors():
+        with store_errors():
             names = [str(n) for n in await self.redis.zrange(self.keys.registry, 0, -1)]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for name in names:
@@ -139,25 +119,55 @@ class Store:
     async def process(self, name: str) -> Process:
         """One registered process."""
         name = validation.process_name(name)
-        with _store_errors():
+        with store_errors():
             meta = await self.redis.hmget(self.keys.process(name).meta, "size", "lease_ms")
         if not meta[0]:
             raise UnknownProcess(name)
         return _process(name, meta)
 
     async def unregister(self, name: str) -> Process:
-        """Delete a process, ending all of its leases; returns it as it was."""
+        """Delete a process, ending all of its leases; returns it as it was.
+
+        Its history and the 410s of its leases stay for `deleted_history_seconds`, then only
+        its fence is left (so tokens keep rising if the name is registered again).
+        """
         name = validation.process_name(name)
         k = self.keys.process(name)
-        with _store_errors():
+        history_ms = self.limits.deleted_history_seconds * 1000
+        with store_errors():
             await self.redis.zrem(self.keys.registry, name)
             reply = await self.scripts.call(
                 "unregister",
                 [k.meta, k.free, k.held, k.leases, k.tokens, k.freed, k.events],
-                [self.limits.events_cap],
+                [self.limits.events_cap, history_ms],
             )
-        raise_for_status(reply, process_name=name)
+            raise_for_status(reply, process_name=name)
+            pid = f"{lease_id.process_id(name):016x}"
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(self.keys.retired_id(pid), name, px=history_ms)
+                pipe.hdel(self.keys.process_ids, pid)
+                pipe.exists(k.meta)
+                *_, registered_again = await pipe.execute()
+            if registered_again:
+                # A registration of the name ran between the script and here: keep its id.
+                await self.redis.hset(self.keys.process_ids, pid, name)
         return Process(name, int(reply[1]), int(reply[2]) // 1000)
+
+    async def purge_history(self, name: str) -> None:
+        """Forget a deleted process's history now, rather than when it expires (admin)."""
+        name = validation.process_name(name)
+        k = self.keys.process(name)
+        pid = f"{lease_id.process_id(name):016x}"
+        with store_errors():
+            if await self.redis.exists(k.meta):
+                raise ProcessExists(
+                    name, f"Process '{name}' is registered: delete it before purging its history."
+                )
+            removed = await self.redis.unlink(k.events)
+            removed += await self.redis.unlink(self.keys.retired_id(pid))
+        if not removed:
+            raise UnknownProcess(name)
+        self._names.pop(int(pid, 16), None)
 
     async def batch_keys(
         self, name: str, first: int = 0, limit: int | None = None
@@ -175,7 +185,7 @@ class Store:
         size = first + 1
         while first < size and (stop is None or first < stop):
             count = INSPECT_CHUNK if stop is None else min(INSPECT_CHUNK, stop - first)
-            with _store_errors():
+            with store_errors():
                 reply = await self.scripts.call(
                     "inspect", [k.meta, k.free, k.leases], [first, count]
                 )
@@ -191,35 +201,35 @@ class Store:
         machine: str,
         lease_seconds: int | None = None,
         wait_seconds: float = 0,
+        holder: str = "",
     ) -> BatchKey:
         """Lease the free key whose work is stalest.
 
+        `holder` (hex digits: the API passes its caller's token id) is the only one, besides a
+        caller passing none, who may then renew or release the lease.
+
         When none is free, wait up to `wait_seconds` for the first one released or expired,
-        then raise NoFreeKey. Waiters block on the process's `freed` list (BLPOP), which every
-        release pushes to, so none of them polls.
+        then raise NoFreeKey. Waiters queue on this replica, woken in turn by one listener per
+        process on its `freed` list, which every release pushes to (see `waiters`); past
+        `max_waiters` of them, NoFreeKey comes at once.
         """
         name = validation.process_name(name)
         machine = validation.machine(machine)
         lease_ms = 0 if lease_seconds is None else validation.lease_seconds(lease_seconds) * 1000
         wait_seconds = validation.wait_seconds(wait_seconds)
-        deadline = time.monotonic() + wait_seconds
         k = self.keys.process(name)
-        while True:
-            with _store_errors():
+
+        async def attempt() -> list[Any]:
+            with store_errors():
                 reply = await self.scripts.call(
                     "grant",
                     [k.meta, k.free, k.held, k.leases, k.tokens, k.fence, k.events],
-                    [machine, lease_ms, self.limits.events_cap],
+                    [machine, lease_ms, self.limits.events_cap, holder],
                 )
-            try:
-                raise_for_status(reply, process_name=name)
-                break
-            except NoFreeKey as busy:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise
-                # Wake on a release, or when the earliest lease expires, whichever is first.
-                await self._await_freed(k.freed, min(remaining, busy.retry_after_us / 1e6))
+            raise_for_status(reply, process_name=name)
+            return reply
+
+        reply = await self.waiters.grant(k.freed, attempt, wait_seconds)
         _, key, token, started, expires, last, _size, _lease_ms = reply[:8]
         if len(reply) > 8 and reply[8] and self.on_reclaimed is not None:
             self.on_reclaimed(int(reply[8]))
@@ -234,33 +244,35 @@ class Store:
             fencing_token=token,
         )
 
-    async def _await_freed(self, freed: str, seconds: float) -> None:
-        """Block until a key of the process is released, or `seconds` pass."""
-        # Short slices keep each blocking call inside the client's socket timeout.
-        deadline = time.monotonic() + seconds
-        while (remaining := deadline - time.monotonic()) > 0:
-            with _store_errors():
-                if await self.redis.blpop([freed], timeout=min(remaining, BLOCK_SLICE_SECONDS)):
-                    return
+    async def renew(
+        self, external_id: str, lease_seconds: int | None = None, holder: str = ""
+    ) -> BatchKey:
+        """Extend a live lease from now, by `lease_seconds` or by its own length.
 
-    async def renew(self, external_id: str, lease_seconds: int | None = None) -> BatchKey:
-        """Extend a live lease from now, by `lease_seconds` or by its own length."""
+        A `holder` other than the one the lease was granted to raises NotLeaseHolder; ""
+        (administrators, trusted direct workers) may renew any lease.
+        """
         lease_ms = 0 if lease_seconds is None else validation.lease_seconds(lease_seconds) * 1000
         name, token = await self._resolve(external_id)
         k = self.keys.process(name)
-        with _store_errors():
+        with store_errors():
             reply = await self.scripts.call(
                 "renew",
                 [k.free, k.held, k.leases, k.tokens, k.fence, k.freed, k.events],
-                [token, lease_ms, self.limits.events_cap],
+                [token, lease_ms, self.limits.events_cap, holder],
             )
         raise_for_status(reply, process_name=name, external_id=external_id)
         _, key, token, started, expires, last, _lease_ms, machine = reply
         return BatchKey(name, key, _completed(last), external_id, machine, started, expires, token)
 
-    async def release(self, external_id: str, outcome: str = "completed") -> BatchKey:
-        """End a live lease; `completed` stamps the key's completion, `failed` does not."""
-        return await self._end(external_id, validation.outcome(outcome))
+    async def release(
+        self, external_id: str, outcome: str = "completed", holder: str = ""
+    ) -> BatchKey:
+        """End a live lease; `completed` stamps the key's completion, `failed` does not.
+
+        `holder` is checked as by `renew`.
+        """
+        return await self._end(external_id, validation.outcome(outcome), holder)
 
     async def revoke(self, external_id: str) -> BatchKey:
         """End a live lease now, as an administrator: no completion stamped, the holder's next
@@ -270,24 +282,28 @@ class Store:
     async def events(self, name: str, after: str = "-", limit: int = 100) -> list[Event]:
         """The process's history after stream id `after`, oldest first (kept after a delete)."""
         name = validation.process_name(name)
+        after = validation.event_id(after)
         k = self.keys.process(name)
-        with _store_errors():
+        with store_errors():
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.exists(k.meta, k.events)
-                pipe.xrange(k.events, "-" if after == "-" else f"({after}", "+", count=limit)
-                present, rows = await pipe.execute()
+                # Nothing can follow the last possible id, and Redis refuses "(" on it.
+                if after != validation.EVENT_ID_LAST:
+                    pipe.xrange(k.events, "-" if after == "-" else f"({after}", "+", count=limit)
+                present, *read = await pipe.execute()
         if not present:
             raise UnknownProcess(name)
+        rows = read[0] if read else []
         return [Event.from_stream(name, entry_id, fields) for entry_id, fields in rows]
 
-    async def _end(self, external_id: str, outcome: str) -> BatchKey:
+    async def _end(self, external_id: str, outcome: str, holder: str = "") -> BatchKey:
         name, token = await self._resolve(external_id)
         k = self.keys.process(name)
-        with _store_errors():
+        with store_errors():
             reply = await self.scripts.call(
                 "release",
                 [k.free, k.held, k.leases, k.tokens, k.fence, k.freed, k.events],
-                [token, outcome, self.limits.events_cap],
+                [token, outcome, self.limits.events_cap, holder],
             )
         raise_for_status(reply, process_name=name, external_id=external_id)
         _, key, token, started, last, machine = reply
@@ -296,7 +312,7 @@ class Store:
     async def check_ready(self) -> None:
         """Prove a script round trip works, reloading any script Redis has forgotten."""
         probe = self.keys.process("readiness-probe")
-        with _store_errors():
+        with store_errors():
             await self.scripts.load_missing()
             await self.scripts.call("inspect", [probe.meta, probe.free, probe.leases], [0, 0])
 
@@ -313,8 +329,11 @@ class Store:
         pid, token = parsed
         name = self._names.get(pid)
         if name is None:
-            with _store_errors():
-                found = await self.redis.hget(self.keys.process_ids, f"{pid:016x}")
+            hex_id = f"{pid:016x}"
+            with store_errors():
+                found = await self.redis.hget(self.keys.process_ids, hex_id)
+                if found is None:  # a deleted process's, while its history stays
+                    found = await self.redis.get(self.keys.retired_id(hex_id))
             if found is None:
                 raise UnknownLease(external_id)
             name = str(found)

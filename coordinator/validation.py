@@ -12,6 +12,24 @@ MACHINE_MAX = 256
 LEASE_SECONDS_MAX = 86_400
 WAIT_SECONDS_MAX = 60
 OUTCOMES = ("completed", "failed")
+# Bounds the Lua scripts enforce themselves, for direct callers that skip this module (each
+# script declares the same numbers; tests/test_script_bounds.py ties the two).
+KEY_SET_SIZE_LIMIT = 1 << 40  # the largest maximum a deployment may configure
+EVENTS_CAP_MAX = 10_000_000
+INSPECT_COUNT_MAX = 10_000  # keys one inspect.lua call reads, so no call runs long
+MACHINE_BYTES_MAX = MACHINE_MAX * 4  # MACHINE_MAX characters of up to 4 bytes in UTF-8
+HOLDER_MAX = 64  # hex digits of a lease holder's id
+DELETED_HISTORY_SECONDS_MIN = 86_400  # an ended lease answers 410 for at least a day
+DELETED_HISTORY_SECONDS_MAX = 31_536_000
+DELETED_HISTORY_SECONDS_DEFAULT = 604_800
+
+# Query parameters (one page of keys or events; Redis reads each part of an event id, a
+# stream id, as an unsigned 64-bit integer).
+PAGE_MAX = 10_000
+EVENTS_PAGE_DEFAULT = 100
+KEY_AFTER_MAX = KEY_SET_SIZE_LIMIT - 1  # the last key of the largest key set
+EVENT_ID_PART_MAX = (1 << 64) - 1
+EVENT_ID_LAST = f"{EVENT_ID_PART_MAX}-{EVENT_ID_PART_MAX}"  # nothing can follow it
 
 _PROCESS_NAME = re.compile(PROCESS_NAME_PATTERN)
 
@@ -73,4 +91,37 @@ def _integer(value: object, field: str, low: int, high: int) -> int:
         raise InvalidField(field, f"must be an integer from {low} to {high}")
     if not low <= value <= high:
         raise InvalidField(field, f"must be an integer from {low} to {high}, not {value}")
+    return value
+
+
+def _decimal_at_most(bound: int) -> str:
+    """A regex (Python's and JSON Schema's alike) for the decimals 0 to `bound`, written
+    without leading zeros."""
+    digits = str(bound)
+    shorter = ["0"] + ([f"[1-9][0-9]{{0,{len(digits) - 2}}}"] if len(digits) > 1 else [])
+    # Same length as `bound`: its first i digits, then a smaller digit, then any digits.
+    same_length = [
+        f"{digits[:i]}[{int(i == 0)}-{int(d) - 1}][0-9]{{{len(digits) - i - 1}}}"
+        for i, d in enumerate(digits)
+        if int(d) > int(i == 0)
+    ]
+    return f"(?:{'|'.join([*shorter, *same_length, digits])})"
+
+
+_EVENT_ID_PART = _decimal_at_most(EVENT_ID_PART_MAX)
+# "-" (before the first event) or <milliseconds>-<sequence>, as Redis accepts them.
+EVENT_ID_PATTERN = rf"^(?:-|{_EVENT_ID_PART}-{_EVENT_ID_PART})$"
+_EVENT_ID = re.compile(EVENT_ID_PATTERN)
+
+
+def event_id(value: object, field: str = "after") -> str:
+    """An event id to read after: "-" (from the first event) or one such as 1764000000000-0,
+    each part 0 to 2**64 - 1."""
+    # fullmatch, not match: with match, `$` would accept a trailing newline.
+    if not isinstance(value, str) or not _EVENT_ID.fullmatch(value):
+        raise InvalidField(
+            field,
+            "must be - or an event id such as 1764000000000-0, each part an integer from 0 to"
+            f" {EVENT_ID_PART_MAX}",
+        )
     return value

@@ -2,9 +2,9 @@
 --
 -- KEYS[1] meta   hash {size, lease_ms, fresh, created_us}; its existence is the registration
 -- KEYS[2] events stream (optional) the process's history (kept across delete and re-register)
--- ARGV[1] key_set_size  integer >= 1
--- ARGV[2] lease_ms      default lease length of this process's grants, in milliseconds
--- ARGV[3] events_cap    (optional, default 10000) entries the stream keeps, at least
+-- ARGV[1] key_set_size  integer, 1 to 2^40
+-- ARGV[2] lease_ms      default lease length of this process's grants, 1 to 86400000 ms
+-- ARGV[3] events_cap    (optional, default 10000) entries the stream keeps, 1 to 10000000
 --
 -- Returns {0, created_us}  registered (microseconds since the epoch, from Redis TIME)
 --         {2}              a process of this name is already registered
@@ -17,14 +17,19 @@ local meta, events = KEYS[1], KEYS[2]
 local size = ARGV[1]
 local lease_ms = ARGV[2]
 local events_cap = tonumber(ARGV[3] or '10000')
+-- The bounds of coordinator/validation.py, for callers that skip it (tests tie the two).
+local KEY_SET_SIZE_MAX = 1099511627776
+local LEASE_MS_MAX = 86400000
+local EVENTS_CAP_MAX = 10000000
 
-if not events_cap or events_cap < 1 then
+if not events_cap or events_cap < 1 or events_cap > EVENTS_CAP_MAX
+    or events_cap ~= math.floor(events_cap) then
   return {6, 'events_cap'}
 end
-for i, argument in ipairs({'key_set_size', 'lease_ms'}) do
+for i, bound in ipairs({{'key_set_size', KEY_SET_SIZE_MAX}, {'lease_ms', LEASE_MS_MAX}}) do
   local value = tonumber(ARGV[i])
-  if not value or value < 1 or value ~= math.floor(value) then
-    return {6, argument}
+  if not value or value < 1 or value > bound[2] or value ~= math.floor(value) then
+    return {6, bound[1]}
   end
 end
 
@@ -32,11 +37,15 @@ if redis.call('EXISTS', meta) == 1 then
   return {2}
 end
 
+-- Stored in canonical form: '1e3' or '10.0' would pass the checks above as numbers.
+size, lease_ms = string.format('%.0f', tonumber(size)), string.format('%.0f', tonumber(lease_ms))
 local t = redis.call('TIME')
 local created_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 redis.call('HSET', meta, 'size', size, 'lease_ms', lease_ms, 'fresh', 0,
   'created_us', string.format('%.0f', created_us))
 if events then
+  -- A deleted process's history was set to expire (unregister.lua): the name lives again.
+  redis.call('PERSIST', events)
   redis.call('XADD', events, 'MAXLEN', '~', string.format('%d', events_cap), '*',
     'type', 'registered', 'key', '', 'token', '', 'machine', '', 'at_us',
     string.format('%.0f', created_us), 'size', size)

@@ -2,19 +2,22 @@
 --
 -- KEYS[1] free    zset   key -> staleness score (an expired lease is put back here)
 -- KEYS[2] held    zset   key -> expires_us
--- KEYS[3] leases  hash   key -> "token|started_us|expires_us|lease_ms|last|machine"
+-- KEYS[3] leases  hash   key -> "token[:holder]|started_us|expires_us|lease_ms|last|machine"
 -- KEYS[4] tokens  hash   token -> key, for the leases that are live
 -- KEYS[5] fence   string the process name's last fencing token
 -- KEYS[6] freed   list   wake-up signals for grants waiting for a free key
 -- KEYS[7] events  stream (optional) the process's history; each change appends one entry
 -- ARGV[1] token     the lease's fencing token (decoded from its external_id)
--- ARGV[2] lease_ms  new lease length in milliseconds; 0 keeps the lease's own length
--- ARGV[3] events_cap  (optional, default 10000) entries the stream keeps, at least
+-- ARGV[2] lease_ms  new lease length in milliseconds, 0 to 86400000; 0 keeps the lease's own
+-- ARGV[3] events_cap  (optional, default 10000) entries the stream keeps, 1 to 10000000
+-- ARGV[4] holder    (optional, default '') the caller's id as passed to grant.lua; '' skips
+--                   the check (administrators, trusted direct workers)
 --
 -- Returns {0, key, token, started_us, expires_us, last, lease_ms, machine}  renewed
 --         {4}  no lease with this token was ever granted
 --         {5}  the lease was granted and has ended (released, expired, or process deleted)
---         {6, argument}  an argument is malformed; nothing changed
+--         {6, argument}  an argument is malformed or out of range; nothing changed
+--         {7}  the lease is live and held by another holder; nothing changed
 --
 -- Times are microseconds from Redis TIME; a lease whose expires_us <= now has ended.
 local free, held, leases, tokens, fence, freed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -22,6 +25,22 @@ local events = KEYS[7]
 local token = tonumber(ARGV[1])
 local lease_ms = tonumber(ARGV[2])
 local events_cap = tonumber(ARGV[3] or '10000')
+local holder = ARGV[4] or ''
+-- The bounds of coordinator/validation.py, for callers that skip it (tests tie the two).
+local LEASE_MS_MAX = 86400000
+local EVENTS_CAP_MAX = 10000000
+local HOLDER_MAX = 64
+
+if not lease_ms or lease_ms < 0 or lease_ms > LEASE_MS_MAX or lease_ms ~= math.floor(lease_ms) then
+  return {6, 'lease_ms'}
+end
+if not events_cap or events_cap < 1 or events_cap > EVENTS_CAP_MAX
+    or events_cap ~= math.floor(events_cap) then
+  return {6, 'events_cap'}
+end
+if #holder > HOLDER_MAX or not string.match(holder, '^%x*$') then
+  return {6, 'holder'}
+end
 
 -- Appends one entry to the history, when the caller passed the stream (older callers don't).
 local function record(kind, key, token, machine, at_us)
@@ -31,12 +50,6 @@ local function record(kind, key, token, machine, at_us)
   end
 end
 
-if not lease_ms or lease_ms < 0 or lease_ms ~= math.floor(lease_ms) then
-  return {6, 'lease_ms'}
-end
-if not events_cap or events_cap < 1 then
-  return {6, 'events_cap'}
-end
 -- Tokens are looked up as text, so only the canonical spelling can name a lease.
 if not string.match(ARGV[1] or '', '^[1-9]%d*$')
     or token > tonumber(redis.call('GET', fence) or '0') then
@@ -46,8 +59,17 @@ local key = redis.call('HGET', tokens, ARGV[1])
 if not key then
   return {5}
 end
-local started, expires, own_ms, last, machine = string.match(redis.call('HGET', leases, key),
-  '^%d+|(%d+)|(%d+)|(%d+)|(-?%d+)|(.*)$')
+-- The record must be this token's: a missing or foreign one means this lease is over (a
+-- damaged process), and the stale token entry is dropped so it cannot point anywhere again.
+local own, owner, started, expires, own_ms, last, machine = string.match(
+  redis.call('HGET', leases, key) or '', '^(%d+):?(%x*)|(%d+)|(%d+)|(%d+)|(-?%d+)|(.*)$')
+if own ~= ARGV[1] then
+  redis.call('HDEL', tokens, ARGV[1])
+  return {5}
+end
+if holder ~= '' and owner ~= holder then
+  return {7}
+end
 
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -68,7 +90,8 @@ if lease_ms == 0 then
   lease_ms = tonumber(own_ms)
 end
 local expires_us = now_us + lease_ms * 1000
-redis.call('HSET', leases, key, string.format('%s|%s|%.0f|%d|%s|', ARGV[1], started, expires_us,
+local prefix = owner == '' and ARGV[1] or ARGV[1] .. ':' .. owner
+redis.call('HSET', leases, key, string.format('%s|%s|%.0f|%d|%s|', prefix, started, expires_us,
   lease_ms, last) .. machine)
 redis.call('ZADD', held, string.format('%.0f', expires_us), key)
 record('renewed', key, ARGV[1], machine, now_us)

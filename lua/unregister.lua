@@ -6,22 +6,35 @@
 -- KEYS[4] leases  hash   key -> lease record
 -- KEYS[5] tokens  hash   token -> key
 -- KEYS[6] freed   list   wake-up signals for waiting grants
--- KEYS[7] events  stream (optional) the process's history; kept, with a `deleted` entry
--- ARGV[1] events_cap  (optional, default 10000) entries the stream keeps, at least
+-- KEYS[7] events  stream (optional) the process's history; kept, with a `deleted` entry,
+--                 for ARGV[2] milliseconds (a new registration of the name keeps it for good)
+-- ARGV[1] events_cap  (optional, default 10000) entries the stream keeps, 1 to 10000000
+-- ARGV[2] history_ms  (optional, default 604800000: 7 days) how long the deleted process's
+--                     history stays, 1 to 31536000000 (a year)
 -- (The fence counter is deliberately not touched: fencing tokens keep growing across a
 -- delete and a new registration of the same name, and it tells ended leases (410) from
 -- never-granted ones (404).)
 --
 -- Returns {0, size, lease_ms}  deleted; the process as it was
 --         {1}                  no such process
+--         {6, argument}        an argument is malformed or out of range; nothing changed
 --
 -- UNLINK frees the large structures off the main thread, so a million-key process is
 -- deleted without blocking Redis.
 local meta, free, held, leases, tokens, freed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local events = KEYS[7]
 local events_cap = tonumber(ARGV[1] or '10000')
-if not events_cap or events_cap < 1 then
+local history_ms = tonumber(ARGV[2] or '604800000')
+-- The bounds of coordinator/validation.py, for callers that skip it (tests tie the two).
+local EVENTS_CAP_MAX = 10000000
+local HISTORY_MS_MAX = 31536000000
+if not events_cap or events_cap < 1 or events_cap > EVENTS_CAP_MAX
+    or events_cap ~= math.floor(events_cap) then
   return {6, 'events_cap'}
+end
+if not history_ms or history_ms < 1 or history_ms > HISTORY_MS_MAX
+    or history_ms ~= math.floor(history_ms) then
+  return {6, 'history_ms'}
 end
 
 local m = redis.call('HMGET', meta, 'size', 'lease_ms')
@@ -33,5 +46,7 @@ if events then
   local t = redis.call('TIME')
   redis.call('XADD', events, 'MAXLEN', '~', string.format('%d', events_cap), '*',
     'type', 'deleted', 'key', '', 'token', '', 'machine', '', 'at_us', t[1] .. string.format('%06d', tonumber(t[2])))
+  -- Per-run names (nightly-2026-11-27) must not add up: the history goes after a while.
+  redis.call('PEXPIRE', events, string.format('%d', history_ms))
 end
 return {0, tonumber(m[1]), tonumber(m[2])}

@@ -412,6 +412,7 @@ API_OPERATIONS = {
     ("/api/v1/process/batch_keys/{}", "delete"),
     ("/api/v1/process/batch_keys/{}/revoke", "post"),
     ("/api/v1/process/{}/events", "get"),
+    ("/api/v1/process/{}/events", "delete"),
     ("/healthz", "get"),
     ("/readyz", "get"),
 }
@@ -428,6 +429,7 @@ API_CODES = {
     "no_free_key",
     "unknown_lease",
     "lease_gone",
+    "not_lease_holder",
 }
 
 

@@ -18,6 +18,7 @@ from coordinator.errors import (
     UnknownProcess,
 )
 from coordinator.models import Process
+from coordinator.store import Limits
 
 pytestmark = pytest.mark.anyio
 
@@ -312,9 +313,14 @@ async def test_unregister_removes_every_process_key(store, redis, prefix, new_na
     await store.grant(name, "w")
     await store.unregister(name)
     remaining = {k.removeprefix(prefix) for k in await prefix_keys(redis, prefix)}
-    # Only the registry of ids, the fence counter (tokens keep growing) and the process's
-    # history (its last entry says it was deleted) stay.
-    assert remaining == {":{registry}:pids", f":{{{name}}}:fence", f":{{{name}}}:events"}
+    # Only the fence counter (tokens keep growing) stays for good; the process's history (its
+    # last entry says it was deleted) and the id its leases resolve by (410, not 404) expire.
+    retired = f":{{registry}}:retired:{lease_id.process_id(name):016x}"
+    assert remaining == {retired, f":{{{name}}}:fence", f":{{{name}}}:events"}
+    assert await redis.ttl(f"{prefix}:{{{name}}}:fence") == -1
+    week = Limits().deleted_history_seconds
+    for key in (prefix + retired, f"{prefix}:{{{name}}}:events"):
+        assert week - 5 <= await redis.ttl(key) <= week
 
 
 async def test_million_keys_register_in_constant_space(store, redis, prefix, new_name):

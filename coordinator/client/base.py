@@ -57,6 +57,10 @@ class AsyncCoordinator(ABC):
         """End a lease now, as an administrator."""
 
     @abstractmethod
+    async def purge_history(self, name: str) -> None:
+        """Forget a deleted process's history now (admin), rather than when it expires."""
+
+    @abstractmethod
     async def events(self, name: str, after: str = "-", limit: int = 100) -> list[Event]:
         """The process's history after event id `after`, oldest first."""
 

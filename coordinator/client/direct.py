@@ -60,10 +60,15 @@ class AsyncRedisCoordinator(AsyncCoordinator):
         """End a lease now, as an administrator."""
         return await self.store.revoke(external_id)
 
+    async def purge_history(self, name: str) -> None:
+        """Forget a deleted process's history now (admin), rather than when it expires."""
+        await self.store.purge_history(name)
+
     async def events(self, name: str, after: str = "-", limit: int = 100) -> list[Event]:
         """The process's history after event id `after`, oldest first."""
         return await self.store.events(name, after, limit)
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
+        """End the store's waiting listeners, then close the connection pool."""
+        await self.store.aclose()
         await self._redis.aclose()

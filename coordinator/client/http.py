@@ -16,12 +16,21 @@ API = "/api/v1"
 
 
 class AsyncHttpCoordinator(AsyncCoordinator):
-    """Talks to `coordinator serve` at `base_url`; `token` is sent as a Bearer token."""
+    """Talks to `coordinator serve` at `base_url`; `token` is sent as a Bearer token.
 
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = 10.0) -> None:
+    `transport` replaces httpx's network transport (a proxy, mTLS, or an app in-process).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers,
-                                       timeout=timeout)  # fmt: skip
+                                       timeout=timeout, transport=transport)  # fmt: skip
         self.base_url = base_url
 
     async def register(
@@ -50,6 +59,10 @@ class AsyncHttpCoordinator(AsyncCoordinator):
     async def unregister(self, name: str) -> Process:
         """Delete a process, ending all of its leases."""
         return Process.from_json(await self._call("DELETE", f"{API}/process/{name}", name=name))
+
+    async def purge_history(self, name: str) -> None:
+        """Forget a deleted process's history now (admin), rather than when it expires."""
+        await self._call("DELETE", f"{API}/process/{name}/events", name=name)
 
     async def keys(self, name: str) -> list[BatchKey]:
         """The state of every key of a process."""
@@ -119,18 +132,25 @@ class AsyncHttpCoordinator(AsyncCoordinator):
         except httpx.TransportError as error:
             raise errors.StoreUnavailable(f"{self.base_url} did not answer: {error}") from error
         if response.is_success:
-            return response.json()
+            return response.json() if response.content else None  # 204: no body
         raise _problem_error(response, name, external_id)
 
 
 def _problem_error(response: httpx.Response, name: str, external_id: str) -> Exception:
-    """The exception a problem response stands for, the same the direct transport raises."""
+    """The exception a problem response stands for, the same the direct transport raises.
+
+    Anything a proxy might answer instead (HTML, an HTTP-date Retry-After) still maps by
+    status: 5xx is StoreUnavailable, so a caller retries it like Redis being down.
+    """
     try:
         problem = response.json()
-        code, detail = problem.get("code", ""), problem.get("detail", response.text)
     except ValueError:
-        code, detail = "", response.text
-    retry_after_us = int(response.headers.get("Retry-After", "1")) * 1_000_000
+        problem = None
+    if not isinstance(problem, dict):
+        problem = {}
+    code, detail = str(problem.get("code") or ""), str(problem.get("detail") or response.text)
+    retry_after = response.headers.get("Retry-After", "1")
+    retry_after_us = (int(retry_after) if retry_after.isdecimal() else 1) * 1_000_000
     field, _, rest = detail.partition("' ")
     by_code: dict[str, Callable[[], Exception]] = {
         "unknown_process": lambda: errors.UnknownProcess(name),
@@ -142,6 +162,7 @@ def _problem_error(response: httpx.Response, name: str, external_id: str) -> Exc
         "store_unavailable": lambda: errors.StoreUnavailable(detail),
         "unauthorized": lambda: Unauthorized(detail),
         "forbidden": lambda: Forbidden(detail),
+        "not_lease_holder": lambda: errors.NotLeaseHolder(external_id),
     }
     if code in by_code:
         return by_code[code]()

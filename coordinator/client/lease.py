@@ -1,15 +1,22 @@
-"""A held key as a context manager: renewed in the background, released on the way out."""
+"""A held key as a context manager: renewed in the background, released on the way out.
+
+The lease is believed held only until a deadline on this machine's monotonic clock: the
+instant its last successful grant or renewal was *sent*, plus the lease's length, minus a
+safety margin. The server counts the lease from a moment after that send, so the deadline
+falls before the server's expiry whatever the round trip, and never depends on wall time.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import math
+import threading
 import time
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from coordinator.errors import CoordinatorError, LeaseGone, UnknownLease
+from coordinator.errors import LeaseGone, UnknownLease
 from coordinator.models import BatchKey
 
 if TYPE_CHECKING:
@@ -17,17 +24,38 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("coordinator.client")
 
+# The margin covers the rate difference between this clock and the Redis server's over one
+# lease (NTP slews at most 0.05 %), small steps of the server's wall clock (Redis TIME), and a
+# pause (GC, a descheduled VM) between a passing check() and the write it guards. A tenth of
+# the lease, at least half a second, but never over a quarter: a 1 s lease renewed every third
+# must keep room for a slow round trip.
+MARGIN_FRACTION = 0.1
+MARGIN_FLOOR_SECONDS = 0.5
+# A failed renewal is retried after 0.1 s, doubling up to a tenth of the lease (at most 1 s).
+RETRY_FIRST_SECONDS = 0.1
+RETRY_MAX_SECONDS = 1.0
+
 
 class LeaseLost(LeaseGone):
     """The lease ended while the block still ran: another worker may now hold the key."""
+
+
+class RenewalsFailed(TimeoutError):
+    """No renewal succeeded before the lease's local deadline (the cause of a LeaseLost)."""
+
+
+def safety_margin(length: float) -> float:
+    """How long before a lease of `length` seconds expires it stops being believed held."""
+    return min(max(MARGIN_FLOOR_SECONDS, length * MARGIN_FRACTION), length / 4)
 
 
 class AsyncLease:
     """Holds one key of a process from `async with` to its end.
 
     Renews every third of the lease; leaving the block normally releases `completed`,
-    leaving by an exception releases `failed`. If renewal finds the lease gone, `lost` turns
-    true and `check()` (and leaving the block) raises LeaseLost: never silently.
+    leaving by an exception releases `failed`. If renewal finds the lease gone, or no renewal
+    succeeds before the lease's local deadline, `lost` turns true and `check()` (and leaving
+    the block) raises LeaseLost: never silently.
     """
 
     def __init__(
@@ -43,8 +71,16 @@ class AsyncLease:
         self._key: BatchKey | None = None
         self._key_set_size = 0
         self._renewer: asyncio.Task[None] | None = None
-        self._lost: CoordinatorError | None = None
         self._failed = False
+        self._length = 0.0  # seconds, as granted; every renewal asks for the same
+        self._renewed_at = 0.0  # monotonic instant the last successful request was sent
+        # The blocking client reads `lost` on the caller's thread while the renewer, on the
+        # client's event-loop thread, moves the deadline: the lock keeps `lost` from flipping
+        # back once it has been seen true.
+        self._lock = threading.Lock()
+        self._held_until = math.inf  # monotonic deadline; infinite while not held
+        self._ended: BaseException | None = None
+        self._last_failure: BaseException | None = None
 
     @property
     def batch_key(self) -> BatchKey:
@@ -79,13 +115,14 @@ class AsyncLease:
 
     @property
     def lost(self) -> bool:
-        """Whether the lease ended before the block did."""
-        return self._lost is not None
+        """Whether the lease ended, or passed its local deadline unrenewed, before the block did."""
+        return self._ended_by() is not None
 
     def check(self) -> None:
         """Raise LeaseLost if the lease has ended; call it between units of work."""
-        if self._lost is not None:
-            raise LeaseLost(self.external_id) from self._lost
+        ended = self._ended_by()
+        if ended is not None:
+            raise LeaseLost(self.external_id) from ended
 
     def fail(self) -> None:
         """Release as `failed` when the block ends, without raising to say so."""
@@ -101,13 +138,27 @@ class AsyncLease:
 
     async def __aenter__(self) -> AsyncLease:
         name, machine, lease_seconds, wait_seconds = self._request
-        self._key = await self._coordinator.acquire(name, machine, lease_seconds, wait_seconds)
+        sent = time.monotonic()
+        key = await self._coordinator.acquire(name, machine, lease_seconds, wait_seconds)
+        assert key.expires_us is not None
+        assert key.started_us is not None
+        self._key = key
+        self._length = (key.expires_us - key.started_us) / 1e6
         try:
             self._key_set_size = (await self._coordinator.process(name)).key_set_size
         except BaseException:
             await self._coordinator.release(self.external_id, "failed")
             raise
-        self._renewer = asyncio.create_task(self._renew_forever(), name=f"renew {name}")
+        # The deadline is still unset (infinite), so a renewal here sets it from its own send.
+        renewed = False
+        if time.monotonic() - sent >= self._length / 3:
+            # The grant waited for a key: counted from its request, little of the lease (or
+            # none) may be left on this clock. Renewing now counts from a later instant.
+            renewed = await self._renew_or_note_failure() is True
+        if not renewed:
+            self._believe(sent, key)
+        if not self.lost:
+            self._renewer = asyncio.create_task(self._renew_forever(), name=f"renew {name}")
         return self
 
     async def __aexit__(
@@ -118,39 +169,99 @@ class AsyncLease:
     ) -> None:
         if self._renewer is not None:
             self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
-        completed = exc_type is None and not self._failed
+            # wait() neither raises the renewer's CancelledError nor swallows our own.
+            await asyncio.wait([self._renewer])
+        lost = self.lost
+        with self._lock:
+            self._held_until = math.inf  # the block is over: what it saw is final
+        # Work done after the lease stopped being believed held does not count.
+        completed = exc_type is None and not self._failed and not lost
         try:
             await self._coordinator.release(
                 self.external_id, "completed" if completed else "failed"
             )
         except (LeaseGone, UnknownLease) as error:
-            self._lost = self._lost or error
-        if completed:
+            self._end(error)
+        except Exception as error:  # any failure: the lease is lost; its expiry frees the key
+            if not lost:
+                raise
+            logger.warning("releasing lost lease %s failed: %s", self.external_id, error)
+        if exc_type is None and not self._failed:
             # The work finished, but not under a lease: someone must learn it did not count.
             self.check()
 
     async def _renew_forever(self) -> None:
-        """Renew every third of the lease; on a transient failure retry sooner until expiry."""
-        key = self.batch_key
-        assert key.expires_us is not None
-        assert key.started_us is not None
-        length = (key.expires_us - key.started_us) / 1e6
-        delay = length / 3
+        """Renew every third of the lease; after a failure retry sooner, until the deadline."""
+        retry_max = min(RETRY_MAX_SECONDS, self._length / 10)
+        failures = 0
         while True:
-            await asyncio.sleep(delay)
-            try:
-                self._key = await self._coordinator.renew(self.external_id)
-                delay = length / 3
-            except (LeaseGone, UnknownLease) as error:
-                logger.warning("lease %s ended while held: %s", self.external_id, error)
-                self._lost = error
+            if failures:
+                wake = time.monotonic() + min(RETRY_FIRST_SECONDS * 2 ** (failures - 1), retry_max)
+            else:
+                wake = self._renewed_at + self._length / 3
+            await asyncio.sleep(max(0.0, min(wake, self._held_until) - time.monotonic()))
+            if self.lost:
+                logger.warning(
+                    "lease %s was not renewed before its deadline: %s",
+                    self.external_id,
+                    self._ended_by(),
+                )
                 return
-            except CoordinatorError as error:
-                expires_us = self.batch_key.expires_us or 0
-                if time.time() * 1e6 >= expires_us:
-                    self._lost = error
-                    return
-                logger.warning("renewing %s failed, retrying: %s", self.external_id, error)
-                delay = min(1.0, length / 10)
+            renewed = await self._renew_or_note_failure(failures)
+            if renewed is None:
+                return
+            failures = 0 if renewed else failures + 1
+
+    async def _renew_or_note_failure(self, failures: int = 0) -> bool | None:
+        """Renew once: True if renewed, False if it failed (retry), None if the lease ended."""
+        try:
+            await self._renew()
+        except (LeaseGone, UnknownLease) as error:
+            logger.warning("lease %s ended while held: %s", self.external_id, error)
+            self._end(error)
+            return None
+        except Exception as error:  # noqa: BLE001 - any failure (an error reply, the network, a 5xx) is retried until the deadline; CancelledError is no Exception and ends the task
+            with self._lock:
+                self._last_failure = error
+            level = logging.DEBUG if failures else logging.WARNING
+            logger.log(level, "renewing lease %s failed, retrying until its deadline: %r",
+                       self.external_id, error)  # fmt: skip
+            return False
+        return True
+
+    async def _renew(self) -> None:
+        """One renewal, abandoned at the deadline: a reply after it could not save the lease."""
+        length = self._length
+        whole = int(length) if length.is_integer() and length >= 1 else None
+        sent = time.monotonic()
+        left = self._held_until - sent  # infinite on entering: then the client's own timeout
+        async with asyncio.timeout(None if math.isinf(left) else max(0.0, left)):
+            # Asking for the granted length, so the reply's expiry is known to be that length
+            # from a moment after `sent` (None keeps the lease's own length, assumed the same).
+            key = await self._coordinator.renew(self.external_id, whole)
+        self._believe(sent, key)
+
+    def _believe(self, sent: float, key: BatchKey) -> None:
+        """Take a grant or renewal sent at `sent` as the lease's state, unless already lost."""
+        with self._lock:
+            if self._ended is None and time.monotonic() < self._held_until:
+                self._key = key
+                self._renewed_at = sent
+                self._held_until = sent + self._length - safety_margin(self._length)
+
+    def _end(self, error: BaseException) -> None:
+        with self._lock:
+            self._ended = self._ended or error
+
+    def _ended_by(self) -> BaseException | None:
+        """Why the lease is lost, or None; passing the deadline is noted once and for good."""
+        with self._lock:
+            if self._ended is None and time.monotonic() >= self._held_until:
+                failure = self._last_failure
+                believed = self._length - safety_margin(self._length)
+                self._ended = RenewalsFailed(
+                    f"no renewal succeeded within {believed:.1f} s of the last one sent"
+                    + (f"; the last failed with {failure!r}" if failure else "")
+                )
+                self._ended.__cause__ = failure
+            return self._ended

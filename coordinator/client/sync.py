@@ -88,6 +88,10 @@ class Coordinator:
         """Delete a process, ending all of its leases."""
         return self._run(self.async_client.unregister(name))
 
+    def purge_history(self, name: str) -> None:
+        """Forget a deleted process's history now (admin), rather than when it expires."""
+        self._run(self.async_client.purge_history(name))
+
     def keys(self, name: str) -> list[BatchKey]:
         """The state of every key of a process."""
         return self._run(self.async_client.keys(name))

@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest browser fuzz clean bench soak
+.PHONY: run test lint typecheck docs pytest browser fuzz clean bench soak
 
 # tests/test_dashboard.py drives Debian's chromium, and Playwright launches it from here.
 CHROMIUM := /usr/bin/chromium
@@ -31,11 +31,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# `make run PORT=8001 HOST=0.0.0.0`: each only when set, else COORDINATOR_PORT/HOST or defaults.
 run: $(STAMP)
-	$(BIN)/coordinator serve
+	$(BIN)/coordinator serve$(if $(HOST), --host $(HOST))$(if $(PORT), --port $(PORT))
 
 # The browser comes first, so a machine that lacks it stops at once, not after the long run.
-test: browser lint typecheck pytest
+test: browser lint typecheck docs pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check coordinator tests
@@ -49,6 +50,14 @@ pytest: $(STAMP) browser
 
 browser:
 	$(call require,test -x $(CHROMIUM),chromium,tests/test_dashboard.py)
+
+# The Python API reference, from the docstrings (open build/api/index.html). `-W error` turns
+# every warning pdoc gives (an annotation it cannot resolve, a module it cannot import) into a
+# failure.
+API_MODULES := coordinator.client coordinator.store coordinator.errors coordinator.models
+docs: $(STAMP)
+	rm -rf build/api
+	$(BIN)/python -W error -m pdoc --docformat markdown --output-directory build/api $(API_MODULES)
 
 # Not part of `make test`, where Hypothesis draws the same examples every run (the `gate`
 # profile, tests/conftest.py): the fuzz and model tests with new examples every run, ten times

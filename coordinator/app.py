@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from coordinator import logs, openapi, problems, schemas, validation
+from coordinator import disconnect, logs, openapi, problems, schemas, validation
 from coordinator.auth import Forbidden, Principal, TokenTable, load_tokens
 from coordinator.config import ConfigError, Settings
 from coordinator.connection import RedisClient, connect
@@ -26,6 +26,8 @@ from coordinator.store import Limits, Store
 from coordinator.ui import dashboard
 
 API = "/api/v1"
+# The status logged for a request whose client left before its answer (nginx's convention).
+CLIENT_CLOSED_REQUEST = 499
 
 
 class State(TypedDict):
@@ -72,7 +74,7 @@ async def list_processes(request: Request) -> Response:
     """GET /api/v1/process."""
     caller = _caller(request)
     processes = await _store(request).processes()
-    visible = [p for p in processes if caller is None or caller.may_act_on(p.name)]
+    visible = [p for p in processes if caller is None or caller.may_act_on(p.process_name)]
     return JSONResponse([p.to_json() for p in visible])
 
 
@@ -84,8 +86,18 @@ async def register_process(request: Request) -> Response:
     _require(caller, "admin", body.process_name)
     logs.note(request, process_name=body.process_name)
     process = await store.register(body.process_name, body.key_set_size, body.lease_seconds)
-    location = f"{API}/process/{quote(process.name)}"
+    location = f"{API}/process/{quote(process.process_name)}"
     return JSONResponse(process.to_json(), 201, headers={"Location": location})
+
+
+async def get_process(request: Request) -> Response:
+    """GET /api/v1/process/<process_name>."""
+    caller = _caller(request)
+    name = validation.process_name(request.path_params["process_name"])
+    _require(caller, "worker", name)
+    logs.note(request, process_name=name)
+    process = await _store(request).process(name)
+    return JSONResponse(process.to_json())
 
 
 async def unregister_process(request: Request) -> Response:
@@ -124,17 +136,39 @@ async def list_batch_keys(request: Request) -> Response:
     return JSONResponse([k.to_json() for k in rows], headers=headers)
 
 
+async def get_batch_key(request: Request) -> Response:
+    """GET /api/v1/process/<process_name>/keys/<key>."""
+    caller = _caller(request)
+    name = validation.process_name(request.path_params["process_name"])
+    _require(caller, "worker", name)
+    logs.note(request, process_name=name)
+    key = schemas.key_number(request.path_params["key"])
+    batch_key = await _store(request).batch_key(name, key)
+    logs.note(request, key=batch_key.key)  # once known to be a key: a path may hold any number
+    return JSONResponse(batch_key.to_json())
+
+
 async def grant_batch_key(request: Request) -> Response:
     """POST /api/v1/process/batch_keys."""
     caller = _caller(request)
     body = await schemas.grant_body(request)
     _require(caller, "worker", body.process_name)
     logs.note(request, process_name=body.process_name)
-    key = await _store(request).grant(
+    grant = _store(request).grant(
         body.process_name, body.machine, body.lease_seconds, body.wait_seconds, _holder(caller)
     )
+    try:
+        key = (
+            await disconnect.unless_disconnected(request, grant)
+            if body.wait_seconds
+            else await grant
+        )
+    except disconnect.ClientGone:
+        # Nobody to answer: the wait is cancelled, its place in the queue given up.
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     logs.note(request, key=key.key, external_id=key.external_id)
-    location = f"{API}/process/batch_keys/{key.external_id}"
+    # The key's own resource: the lease itself is renewed and released by its external_id.
+    location = f"{API}/process/{quote(key.process_name)}/keys/{key.key}"
     return JSONResponse(key.to_json(), 201, headers={"Location": location})
 
 
@@ -226,7 +260,9 @@ ROUTES = [
     Route(f"{API}/process/batch_keys/{{process_name}}", list_batch_keys, methods=["GET"]),
     Route(f"{API}/process/batch_keys/{{external_id}}", renew_batch_key, methods=["PATCH"]),
     Route(f"{API}/process/batch_keys/{{external_id}}", release_batch_key, methods=["DELETE"]),
+    Route(f"{API}/process/{{process_name}}", get_process, methods=["GET"]),
     Route(f"{API}/process/{{process_name}}", unregister_process, methods=["DELETE"]),
+    Route(f"{API}/process/{{process_name}}/keys/{{key}}", get_batch_key, methods=["GET"]),
     Route(f"{API}/process/batch_keys/{{external_id}}/revoke", revoke_batch_key, methods=["POST"]),
     Route(f"{API}/process/{{process_name}}/events", list_events, methods=["GET"]),
     Route(f"{API}/process/{{process_name}}/events", purge_events, methods=["DELETE"]),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -22,6 +23,10 @@ from coordinator.config import ConfigError, Settings
 from coordinator.errors import CoordinatorError
 
 ROLES = ("admin", "worker")
+# Every token `new_token` makes starts so; the CLI never echoes an argument that does.
+TOKEN_PREFIX = "bpc_"  # noqa: S105 - a prefix, not a secret
+# A process pattern: the characters of process names, and the shell wildcards * ? [ ] !.
+_PROCESS_PATTERN = re.compile(r"[A-Za-z0-9._:*?\[\]!-]+")
 
 
 class Unauthorized(CoordinatorError):
@@ -101,9 +106,17 @@ class TokenTable:
                 raise ConfigError(f"{source} line {number}: the hash is not hex") from None
             if fields[1] not in ROLES:
                 raise ConfigError(f"{source} line {number}: the role must be admin or worker")
-            processes = tuple(fields[2].split(",")) if len(fields) == 3 else None
+            processes = None
+            if len(fields) == 3:
+                try:
+                    processes = process_patterns(fields[2])
+                except ValueError as error:
+                    raise ConfigError(f"{source} line {number}: {error}") from None
             entries.append((hashed, Principal(fields[1], processes, hashed[:8].hex())))
         return cls(entries)
+
+    def __add__(self, other: TokenTable) -> TokenTable:
+        return TokenTable([*self._entries, *other._entries])
 
     def authenticate(self, authorization: str | None) -> Principal:
         """The principal of an `Authorization: Bearer <token>` header, or Unauthorized."""
@@ -123,19 +136,42 @@ class TokenTable:
 
 def load_tokens(settings: Settings) -> TokenTable:
     """The tokens of COORDINATOR_TOKENS_FILE and COORDINATOR_TOKENS together."""
-    text = settings.tokens or ""
+    # Each source on its own, so an error names the line of that source.
+    tokens = TokenTable.parse(settings.tokens or "", "COORDINATOR_TOKENS")
     if settings.tokens_file is not None:
         try:
-            text += "\n" + settings.tokens_file.read_text()
+            text = settings.tokens_file.read_text()
         except OSError as error:
             raise ConfigError(f"cannot read COORDINATOR_TOKENS_FILE: {error.strerror}") from None
-    return TokenTable.parse(text, "COORDINATOR_TOKENS(_FILE)")
+        tokens += TokenTable.parse(text, f"COORDINATOR_TOKENS_FILE {settings.tokens_file}")
+    return tokens
+
+
+def process_patterns(field: str) -> tuple[str, ...]:
+    """The comma-separated process names or patterns of a token line; ValueError if one could
+    match no process name (a space, `#`, `;`, an empty one between commas)."""
+    patterns = tuple(field.split(","))
+    for pattern in patterns:
+        if not _PROCESS_PATTERN.fullmatch(pattern):
+            raise ValueError(
+                f"{pattern!r} is not a process name or pattern: use letters, digits and"
+                " . _ : - with * ? [ ] as wildcards, separated by commas (a,b,reports-*)"
+            )
+    return patterns
 
 
 def new_token(role: str, processes: str | None = None) -> tuple[str, str]:
-    """A fresh token and the line that grants it (the service stores only the line)."""
+    """A fresh token and the line that grants it (the service stores only the line).
+
+    `processes` is checked as the service checks the line: ConfigError if it would refuse it.
+    """
     if role not in ROLES:
         raise ConfigError("the role must be admin or worker")
-    token = "bpc_" + secrets.token_urlsafe(32)
-    line = f"sha256:{digest(token).hex()} {role}" + (f" {processes}" if processes else "")
-    return token, line
+    limit = ""
+    if processes is not None:
+        try:
+            limit = " " + ",".join(process_patterns(processes.strip()))
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    return token, f"sha256:{digest(token).hex()} {role}{limit}"

@@ -7,6 +7,7 @@ class CoordinatorError(Exception):
     """Base of every failure the coordinator reports to its caller."""
 
     code = "coordinator_error"
+    """The stable word the HTTP API answers in its problem document's `code` for this failure."""
 
 
 class UnknownProcess(CoordinatorError):
@@ -29,20 +30,45 @@ class ProcessExists(CoordinatorError):
         self.process_name = process_name
 
 
+# The longest a 409 no_free_key tells a client to wait before asking again: a release can come
+# any moment, and a wait for one (wait_seconds) is the way to learn of it at once.
+RETRY_AFTER_MAX_SECONDS = 10
+
+
 class NoFreeKey(CoordinatorError):
     """Every key of the process is under a live lease."""
 
     code = "no_free_key"
 
     def __init__(self, process_name: str, retry_after_us: int) -> None:
-        super().__init__(f"All keys of process '{process_name}' are leased.")
+        # validation imports this module, so its bound is read here rather than at the top.
+        from coordinator.validation import WAIT_SECONDS_MAX  # noqa: PLC0415
+
+        super().__init__(
+            f"All keys of process '{process_name}' are leased; send wait_seconds (up to"
+            f" {WAIT_SECONDS_MAX}) to wait for a release instead of polling."
+        )
         self.process_name = process_name
-        self.retry_after_us = retry_after_us
+        self.retry_after_us = retry_after_us  # until the earliest lease expires
 
     @property
     def retry_after_seconds(self) -> int:
-        """Whole seconds until the earliest lease expires, at least 1."""
-        return max(1, -(-self.retry_after_us // 1_000_000))
+        """When to ask again: whole seconds until the earliest lease expires, at least 1 and
+        at most RETRY_AFTER_MAX_SECONDS (a release may free a key sooner)."""
+        until_expiry = -(-self.retry_after_us // 1_000_000)
+        return max(1, min(RETRY_AFTER_MAX_SECONDS, until_expiry))
+
+
+class UnknownKey(CoordinatorError):
+    """The process has no key of this number: its keys are 0 to key_set_size - 1."""
+
+    code = "unknown_key"
+
+    def __init__(self, process_name: str, key: int, key_set_size: int | None = None) -> None:
+        known = "" if key_set_size is None else f": its keys are 0 to {key_set_size - 1}"
+        super().__init__(f"Process '{process_name}' has no key {key}{known}.")
+        self.process_name = process_name
+        self.key = key
 
 
 class UnknownLease(CoordinatorError):
@@ -81,9 +107,18 @@ class NotLeaseHolder(CoordinatorError):
 
 
 class StoreUnavailable(CoordinatorError):
-    """Redis could not be reached or did not answer in time."""
+    """Redis could not be reached or did not answer in time: try again later.
+
+    The base of every "try again later" failure, so `except StoreUnavailable` catches them all.
+    """
 
     code = "store_unavailable"
+
+
+class ServiceUnreachable(StoreUnavailable):
+    """The coordinator's HTTP API did not answer (refused, timed out, or a proxy's 5xx)."""
+
+    code = "service_unreachable"
 
 
 class UnexpectedReply(CoordinatorError):

@@ -269,7 +269,7 @@ class _Snapshot:
                 f"coordinator_process_{suffix}", help_text, labels=["process"]
             )
             for s in self.stats:
-                family.add_metric([s.name], value(s))
+                family.add_metric([s.process_name], value(s))
             yield family
         stalest = GaugeMetricFamily(
             "coordinator_process_stalest_completion_age_seconds",
@@ -280,7 +280,7 @@ class _Snapshot:
         )
         for s in self.stats:
             if (age := s.stalest_age_seconds) is not None:
-                stalest.add_metric([s.name], age)
+                stalest.add_metric([s.process_name], age)
         yield stalest
         yield GaugeMetricFamily(
             "coordinator_processes", "Registered processes.", value=len(self.stats)
@@ -322,7 +322,7 @@ def install(app: Starlette) -> Metrics:
             logger.warning("metrics: per-process figures unavailable: %s", error)
             stats = None
         if stats is not None and viewer is not None:
-            stats = [s for s in stats if viewer.may_act_on(s.name)]
+            stats = [s for s in stats if viewer.may_act_on(s.process_name)]
         body = metrics.exposition() + generate_latest(_Snapshot(stats))
         return Response(body, media_type=CONTENT_TYPE)
 

@@ -6,6 +6,7 @@ from functools import cache
 from typing import Any
 
 from coordinator import __version__, validation
+from coordinator.errors import RETRY_AFTER_MAX_SECONDS
 from coordinator.problems import MEDIA_TYPE, PROBLEMS
 
 JSON = "application/json"
@@ -27,7 +28,9 @@ def _problems(*codes: str) -> dict[str, Any]:
             "description": " or ".join(f"`{c}`" for c in group),
             "content": {MEDIA_TYPE: {"schema": _ref("Problem")}},
         }
-        if "no_free_key" in group or "store_unavailable" in group:
+        if "no_free_key" in group:
+            response["headers"] = {"Retry-After": _NO_FREE_KEY_RETRY_AFTER}
+        if "store_unavailable" in group:
             response["headers"] = {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}}
         if status == 405:
             response["headers"] = {"Allow": {"schema": {"type": "string"}}}
@@ -35,10 +38,21 @@ def _problems(*codes: str) -> dict[str, Any]:
     return responses
 
 
-def _ok(status: int, description: str, schema: Schema, *, location: bool = False) -> dict[str, Any]:
+_NO_FREE_KEY_RETRY_AFTER = {
+    "description": "Seconds until the earliest lease of the process expires, but at most"
+    f" {RETRY_AFTER_MAX_SECONDS}: a release may free a key any moment. To learn of a release at"
+    " once, send `wait_seconds` instead of polling.",
+    "schema": {"type": "integer", "minimum": 1, "maximum": RETRY_AFTER_MAX_SECONDS},
+}
+
+
+def _ok(
+    status: int, description: str, schema: Schema, *, location: str | None = None
+) -> dict[str, Any]:
+    """A success response; `location` describes its Location header, if it has one."""
     response: dict[str, Any] = {"description": description, "content": {JSON: {"schema": schema}}}
-    if location:
-        response["headers"] = {"Location": {"schema": {"type": "string"}}}
+    if location is not None:
+        response["headers"] = {"Location": {"description": location, "schema": {"type": "string"}}}
     return {str(status): response}
 
 
@@ -61,6 +75,13 @@ _NAME_PARAM = {"name": "process_name", "in": "path", "required": True, "schema":
 # OpenAPI holds /batch_keys/{a} and /batch_keys/{b} to be one path, so GET (a process name)
 # and PATCH/DELETE (an external id) share the template variable `id`.
 _KEYS_NAME_PARAM = {**_NAME_PARAM, "name": "id", "description": "The process name."}
+_KEY_PARAM = {
+    "name": "key",
+    "in": "path",
+    "required": True,
+    "description": "The key number, 0 to key_set_size - 1.",
+    "schema": {"type": "integer", "minimum": 0, "maximum": validation.KEY_MAX},
+}
 _ID_PARAM = {
     "name": "id",
     "in": "path",
@@ -227,12 +248,26 @@ def _document() -> dict[str, Any]:
                     "operationId": "registerProcess",
                     "requestBody": _body("RegisterRequest"),
                     "responses": {
-                        **_ok(201, "Registered", _ref("Process"), location=True),
+                        **_ok(
+                            201,
+                            "Registered",
+                            _ref("Process"),
+                            location="The process: /api/v1/process/{process_name}",
+                        ),
                         **_problems("process_exists", *_BODY_PROBLEMS),
                     },
                 },
             },
             "/api/v1/process/{process_name}": {
+                "get": {
+                    "summary": "One registered process",
+                    "operationId": "getProcess",
+                    "parameters": [_NAME_PARAM],
+                    "responses": {
+                        **_ok(200, "The process", _ref("Process")),
+                        **_problems("unknown_process", "invalid_field"),
+                    },
+                },
                 "delete": {
                     "summary": "Unregister a process, ending all of its leases",
                     "operationId": "unregisterProcess",
@@ -249,7 +284,12 @@ def _document() -> dict[str, Any]:
                     "operationId": "grantBatchKey",
                     "requestBody": _body("GrantRequest"),
                     "responses": {
-                        **_ok(201, "The key just granted", _ref("BatchKey"), location=True),
+                        **_ok(
+                            201,
+                            "The key just granted",
+                            _ref("BatchKey"),
+                            location="The key: /api/v1/process/{process_name}/keys/{key}",
+                        ),
                         **_problems("unknown_process", "no_free_key", *_BODY_PROBLEMS),
                     },
                 },
@@ -315,6 +355,17 @@ def _document() -> dict[str, Any]:
                     "responses": {
                         **_ok(200, "The key as it stood at release", _ref("BatchKey")),
                         **_problems("unknown_lease", "lease_gone", "invalid_field"),
+                    },
+                },
+            },
+            "/api/v1/process/{process_name}/keys/{key}": {
+                "get": {
+                    "summary": "One key of a process",
+                    "operationId": "getBatchKey",
+                    "parameters": [_NAME_PARAM, _KEY_PARAM],
+                    "responses": {
+                        **_ok(200, "The key", _ref("BatchKey")),
+                        **_problems("unknown_process", "unknown_key", "invalid_field"),
                     },
                 },
             },

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from itertools import chain, islice
 
 import orjson
 
-from coordinator.models import BatchKey, Event, Process, rfc3339
+from coordinator.models import BatchKey, Event, Process, rfc3339, timestamp
+
+KEYS_HEADER = ("KEY", "STATE", "MACHINE", "TOKEN", "EXPIRES_AT", "LAST_COMPLETED_AT", "EXTERNAL_ID")
+# A streamed table takes its column widths from the header and this many first rows.
+SIZING_ROWS = 1000
 
 
 def as_json(records: Process | BatchKey | Sequence[Process | BatchKey]) -> str:
@@ -23,7 +29,7 @@ def event_line(event: Event, *, as_json: bool) -> str:
     fields = [rfc3339(event.at_us) or "", event.type.ljust(18)]
     if event.key is not None:
         fields.append(f"key={event.key} machine={event.machine} token={event.fencing_token}")
-    return "  ".join(fields)
+    return "  ".join(fields).rstrip()
 
 
 def table(rows: Sequence[Sequence[str]]) -> str:
@@ -38,23 +44,50 @@ def table(rows: Sequence[Sequence[str]]) -> str:
 def processes_table(processes: Sequence[Process]) -> str:
     """One line per process."""
     rows = [["PROCESS", "KEYS", "LEASE_SECONDS"]]
-    rows += [[p.name, str(p.key_set_size), str(p.lease_seconds)] for p in processes]
+    rows += [[p.process_name, str(p.key_set_size), str(p.lease_seconds)] for p in processes]
     return table(rows)
+
+
+def key_state(key: BatchKey, now: datetime) -> str:
+    """`held` while its lease has neither ended nor expired at `now`, else `free`.
+
+    A released or revoked key still names its ended lease (`external_id`), without an expiry.
+    """
+    held = key.external_id is not None and key.expires_at is not None and key.expires_at > now
+    return "held" if held else "free"
 
 
 def keys_table(keys: Sequence[BatchKey]) -> str:
     """One line per key."""
-    rows = [["KEY", "STATE", "MACHINE", "TOKEN", "EXPIRES_AT", "LAST_COMPLETED_AT", "EXTERNAL_ID"]]
-    rows += [
-        [
-            str(k.key),
-            "held" if k.held else "free",
-            k.machine or "-",
-            "-" if k.fencing_token is None else str(k.fencing_token),
-            rfc3339(k.expires_us) or "-",
-            rfc3339(k.last_completed_us) or "never",
-            k.external_id or "-",
-        ]
-        for k in keys
-    ]
-    return table(rows)
+    now = datetime.now(UTC)
+    return table([KEYS_HEADER, *(_key_row(k, now) for k in keys)])
+
+
+def key_table_lines(keys: Iterable[BatchKey], now: datetime) -> Iterator[str]:
+    """The keys as table lines, produced as they are read rather than held all at once.
+
+    The columns are as wide as the header and the first SIZING_ROWS rows need; a later,
+    longer cell widens only its own line.
+    """
+    rows = (_key_row(k, now) for k in keys)
+    first = [KEYS_HEADER, *islice(rows, SIZING_ROWS)]
+    widths = [max(len(row[i]) for row in first) for i in range(len(KEYS_HEADER))]
+    for row in chain(first, rows):
+        yield "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+
+
+def json_line(record: BatchKey | Event) -> bytes:
+    """One record as one line of JSON Lines, newline included."""
+    return orjson.dumps(record.to_json(), option=orjson.OPT_APPEND_NEWLINE)
+
+
+def _key_row(k: BatchKey, now: datetime) -> tuple[str, ...]:
+    return (
+        str(k.key),
+        key_state(k, now),
+        k.machine or "-",
+        "-" if k.fencing_token is None else str(k.fencing_token),
+        timestamp(k.expires_at) or "-",
+        timestamp(k.last_completed_at) or "never",
+        k.external_id or "-",
+    )

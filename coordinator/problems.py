@@ -45,6 +45,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "not_lease_holder": (403, "Not the lease holder"),
     "unknown_process": (404, "Unknown process"),
     "unknown_lease": (404, "Unknown lease"),
+    "unknown_key": (404, "Unknown key"),
     "not_found": (404, "Not found"),
     "method_not_allowed": (405, "Method not allowed"),
     "process_exists": (409, "Process already registered"),

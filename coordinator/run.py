@@ -3,17 +3,52 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType
 
-from coordinator.client.lease import AsyncLease
+from coordinator.client.lease import AsyncLease, LeaseLost
 from coordinator.client.sync import Coordinator
 from coordinator.errors import CoordinatorError
 
 POLL_SECONDS = 0.1
+NOT_FOUND = 127  # the statuses a shell gives these failures
+NOT_EXECUTABLE = 126
+
+
+class CommandNotRunnable(Exception):
+    """The command is not found (127) or cannot be executed (126): no key was taken for it."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def check_runnable(command: Sequence[str]) -> None:
+    """Raise CommandNotRunnable unless the command names an executable file, as a shell
+    would look it up (a name with a slash as a path, else on PATH)."""
+    program = command[0]
+    if "/" in program:
+        candidates = [Path(program)]
+    else:
+        if shutil.which(program) is not None:
+            return
+        path = os.environ.get("PATH", os.defpath).split(os.pathsep)
+        candidates = [Path(directory or ".") / program for directory in path]
+    present = [c for c in candidates if c.exists()]
+    if not present:
+        found = "no such file" if "/" in program else "command not found"
+        raise CommandNotRunnable(f"cannot run {program}: {found}", NOT_FOUND)
+    if present[0].is_dir():
+        raise CommandNotRunnable(f"cannot run {program}: it is a directory", NOT_EXECUTABLE)
+    if not os.access(present[0], os.X_OK):
+        raise CommandNotRunnable(
+            f"cannot run {program}: permission denied (not executable)", NOT_EXECUTABLE
+        )
 
 
 def run_job(
@@ -24,20 +59,29 @@ def run_job(
     *,
     wait_seconds: float = 0,
     lease_seconds: int | None = None,
+    announce: Callable[[AsyncLease], None] = lambda _lease: None,
 ) -> int:
     """Acquire a key, run `command` with it in its environment, release it; the exit status.
 
-    Exit 0 releases `completed`, anything else `failed`. SIGINT and SIGTERM are passed to the
+    The command is checked first (CommandNotRunnable), so no key is taken for one that cannot
+    run; a failure to acquire raises. `announce` is told the lease once it is held. Exit 0
+    releases `completed`, anything else `failed`. SIGINT and SIGTERM are passed to the
     command. If the lease is lost while the command runs, the command is stopped (SIGTERM):
     another worker may already hold the key.
     """
-    status = 0
+    check_runnable(command)
+    status, ran = 0, False
     try:
         with coordinator.lease(process_name, machine, lease_seconds, wait_seconds) as lease:
+            announce(lease)
+            ran = True
             status = _supervise(lease, process_name, command)
             if status != 0:
                 lease.fail()
     except CoordinatorError as error:
+        if not ran:
+            raise
+        # The command ran; ending its lease failed. Its expiry frees the key.
         print(f"coordinator: {error}", file=sys.stderr)
         return status or 1
     return status
@@ -70,9 +114,9 @@ def _supervise(lease: AsyncLease, process_name: str, command: Sequence[str]) -> 
         try:
             # A session of its own: only the signals passed on here reach the command.
             child = subprocess.Popen(list(command), env=env, start_new_session=True)  # noqa: S603
-        except OSError as error:
+        except OSError as error:  # checked before the lease, but it may have changed since
             print(f"coordinator: cannot run {command[0]}: {error.strerror}", file=sys.stderr)
-            return 127
+            return NOT_EXECUTABLE if isinstance(error, PermissionError) else NOT_FOUND
         for signum in pending:
             child.send_signal(signum)
         while True:
@@ -82,11 +126,22 @@ def _supervise(lease: AsyncLease, process_name: str, command: Sequence[str]) -> 
             except subprocess.TimeoutExpired:
                 if lease.lost and not stopping:
                     stopping = True
-                    print(f"coordinator: lease {lease.external_id} was lost; stopping"
-                          f" {command[0]}", file=sys.stderr)  # fmt: skip
+                    _report_lost(lease, f"stopping {command[0]}")
                     child.terminate()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    if lease.lost and not stopping:
+        _report_lost(lease, f"{command[0]} finished without it, so its work does not count")
     status = code if code >= 0 else 128 - code
     return status or (1 if lease.lost else 0)
+
+
+def _report_lost(lease: AsyncLease, then: str) -> None:
+    """The one line that says the lease was lost, why, and what follows."""
+    try:
+        lease.check()
+        why: BaseException | None = None
+    except LeaseLost as lost:
+        why = lost.__cause__ or lost
+    print(f"coordinator: lease {lease.external_id} was lost; {then} ({why})", file=sys.stderr)

@@ -93,6 +93,13 @@ async def json_array(head: BatchKey, rest: AsyncIterator[BatchKey]) -> AsyncIter
     yield b"]"
 
 
+def key_number(raw: str) -> int:
+    """A key number in a path; one outside the process's keys is the store's unknown_key."""
+    if not _QUERY_INT.fullmatch(raw):
+        raise InvalidField("key", "must be an integer: a key number from 0 to key_set_size - 1")
+    return int(raw)
+
+
 def _query_int(raw: str, field: str, low: int, high: int) -> int:
     """A query parameter's integer from `low` to `high` (the bounds /openapi.json states)."""
     if not _QUERY_INT.fullmatch(raw) or not low <= int(raw) <= high:

@@ -21,7 +21,7 @@ CHUNK = 500
 class ProcessStats:
     """One process's keys as a grant would see them at `now_us`."""
 
-    name: str
+    process_name: str
     key_set_size: int
     held: int  # under a lease that has not expired
     free: int  # a grant could hand it out: key_set_size - held (expired leases count as free)
@@ -69,7 +69,7 @@ async def process_stats(store: Store) -> list[ProcessStats]:
             live = int(held) - int(expired)
             stats.append(
                 ProcessStats(
-                    name=name,
+                    process_name=name,
                     key_set_size=size,
                     held=live,
                     free=size - live,

@@ -1,23 +1,27 @@
 """The coordinator's operations on Redis, shared by the HTTP API and direct workers.
 
 Every change is one Lua script (see `lua/`); this module builds the keys and arguments,
-turns replies into records, and turns failures into the exceptions of `errors`.
+turns replies into records (`coordinator.models`), and turns failures into the exceptions of
+`coordinator.errors`. `Store` is what the HTTP API and the direct clients of
+`coordinator.client` (`RedisCoordinator`, `AsyncRedisCoordinator`) both run on.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from coordinator import lease_id, validation
 from coordinator.errors import (
     ProcessExists,
+    UnknownKey,
     UnknownLease,
     UnknownProcess,
 )
 from coordinator.keys import KeySpace
-from coordinator.models import BatchKey, Event, Process
+from coordinator.models import BatchKey, Event, Process, utc
 from coordinator.scripts import Scripts, raise_for_status
 from coordinator.unavailable import store_errors
 from coordinator.waiters import DEFAULT_MAX_WAITERS, Waiters
@@ -34,11 +38,15 @@ class Limits:
     """Defaults and bounds a deployment sets."""
 
     default_key_set_size: int = 10
+    """Keys of a process registered without `key_set_size` (at most `max_key_set_size`)."""
     max_key_set_size: int = 1_000_000
+    """The largest `key_set_size` accepted (COORDINATOR_MAX_KEY_SET_SIZE)."""
     default_lease_seconds: int = 3600
+    """Lease length of a process registered without `lease_seconds`."""
     events_cap: int = 10_000
-    # How long a deleted process's history (and its leases' 410s) stays before it expires.
+    """Entries each process's event history keeps, approximately."""
     deleted_history_seconds: int = validation.DELETED_HISTORY_SECONDS_DEFAULT
+    """How long a deleted process's history (and its leases' 410s) stays before it expires."""
 
 
 class Store:
@@ -175,6 +183,24 @@ class Store:
         """The state of the keys of a process from key `first` on (at most `limit`), in order."""
         return [key async for key in self.iter_batch_keys(name, first, limit)]
 
+    async def batch_key(self, name: str, key: int) -> BatchKey:
+        """One key of a process; UnknownKey outside 0 to key_set_size - 1."""
+        name = validation.process_name(name)
+        key = validation.key(key)
+        k = self.keys.process(name)
+        # A key past any key set still asks the script (for no keys), so an unknown process
+        # is reported before an unknown key.
+        in_range = 0 <= key <= validation.KEY_MAX
+        with store_errors():
+            reply = await self.scripts.call(
+                "inspect", [k.meta, k.free, k.leases], [key if in_range else 0, int(in_range)]
+            )
+        raise_for_status(reply, process_name=name)
+        size, now_us, rows = int(reply[1]), int(reply[3]), reply[4:]
+        if not rows:
+            raise UnknownKey(name, key, size)
+        return _batch_key(name, rows[0], now_us)
+
     async def iter_batch_keys(
         self, name: str, first: int = 0, limit: int | None = None
     ) -> AsyncIterator[BatchKey]:
@@ -236,11 +262,11 @@ class Store:
         return BatchKey(
             process_name=name,
             key=key,
-            last_completed_us=_completed(last),
+            last_completed_at=_completed(last),
             external_id=str(lease_id.compose(name, token)),
             machine=machine,
-            started_us=started,
-            expires_us=expires,
+            started_at=utc(started),
+            expires_at=utc(expires),
             fencing_token=token,
         )
 
@@ -263,7 +289,9 @@ class Store:
             )
         raise_for_status(reply, process_name=name, external_id=external_id)
         _, key, token, started, expires, last, _lease_ms, machine = reply
-        return BatchKey(name, key, _completed(last), external_id, machine, started, expires, token)
+        return BatchKey(
+            name, key, _completed(last), external_id, machine, utc(started), utc(expires), token
+        )
 
     async def release(
         self, external_id: str, outcome: str = "completed", holder: str = ""
@@ -307,7 +335,9 @@ class Store:
             )
         raise_for_status(reply, process_name=name, external_id=external_id)
         _, key, token, started, last, machine = reply
-        return BatchKey(name, key, _completed(last), external_id, machine, started, None, token)
+        return BatchKey(
+            name, key, _completed(last), external_id, machine, utc(started), None, token
+        )
 
     async def check_ready(self) -> None:
         """Prove a script round trip works, reloading any script Redis has forgotten."""
@@ -343,9 +373,9 @@ class Store:
         return name, token
 
 
-def _completed(last: int) -> int | None:
+def _completed(last: int) -> datetime | None:
     """A staleness score as a completion time: negative scores mean never completed."""
-    return last if last >= 0 else None
+    return utc(last) if last >= 0 else None
 
 
 def _process(name: str, meta: list[Any]) -> Process:
@@ -363,7 +393,7 @@ def _batch_key(name: str, row: list[Any], now_us: int) -> BatchKey:
         _completed(last),
         str(lease_id.compose(name, token)),
         machine,
-        started,
-        expires,
+        utc(started),
+        utc(expires),
         token,
     )

@@ -2,7 +2,8 @@
 
 The page has no build step and loads nothing from elsewhere: its CSS and JavaScript are inline,
 allowed by a per-response nonce, and it talks only to this service's own API. It is served
-without a token; the page asks for one and sends it with every API call.
+without a token; the page asks for one and sends it with every API call. Its register form
+starts from this server's own defaults, filled in when the page is served.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from importlib import resources
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
+
+from coordinator.store import Limits, Store
 
 _NONCE_PLACEHOLDER = "__CSP_NONCE__"
 # Read once, at import: a wheel missing the page fails at start, not at the first visit.
@@ -34,11 +37,28 @@ def content_security_policy(nonce: str) -> str:
     )
 
 
-async def dashboard(_request: Request) -> Response:
+def page(nonce: str, limits: Limits) -> str:
+    """The page with its nonce, and the register form's defaults: the store's `limits`."""
+    # The size a registration without `key_set_size` gets (Store.register caps the default).
+    default_size = min(limits.default_key_set_size, limits.max_key_set_size)
+    filled = {
+        _NONCE_PLACEHOLDER: nonce,
+        "__DEFAULT_KEY_SET_SIZE__": str(default_size),
+        "__MAX_KEY_SET_SIZE__": str(limits.max_key_set_size),
+        "__DEFAULT_LEASE_SECONDS__": str(limits.default_lease_seconds),
+    }
+    text = _PAGE
+    for placeholder, value in filled.items():
+        text = text.replace(placeholder, value)
+    return text
+
+
+async def dashboard(request: Request) -> Response:
     """GET / and GET /ui: the dashboard page."""
     nonce = secrets.token_urlsafe(16)
+    store: Store = request.state.store
     return HTMLResponse(
-        _PAGE.replace(_NONCE_PLACEHOLDER, nonce),
+        page(nonce, store.limits),
         headers={
             "Content-Security-Policy": content_security_policy(nonce),
             "Cache-Control": "no-cache",

@@ -27,7 +27,10 @@ DELETED_HISTORY_SECONDS_DEFAULT = 604_800
 # stream id, as an unsigned 64-bit integer).
 PAGE_MAX = 10_000
 EVENTS_PAGE_DEFAULT = 100
-KEY_AFTER_MAX = KEY_SET_SIZE_LIMIT - 1  # the last key of the largest key set
+# A key number (GET /api/v1/process/<name>/keys/<key>, ?after=): at most the last key of the
+# largest key set; past the process's own last key a key is 404 unknown_key.
+KEY_MAX = KEY_SET_SIZE_LIMIT - 1
+KEY_AFTER_MAX = KEY_MAX
 EVENT_ID_PART_MAX = (1 << 64) - 1
 EVENT_ID_LAST = f"{EVENT_ID_PART_MAX}-{EVENT_ID_PART_MAX}"  # nothing can follow it
 
@@ -75,6 +78,13 @@ def machine(value: object) -> str:
         raise InvalidField("machine", "must be a string")
     if not 1 <= len(value) <= MACHINE_MAX:
         raise InvalidField("machine", f"must be 1 to {MACHINE_MAX} characters long")
+    return value
+
+
+def key(value: object) -> int:
+    """A key number: any integer (one outside the process's keys is its UnknownKey)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidField("key", "must be an integer")
     return value
 
 

@@ -229,10 +229,11 @@ class Waiters:
                 self._blocking -= 1
             del self._queues[queue.freed]
         if queue.banked:
-            # Signals no waiter here used may be for another replica's waiters: give them back.
+            # Signals no waiter here used may be for another replica's waiters: give them back
+            # (RPUSH, as the scripts push them: a worker's ACL user has no LPUSH).
             with contextlib.suppress(StoreUnavailable), store_errors():
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.lpush(queue.freed, *queue.banked)
+                    pipe.rpush(queue.freed, *queue.banked)
                     pipe.pexpire(queue.freed, SIGNAL_TTL_MS)
                     await pipe.execute()
 
@@ -242,6 +243,7 @@ class Waiters:
             if block:
                 popped = await self.redis.blpop([freed], timeout=BLOCK_SLICE_SECONDS)
                 return None if popped is None else str(popped[1])
+            # Not a blocking pop however short: that would hold a connection past the share.
             freed_key = await self.redis.lpop(freed)
         if freed_key is None:
             await asyncio.sleep(POLL_SECONDS)

@@ -22,6 +22,7 @@ from redis.exceptions import NoPermissionError, ResponseError
 from coordinator.app import create_app
 from coordinator.config import Settings
 from coordinator.embedded import EmbeddedValkey
+from coordinator.models import epoch_us
 from coordinator.scripts import sources
 from coordinator.store import Store
 from tests.conftest import serve
@@ -117,19 +118,19 @@ async def test_admin_runs_a_process_from_register_to_delete(users: Users, prefix
         await store.check_ready()  # SCRIPT EXISTS, SCRIPT LOAD of any missing, one EVALSHA
         registered = await store.register("acl-admin", 2, lease_seconds=60)
         assert (registered.key_set_size, registered.lease_seconds) == (2, 60)
-        assert [p.name for p in await store.processes()] == ["acl-admin"]
+        assert [p.process_name for p in await store.processes()] == ["acl-admin"]
         lease = await store.grant("acl-admin", "admin-host")
-        assert (lease.key, lease.fencing_token) == (0, next_token(0, lease.started_us))
+        assert (lease.key, lease.fencing_token) == (0, next_token(0, epoch_us(lease.started_at)))
         fence = store.keys.process("acl-admin").fence
         assert await admin.get(fence) == str(lease.fencing_token)
         renewed = await store.renew(lease.external_id or "", 120)
-        assert renewed.expires_us is not None
-        assert lease.expires_us is not None
-        assert renewed.expires_us > lease.expires_us
+        assert renewed.expires_at is not None
+        assert lease.expires_at is not None
+        assert renewed.expires_at > lease.expires_at
         released = await store.release(lease.external_id or "")
-        assert released.last_completed_us is not None
+        assert released.last_completed_at is not None
         keys = await store.batch_keys("acl-admin")
-        assert [k.last_completed_us for k in keys] == [released.last_completed_us, None]
+        assert [k.last_completed_at for k in keys] == [released.last_completed_at, None]
         deleted = await store.unregister("acl-admin")
         assert deleted.key_set_size == 2
         assert await store.processes() == []
@@ -143,7 +144,7 @@ async def test_worker_leases_and_waits_but_cannot_register_or_delete(
         await admin_store.register("acl-worker", 1, lease_seconds=60)
         store = Store(worker, prefix=prefix)
 
-        assert [p.name for p in await store.processes()] == ["acl-worker"]
+        assert [p.process_name for p in await store.processes()] == ["acl-worker"]
         assert (await store.process("acl-worker")).key_set_size == 1
         # A worker may load the scripts itself (reload on NOSCRIPT), and check them.
         grant = sources()["grant"]
@@ -151,8 +152,8 @@ async def test_worker_leases_and_waits_but_cannot_register_or_delete(
         assert await store.scripts.load_missing() == 0
 
         first = await store.grant("acl-worker", "w1")
-        assert first.fencing_token == next_token(0, first.started_us)
-        assert (await store.renew(first.external_id or "", 90)).expires_us is not None
+        assert first.fencing_token == next_token(0, epoch_us(first.started_at))
+        assert (await store.renew(first.external_id or "", 90)).expires_at is not None
         assert [k.machine for k in await store.batch_keys("acl-worker")] == ["w1"]
 
         # A second worker waits in BLPOP on the freed list; the release wakes it.
@@ -165,7 +166,7 @@ async def test_worker_leases_and_waits_but_cannot_register_or_delete(
             with anyio.fail_after(5):
                 second = await store.grant("acl-worker", "w2", wait_seconds=5)
         assert (second.key, second.machine) == (0, "w2")
-        assert second.fencing_token == next_token(first.fencing_token, second.started_us)
+        assert second.fencing_token == next_token(first.fencing_token, epoch_us(second.started_at))
         fence = store.keys.process("acl-worker").fence
         assert await worker.get(fence) == str(second.fencing_token)
         failed = await store.release(second.external_id or "", "failed")
@@ -180,7 +181,7 @@ async def test_worker_leases_and_waits_but_cannot_register_or_delete(
         with pytest.raises(NoPermissionError):
             await worker.hset(f"{prefix}:{{registry}}:pids", "0" * 16, "forged")
         # Refused before doing anything: the process is intact and alone.
-        assert [p.name for p in await admin_store.processes()] == ["acl-worker"]
+        assert [p.process_name for p in await admin_store.processes()] == ["acl-worker"]
         assert await admin.hget(f"{prefix}:{{registry}}:pids", "0" * 16) is None
 
 
@@ -255,3 +256,30 @@ async def test_the_http_api_runs_as_the_admin_user(users: Users, prefix: str) ->
         assert keys[0]["last_completed_at"] is not None
         assert (await http.delete("/api/v1/process/acl-api")).status_code == 200
         assert (await http.get("/api/v1/process")).json() == []
+
+
+def test_a_waiting_worker_sends_only_commands_its_user_may_run() -> None:
+    """Waiting grants poll and give signals back only with commands the worker user has
+    (a pushback with LPUSH once failed, at random, as this user: NOPERM)."""
+    import ast  # noqa: PLC0415
+
+    allowed = {
+        rule[1:].split("|")[0].lower()
+        for rule in doc_rules("worker", "t", "u", "p")
+        if rule.startswith("+")
+    }
+    source = (Path(__file__).resolve().parent.parent / "coordinator" / "waiters.py").read_text()
+
+    def receiver(node: ast.expr) -> str:
+        return getattr(node, "attr", getattr(node, "id", ""))
+
+    sent = {
+        node.func.attr
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and receiver(node.func.value) in {"redis", "pipe"}
+    }
+    commands = sent - {"execute", "pipeline"}
+    assert {"blpop", "lpop", "rpush", "pexpire"} <= commands, commands
+    assert commands <= allowed, commands - allowed

@@ -179,20 +179,18 @@ async def test_request_answers_201_with_the_granted_key(
     assert _seconds(key["expires_at"], key["started_at"]) == 3600
     started = parse_time(key["started_at"])
     assert abs(datetime.now(UTC) - started) < timedelta(minutes=5)
-    assert response.headers["location"] == f"{KEYS}/{key['external_id']}"
+    assert response.headers["location"] == f"{API}/process/{name}/keys/{key['key']}"
 
 
-async def test_the_location_of_a_grant_is_its_lease(
+async def test_the_location_of_a_grant_is_its_key(
     client: httpx.AsyncClient, register: Register
 ) -> None:
     name = (await register())["process_name"]
     response = await _request(client, name)
     location = response.headers["location"]
-    renewed = await client.patch(location)
-    assert renewed.status_code == 200, renewed.text
-    assert renewed.json()["external_id"] == response.json()["external_id"]
-    released = await client.delete(location)
-    assert released.status_code == 200, released.text
+    read = await client.get(location)
+    assert read.status_code == 200, read.text
+    assert read.json() == response.json()
 
 
 async def test_a_fresh_process_hands_out_keys_in_order_then_409(
@@ -738,11 +736,15 @@ async def test_retry_after_counts_whole_seconds_to_the_earliest_expiry(
     await _grant(timed, "p")  # expires at 100
     fake_clock.advance(10)
     await _grant(timed, "p", lease_seconds=50)  # expires at 60, the earliest
-    fake_clock.advance(10.2)  # now 20.2: 39.8 s to go
+    fake_clock.advance(10.2)  # now 20.2: 39.8 s to go, but a release may come sooner
     response = await _request(timed, "p")
     assert_problem(response, 409, "no_free_key")
-    assert response.headers["retry-after"] == "40"
-    fake_clock.advance(39.7)  # 0.1 s to go: still at least 1
+    assert response.headers["retry-after"] == "10"
+    fake_clock.advance(35)  # now 55.2: 4.8 s to go
+    response = await _request(timed, "p")
+    assert_problem(response, 409, "no_free_key")
+    assert response.headers["retry-after"] == "5"
+    fake_clock.advance(4.7)  # 0.1 s to go: still at least 1
     response = await _request(timed, "p")
     assert_problem(response, 409, "no_free_key")
     assert response.headers["retry-after"] == "1"

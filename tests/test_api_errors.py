@@ -270,6 +270,8 @@ async def test_json_content_type_variants_are_accepted(
         ("GET", f"{API}/process/batch_keys/a/b"),
         ("POST", f"{API}/process/batch_keys/a/b"),
         ("DELETE", f"{API}/process/a/b"),
+        ("GET", f"{API}/process/a/keys/"),
+        ("GET", f"{API}/process/a/keys/0/b"),
         ("GET", f"{API}/process/"),
         ("GET", f"{API}/process/batch_keys/"),
         ("DELETE", f"{API}/process/batch_keys/"),
@@ -290,11 +292,10 @@ async def test_an_unknown_route_is_404_not_found(
         ("PUT", f"{API}/process", {"GET", "POST"}),
         ("DELETE", f"{API}/process", {"GET", "POST"}),
         ("PATCH", f"{API}/process", {"GET", "POST"}),
-        ("GET", f"{API}/process/some-name", {"DELETE"}),
-        ("POST", f"{API}/process/some-name", {"DELETE"}),
-        # "batch_keys" is also a valid process name, so DELETE of it is a route.
-        ("GET", f"{API}/process/batch_keys", {"POST", "DELETE"}),
-        ("PUT", f"{API}/process/batch_keys", {"POST", "DELETE"}),
+        ("POST", f"{API}/process/some-name", {"GET", "DELETE"}),
+        ("POST", f"{API}/process/some-name/keys/0", {"GET"}),
+        # "batch_keys" is also a valid process name, so GET and DELETE of it are routes.
+        ("PUT", f"{API}/process/batch_keys", {"GET", "POST", "DELETE"}),
         ("POST", f"{API}/process/batch_keys/some-id", {"GET", "PATCH", "DELETE"}),
         ("PUT", f"{API}/process/batch_keys/some-id", {"GET", "PATCH", "DELETE"}),
         ("POST", "/healthz", {"GET"}),
@@ -405,7 +406,9 @@ async def test_the_api_works_after_a_script_flush(
 API_OPERATIONS = {
     ("/api/v1/process", "get"),
     ("/api/v1/process", "post"),
+    ("/api/v1/process/{}", "get"),
     ("/api/v1/process/{}", "delete"),
+    ("/api/v1/process/{}/keys/{}", "get"),
     ("/api/v1/process/batch_keys", "post"),
     ("/api/v1/process/batch_keys/{}", "get"),
     ("/api/v1/process/batch_keys/{}", "patch"),
@@ -428,6 +431,7 @@ API_CODES = {
     "unknown_process",
     "no_free_key",
     "unknown_lease",
+    "unknown_key",
     "lease_gone",
     "not_lease_holder",
 }
@@ -487,7 +491,9 @@ async def test_openapi_lists_every_problem_code(client: httpx.AsyncClient) -> No
     [
         ("/api/v1/process", "get", {"200", "503"}),
         ("/api/v1/process", "post", {"201", "400", "409", "413", "415", "422", "503"}),
+        ("/api/v1/process/{}", "get", {"200", "404", "503"}),
         ("/api/v1/process/{}", "delete", {"200", "404", "503"}),
+        ("/api/v1/process/{}/keys/{}", "get", {"200", "404", "422", "503"}),
         ("/api/v1/process/batch_keys", "post", {"201", "404", "409", "422", "503"}),
         ("/api/v1/process/batch_keys/{}", "get", {"200", "404", "503"}),
         ("/api/v1/process/batch_keys/{}", "patch", {"200", "404", "410", "503"}),
@@ -546,7 +552,9 @@ def _unreachable_requests() -> list[tuple[str, str, dict[str, Any] | None]]:
     return [
         ("GET", f"{API}/process", None),
         ("POST", f"{API}/process", {"process_name": "p"}),
+        ("GET", f"{API}/process/p", None),
         ("DELETE", f"{API}/process/p", None),
+        ("GET", f"{API}/process/p/keys/0", None),
         ("GET", f"{API}/process/batch_keys/p", None),
         ("POST", f"{API}/process/batch_keys", {"process_name": "p", "machine": "m"}),
         ("PATCH", f"{API}/process/batch_keys/{some_id}", {}),
@@ -600,7 +608,7 @@ def _assert_unavailable(response: httpx.Response) -> None:
 @pytest.mark.parametrize(
     ("method", "path", "body"),
     _unreachable_requests(),
-    ids=["list", "register", "unregister", "keys", "grant", "renew", "release"],
+    ids=["list", "register", "process", "unregister", "key", "keys", "grant", "renew", "release"],
 )
 async def test_every_store_route_is_503_when_redis_is_unreachable(
     unreachable: httpx.AsyncClient, method: str, path: str, body: dict[str, Any] | None

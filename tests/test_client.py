@@ -61,21 +61,21 @@ def _name() -> str:
 def test_a_whole_cycle(coordinator: Coordinator) -> None:
     name = _name()
     process = coordinator.register(name, 3, lease_seconds=60)
-    assert (process.name, process.key_set_size, process.lease_seconds) == (name, 3, 60)
+    assert (process.process_name, process.key_set_size, process.lease_seconds) == (name, 3, 60)
     assert process in coordinator.processes()
     assert coordinator.process(name) == process
     key = coordinator.acquire(name, "m1")
     assert key.key == 0
     assert key.held
     renewed = coordinator.renew(key.external_id or "", lease_seconds=120)
-    assert renewed.expires_us is not None
-    assert key.expires_us is not None
-    assert renewed.expires_us > key.expires_us
+    assert renewed.expires_at is not None
+    assert key.expires_at is not None
+    assert renewed.expires_at > key.expires_at
     released = coordinator.release(key.external_id or "")
-    assert released.last_completed_us is not None
+    assert released.last_completed_at is not None
     listed = coordinator.keys(name)
     assert [k.key for k in listed] == [0, 1, 2]
-    assert listed[0].last_completed_us == released.last_completed_us
+    assert listed[0].last_completed_at == released.last_completed_at
     assert coordinator.unregister(name) == process
     assert process not in coordinator.processes()
 
@@ -114,7 +114,7 @@ def test_a_lease_releases_completed_when_the_block_ends(coordinator: Coordinator
         lease.check()
     key = coordinator.keys(name)[0]
     assert not key.held
-    assert key.last_completed_us is not None
+    assert key.last_completed_at is not None
 
 
 def test_a_lease_releases_failed_when_the_block_raises(coordinator: Coordinator) -> None:
@@ -124,7 +124,7 @@ def test_a_lease_releases_failed_when_the_block_raises(coordinator: Coordinator)
         raise RuntimeError("boom")
     key = coordinator.keys(name)[0]
     assert not key.held
-    assert key.last_completed_us is None
+    assert key.last_completed_at is None
     # A failed key keeps its place: it is handed out again first.
     assert coordinator.acquire(name, "again").key == 0
 
@@ -133,15 +133,15 @@ def test_a_lease_is_renewed_while_the_block_runs(coordinator: Coordinator) -> No
     name = _name()
     coordinator.register(name, 1)
     with coordinator.lease(name, "worker", lease_seconds=1) as lease:
-        first_expiry = lease.batch_key.expires_us
+        first_expiry = lease.batch_key.expires_at
         time.sleep(2.2)  # more than twice the lease: only renewal keeps it
         lease.check()
         held = coordinator.keys(name)[0]
         assert held.external_id == lease.external_id
-        assert held.expires_us is not None
+        assert held.expires_at is not None
         assert first_expiry is not None
-        assert held.expires_us > first_expiry
-    assert coordinator.keys(name)[0].last_completed_us is not None
+        assert held.expires_at > first_expiry
+    assert coordinator.keys(name)[0].last_completed_at is not None
 
 
 def test_a_lost_lease_is_never_silent(coordinator: Coordinator) -> None:
@@ -191,7 +191,7 @@ async def test_the_async_clients_share_the_api(
             async with client.lease(name, "async-worker"):
                 raise ValueError("stop")
         keys = await client.keys(name)
-        assert keys[0].last_completed_us is not None
-        assert keys[1].last_completed_us is None
+        assert keys[0].last_completed_at is not None
+        assert keys[1].last_completed_at is None
         assert not any(k.held for k in keys)
         await client.unregister(name)

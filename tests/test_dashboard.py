@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +130,33 @@ def _wait_for_refresh(page: Page) -> None:
     body = page.locator("body")
     seen = body.get_attribute("data-refreshes")
     expect(body).not_to_have_attribute("data-refreshes", seen or "", timeout=10_000)
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _state(key: dict[str, Any], lease_seconds: int, now: datetime) -> str:
+    """The page's own rule (classify() in index.html) applied to a key of the API's listing:
+    a held key is expiring with under 10 % of its process's lease left."""
+    if key["external_id"] is not None:
+        left = (_time(key["expires_at"]) - now).total_seconds()
+        return "expiring" if left < 0.1 * lease_seconds else "held"
+    return "free" if key["last_completed_at"] is not None else "never"
+
+
+class _Inputs(HTMLParser):
+    """The attributes of a page's named <input>s."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.by_name: dict[str, dict[str, str | None]] = {}
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        named = dict(attrs)
+        if tag == "input" and named.get("name"):
+            self.by_name[str(named["name"])] = named
 
 
 def test_grid_shows_leases_and_revoke_ends_one(page: Page, base: str, api: httpx.Client) -> None:
@@ -258,6 +288,99 @@ def test_register_and_delete_through_the_page(page: Page, base: str, api: httpx.
     assert api.get(f"{KEYS}/{name}").status_code == 404
 
 
+def test_register_form_starts_from_the_servers_defaults(
+    page: Page, base: str, api: httpx.Client
+) -> None:
+    """The form registers what a registration naming neither size nor lease gets."""
+    name = _name("defaults")
+    page.goto(f"{base}/ui")
+    form = page.locator("#register-form")
+    expect(form.get_by_label("Keys")).to_have_value("10")
+    expect(form.get_by_label("Lease seconds")).to_have_attribute("placeholder", "3600")
+    form.get_by_label("Name").fill(name)
+    form.get_by_role("button", name="Register").click()
+    expect(page.locator("#process-heading")).to_have_text(name)
+    expect(page.locator("#notice")).to_have_text(f"Registered “{name}” with 10 keys.")
+    expect(form.get_by_label("Keys")).to_have_value("10")  # the form is reset to its defaults
+
+    other = _name("defaults")
+    through_api = api.post("/api/v1/process", json={"process_name": other})
+    assert through_api.status_code == 201, through_api.text
+    listed = {p["process_name"]: p for p in api.get("/api/v1/process").json()}
+    assert {**listed[name], "process_name": other} == through_api.json()
+
+
+def test_register_form_follows_the_configured_defaults(tmp_path: Path) -> None:
+    """A deployment's own default lease and maximum size reach the form."""
+    env = _env(
+        tmp_path / "data", COORDINATOR_DEFAULT_LEASE_SECONDS="900", COORDINATOR_MAX_KEY_SET_SIZE="8"
+    )
+    with serving(env) as served, httpx.Client(base_url=served.base) as api:
+        inputs = _Inputs(api.get("/").text).by_name
+        registered = api.post("/api/v1/process", json={"process_name": "defaults"})
+    assert registered.status_code == 201, registered.text
+    assert registered.json()["key_set_size"] == 8
+    assert registered.json()["lease_seconds"] == 900
+    assert inputs["key_set_size"]["value"] == "8"
+    assert inputs["key_set_size"]["max"] == "8"
+    assert inputs["lease_seconds"]["placeholder"] == "900"
+
+
+def test_counts_match_the_apis_listing(page: Page, base: str, api: httpx.Client) -> None:
+    """A process with free, never completed, held and expiring keys, opened by its
+    `#process=<name>` link: every cell, the legend and the held table agree with the API's
+    own listing, read by the page's rule."""
+    name = _name("mixed")
+    lease = 1000  # so a key with under 100 s left is expiring
+    _register(api, name, 12, lease_seconds=lease)
+    first = [_grant(api, name, f"worker-{n}") for n in range(5)]  # keys 0-4
+    for done in first[:3]:  # keys 0-2 completed
+        assert api.delete(f"{KEYS}/{done['external_id']}").status_code == 200
+    # Key 3 released failed: free again, still never completed, and first in line.
+    failed = api.delete(f"{KEYS}/{first[3]['external_id']}", params={"outcome": "failed"})
+    assert failed.status_code == 200
+    for machine in ("worker-5", "worker-6"):  # keys 3 and 5
+        _grant(api, name, machine)
+    for machine in ("late-1", "late-2"):  # keys 6 and 7: 60 s left of a 1000 s lease
+        _grant(api, name, machine, lease_seconds=60)
+    single = _name("single")
+    _register(api, single, 1)
+
+    listing = api.get(f"{KEYS}/{name}").json()
+    states = {key["key"]: _state(key, lease, datetime.now(UTC)) for key in listing}
+    counts = Counter(states.values())
+    assert counts == {"free": 3, "never": 4, "held": 3, "expiring": 2}  # all four present
+
+    page.goto(f"{base}/#process={name}")
+    expect(page.locator("#process-heading")).to_have_text(name)
+    expect(page.locator("#process-meta")).to_have_text("12 keys · lease 16 min 40 s")
+    for state in ("free", "never", "held", "expiring"):
+        expect(page.locator(f'#legend [data-count="{state}"]')).to_have_text(str(counts[state]))
+    shown = page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll("#grid [data-key]")]
+            .map(cell => [cell.dataset.key, cell.dataset.state]))"""
+    )
+    assert shown == {str(key): state for key, state in states.items()}
+    held = [key for key in listing if key["external_id"] is not None]
+    expect(page.locator("#held-body tr")).to_have_count(len(held))
+    for key in held:
+        row = page.locator(f'#held-body tr[data-key="{key["key"]}"]')
+        expect(row).to_have_attribute("data-state", states[key["key"]])
+        expect(row).to_contain_text(key["machine"])
+        expect(row.locator("button[data-revoke]")).to_have_attribute(
+            "data-revoke", key["external_id"]
+        )
+
+    # One key is "1 key", in the list and in the heading; picking it updates the link.
+    single_button = page.locator("#process-list button", has_text=single)
+    expect(single_button.locator(".meta")).to_have_text("1 key · lease 1 h")
+    single_button.click()
+    expect(page.locator("#process-meta")).to_have_text("1 key · lease 1 h")
+    expect(page).to_have_url(f"{base}/#process={single}")
+    page.go_back()
+    expect(page.locator("#process-heading")).to_have_text(name)
+
+
 def test_tokens_are_sent_and_refusals_shown(browser: Browser, tmp_path: Path) -> None:
     admin, admin_line = new_token("admin")
     worker, worker_line = new_token("worker")
@@ -353,7 +476,7 @@ def test_page_is_self_contained(api: httpx.Client) -> None:
         assert "connect-src 'self'" in policy
         nonce = policy.split("'nonce-")[1].split("'")[0]
         assert response.text.count(f'nonce="{nonce}"') == 2
-        assert "__CSP_NONCE__" not in response.text
+        assert re.search(r"__[A-Z_]+__", response.text) is None  # every placeholder filled
         for external in ("http://", "https://", "//cdn", "src="):
             assert external not in response.text
     assert (

@@ -170,7 +170,7 @@ def test_restart_keeps_the_redis_url_for_direct_workers(tmp_path: Path) -> None:
     with serving(_env(data)):
         assert _server_json(data)["redis_url"] == redis_url
         with RedisCoordinator(redis_url) as worker:
-            assert [p.name for p in worker.processes()] == ["kept"]
+            assert [p.process_name for p in worker.processes()] == ["kept"]
             assert worker.acquire("kept", "w1").key == 0
 
 

@@ -13,6 +13,7 @@ from coordinator.app import create_app
 from coordinator.auth import new_token
 from coordinator.config import Settings
 from coordinator.errors import InvalidField, LeaseGone, UnknownProcess
+from coordinator.models import epoch_us
 from coordinator.store import Limits, Store
 from tests.conftest import serve
 
@@ -39,7 +40,7 @@ async def test_every_change_is_recorded_in_order(store: Store) -> None:
     granted = events[1]
     assert (granted.key, granted.machine, granted.fencing_token) == (0, "m1", a.fencing_token)
     assert granted.to_json()["external_id"] == a.external_id
-    assert granted.at_us == a.started_us
+    assert granted.at_us == epoch_us(a.started_at)
     ids = [e.id for e in events]
     assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
     # Paging: after an id, at most `limit`.
@@ -66,7 +67,7 @@ async def test_revoke_ends_a_lease_without_completing_it(store: Store) -> None:
     held = await store.grant("r", "m")
     revoked = await store.revoke(held.external_id or "")
     assert revoked.external_id == held.external_id
-    assert revoked.last_completed_us is None
+    assert revoked.last_completed_at is None
     with pytest.raises(LeaseGone):
         await store.renew(held.external_id or "")
     with pytest.raises(LeaseGone):

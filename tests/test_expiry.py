@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import anyio
 import fakeredis
 import pytest
 
 from coordinator.errors import LeaseGone, NoFreeKey
+from coordinator.models import epoch_us
 from coordinator.store import Store
 
 pytestmark = pytest.mark.anyio
@@ -38,8 +41,8 @@ async def test_fake_clock_drives_script_time(fake, fake_clock):
     store, _ = fake
     await store.register("p", key_set_size=1, lease_seconds=10)
     granted = await store.grant("p", "w")
-    assert granted.started_us == START_US
-    assert granted.expires_us == START_US + 10_000_000
+    assert epoch_us(granted.started_at) == START_US
+    assert epoch_us(granted.expires_at) == START_US + 10_000_000
     assert granted.fencing_token == START_US - TOKEN_EPOCH_US
 
 
@@ -47,7 +50,7 @@ async def test_lease_expires_exactly_when_time_passes_expires_at(fake, fake_cloc
     store, _ = fake
     await store.register("p", key_set_size=1, lease_seconds=10)
     old = await store.grant("p", "w")
-    expires = old.expires_us
+    expires = epoch_us(old.expires_at)
 
     set_us(fake_clock, expires - 1)
     [key] = await store.batch_keys("p")
@@ -63,14 +66,14 @@ async def test_lease_expires_exactly_when_time_passes_expires_at(fake, fake_cloc
     assert not key.held
     assert key.external_id is None
     assert key.fencing_token is None
-    assert key.last_completed_us is None
+    assert key.last_completed_at is None
 
     new = await store.grant("p", "w2")
     assert new.key == old.key
     assert new.fencing_token > old.fencing_token
     assert new.fencing_token == next_token(old.fencing_token, expires + 1)
     assert new.external_id != old.external_id
-    assert new.started_us == expires + 1
+    assert epoch_us(new.started_at) == expires + 1
     with pytest.raises(LeaseGone):
         await store.renew(old.external_id)
     with pytest.raises(LeaseGone):
@@ -87,7 +90,7 @@ async def test_every_script_agrees_a_lease_has_ended_at_expires_at(fake, fake_cl
     store, _ = fake
     await store.register("p", key_set_size=1, lease_seconds=10)
     old = await store.grant("p", "w")
-    set_us(fake_clock, old.expires_us)
+    set_us(fake_clock, epoch_us(old.expires_at))
     if operation == "inspect":
         [key] = await store.batch_keys("p")
         assert not key.held
@@ -95,7 +98,7 @@ async def test_every_script_agrees_a_lease_has_ended_at_expires_at(fake, fake_cl
         new = await store.grant("p", "w2")
         assert new.key == 0
         assert old.fencing_token == START_US - TOKEN_EPOCH_US
-        assert new.fencing_token == old.expires_us - TOKEN_EPOCH_US > old.fencing_token
+        assert new.fencing_token == epoch_us(old.expires_at) - TOKEN_EPOCH_US > old.fencing_token
     elif operation == "renew":
         with pytest.raises(LeaseGone):
             await store.renew(old.external_id)
@@ -103,20 +106,20 @@ async def test_every_script_agrees_a_lease_has_ended_at_expires_at(fake, fake_cl
         with pytest.raises(LeaseGone):
             await store.release(old.external_id)
         [key] = await store.batch_keys("p")
-        assert key.last_completed_us is None  # too late to count as completed
+        assert key.last_completed_at is None  # too late to count as completed
 
 
 async def test_renew_before_expiry_moves_the_deadline(fake, fake_clock):
     store, _ = fake
     await store.register("p", key_set_size=1, lease_seconds=10)
     lease = await store.grant("p", "w")
-    set_us(fake_clock, lease.expires_us - 1)
+    set_us(fake_clock, epoch_us(lease.expires_at) - 1)
     renewed = await store.renew(lease.external_id)
-    assert renewed.expires_us == lease.expires_us - 1 + 10_000_000
-    set_us(fake_clock, lease.expires_us + 5_000_000)
+    assert epoch_us(renewed.expires_at) == epoch_us(lease.expires_at) - 1 + 10_000_000
+    set_us(fake_clock, epoch_us(lease.expires_at) + 5_000_000)
     [key] = await store.batch_keys("p")
     assert key.held
-    assert key.expires_us == renewed.expires_us
+    assert key.expires_at == renewed.expires_at
     with pytest.raises(NoFreeKey):
         await store.grant("p", "w2")
 
@@ -126,14 +129,14 @@ async def test_expired_lease_cannot_be_renewed_or_released(fake, fake_clock):
     await store.register("p", key_set_size=2, lease_seconds=10)
     a = await store.grant("p", "a")
     b = await store.grant("p", "b")
-    set_us(fake_clock, a.expires_us + 1)
+    set_us(fake_clock, epoch_us(a.expires_at) + 1)
     with pytest.raises(LeaseGone):
         await store.renew(a.external_id)
     with pytest.raises(LeaseGone):
         await store.release(b.external_id)  # completed by default, but too late: not stamped
     keys = await store.batch_keys("p")
     assert not any(k.held for k in keys)
-    assert all(k.last_completed_us is None for k in keys)
+    assert all(k.last_completed_at is None for k in keys)
     # Ended once, gone for good (a second attempt does not become "unknown").
     with pytest.raises(LeaseGone):
         await store.renew(a.external_id)
@@ -151,7 +154,9 @@ async def test_grant_reclaims_at_most_16_expired_leases_but_succeeds(fake, fake_
     for i in range(size):
         lease = await store.grant(name, "w")
         assert lease.key == i
-        assert lease.fencing_token == next_token(tokens[-1] if tokens else 0, lease.started_us)
+        assert lease.fencing_token == next_token(
+            tokens[-1] if tokens else 0, epoch_us(lease.started_at)
+        )
         tokens.append(lease.fencing_token)
         fake_clock.advance(0.001)  # expiry order follows key order
     with pytest.raises(NoFreeKey):
@@ -189,7 +194,7 @@ async def test_failed_release_and_expiry_keep_the_order_position(fake, fake_cloc
         fake_clock.advance(0.001)
         await store.release(lease.external_id, "completed")
         fake_clock.advance(0.001)
-    completions = {k.key: k.last_completed_us for k in await store.batch_keys("p")}
+    completions = {k.key: k.last_completed_at for k in await store.batch_keys("p")}
     assert completions[0] < completions[1] < completions[2]
 
     # Failed: key 0 stays the stalest.
@@ -197,7 +202,7 @@ async def test_failed_release_and_expiry_keep_the_order_position(fake, fake_cloc
     assert lease.key == 0
     fake_clock.advance(1)
     released = await store.release(lease.external_id, "failed")
-    assert released.last_completed_us == completions[0]
+    assert released.last_completed_at == completions[0]
     # Expired: key 0 still stays the stalest, and is reclaimed with a higher token.
     lease = await store.grant("p", "w")
     assert lease.key == 0
@@ -205,8 +210,8 @@ async def test_failed_release_and_expiry_keep_the_order_position(fake, fake_cloc
     again = await store.grant("p", "w")
     assert again.key == 0
     assert again.fencing_token > lease.fencing_token
-    assert again.fencing_token == next_token(lease.fencing_token, again.started_us)
-    assert again.last_completed_us == completions[0]
+    assert again.fencing_token == next_token(lease.fencing_token, epoch_us(again.started_at))
+    assert again.last_completed_at == completions[0]
     # Completed now: 0 goes to the back, 1 is next, and 1's expiry keeps it next.
     fake_clock.advance(0.001)
     await store.release(again.external_id, "completed")
@@ -216,7 +221,7 @@ async def test_failed_release_and_expiry_keep_the_order_position(fake, fake_cloc
     assert (await store.grant("p", "w")).key == 1
     assert (await store.grant("p", "w")).key == 2
     assert (await store.grant("p", "w")).key == 0
-    final = {k.key: k.last_completed_us for k in await store.batch_keys("p")}
+    final = {k.key: k.last_completed_at for k in await store.batch_keys("p")}
     assert final[1] == completions[1]
     assert final[2] == completions[2]
     assert final[0] > completions[2]
@@ -242,8 +247,13 @@ async def test_retry_after_counts_down_with_redis_time(fake, fake_clock):
     with pytest.raises(NoFreeKey) as caught:
         await store.grant("p", "w")
     assert caught.value.retry_after_us == 70_000_000
-    assert caught.value.retry_after_seconds == 70
-    fake_clock.advance(69.5)
+    assert caught.value.retry_after_seconds == 10  # at most 10: a release may come sooner
+    fake_clock.advance(62.5)
+    with pytest.raises(NoFreeKey) as caught:
+        await store.grant("p", "w")
+    assert caught.value.retry_after_us == 7_500_000
+    assert caught.value.retry_after_seconds == 8
+    fake_clock.advance(7)
     with pytest.raises(NoFreeKey) as caught:
         await store.grant("p", "w")
     assert caught.value.retry_after_us == 500_000
@@ -255,7 +265,7 @@ async def test_real_expiry_on_valkey(valkey_redis, prefix):
     store = Store(valkey_redis, prefix=prefix)
     await store.register("p", key_set_size=1, lease_seconds=1)
     old = await store.grant("p", "w")
-    assert old.expires_us - old.started_us == 1_000_000
+    assert old.expires_at - old.started_at == timedelta(seconds=1)
     with pytest.raises(NoFreeKey) as caught:
         await store.grant("p", "w2")
     assert caught.value.retry_after_seconds == 1
@@ -267,8 +277,8 @@ async def test_real_expiry_on_valkey(valkey_redis, prefix):
     new = await store.grant("p", "w2")
     assert new.key == 0
     assert new.fencing_token > old.fencing_token
-    assert new.fencing_token == next_token(old.fencing_token, new.started_us)
-    assert new.started_us > old.expires_us
+    assert new.fencing_token == next_token(old.fencing_token, epoch_us(new.started_at))
+    assert new.started_at > old.expires_at
     with pytest.raises(LeaseGone):
         await store.renew(old.external_id)
     with pytest.raises(LeaseGone):

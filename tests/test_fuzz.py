@@ -8,9 +8,10 @@ after every call, every key in Redis starts with the app's prefix. Under the `ga
 profile of `make test` (tests/conftest.py) the examples are the same every run; `make fuzz`
 draws new ones, ten times as many.
 
-A process is registered before fuzzing, and part of the generated key requests and key
-listings are steered to it, so grants succeed too; each lease granted is then renewed and
-released, so the success responses of PATCH and DELETE are checked as well.
+A process is registered before fuzzing, and part of the generated key requests, key
+listings and reads of the process and its keys are steered to it, so grants succeed too; each
+lease granted is then renewed and released, so the success responses of PATCH and DELETE are
+checked as well.
 
 The schemathesis pytest plugin's lazy loader (`schemathesis.pytest.from_fixture`) does not run
 on pytest 9.2 (it sets `Function._nodeid`, which pytest renamed), and loading the schema at
@@ -70,6 +71,8 @@ CHECKS = [
 GRANT = ("POST", "/api/v1/process/batch_keys")
 KEYS = "/api/v1/process/batch_keys/{id}"
 LIST_KEYS = ("GET", KEYS)
+GET_PROCESS = ("GET", "/api/v1/process/{process_name}")
+GET_KEY = ("GET", "/api/v1/process/{process_name}/keys/{key}")
 
 
 def _breakable(item: dict) -> bool:
@@ -137,6 +140,12 @@ def _steer(case: schemathesis.Case, method: str, path: str) -> None:
         case.body.pop("wait_seconds", None)
     elif (method, path) == LIST_KEYS:
         case.path_parameters = {**(case.path_parameters or {}), "id": TARGET}
+    elif (method, path) == GET_PROCESS:
+        case.path_parameters = {**(case.path_parameters or {}), "process_name": TARGET}
+    elif (method, path) == GET_KEY:
+        key = (case.path_parameters or {}).get("key")
+        key = key % TARGET_KEYS if isinstance(key, int) else 0
+        case.path_parameters = {"process_name": TARGET, "key": key}
 
 
 def _cap_wait(case: schemathesis.Case) -> None:

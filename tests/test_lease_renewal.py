@@ -124,7 +124,7 @@ def test_refused_renewals_keep_a_direct_lease_only_until_its_deadline(
         # Leaving raised LeaseLost; our release did not touch the new holder's lease.
         (key,) = other.keys(name)
         assert key.external_id == granted.external_id
-        assert key.last_completed_us is None
+        assert key.last_completed_at is None
 
 
 def test_a_grant_that_waited_longer_than_the_margin_allows_is_still_held(
@@ -141,7 +141,7 @@ def test_a_grant_that_waited_longer_than_the_margin_allows_is_still_held(
             assert time.monotonic() - asked > BELIEVED_SECONDS
             assert not lease.lost
             lease.check()
-        assert coordinator.keys(name)[0].last_completed_us is not None
+        assert coordinator.keys(name)[0].last_completed_at is not None
 
 
 class RefusingApi:

@@ -13,7 +13,7 @@ from coordinator.config import Settings
 from coordinator.connection import connect
 from coordinator.errors import NoFreeKey
 from coordinator.keys import KeySpace
-from coordinator.models import from_rfc3339
+from coordinator.models import epoch_us, from_rfc3339
 from coordinator.store import Store
 from tests.conftest import serve
 
@@ -196,7 +196,8 @@ async def test_many_real_connections_never_grant_a_key_twice(valkey, prefix):
         assert sorted(k.key for k in granted) == list(range(40))
         in_grant_order = sorted(granted, key=lambda k: k.key)
         assert_tokens_follow_grant_order(
-            [k.fencing_token for k in in_grant_order], [k.started_us for k in in_grant_order]
+            [k.fencing_token for k in in_grant_order],
+            [epoch_us(k.started_at) for k in in_grant_order],
         )
         # The refusals that ended each drain issued no token.
         fence = stores[0].keys.process("shared").fence

@@ -68,8 +68,8 @@ async def check_state(url: str, expected: dict) -> None:
         for lease in expected["held"]:
             assert by_key[lease.key].external_id == lease.external_id
             assert by_key[lease.key].fencing_token == lease.fencing_token
-        assert by_key[expected["renewed"].key].expires_us == expected["renewed"].expires_us
-        assert sum(1 for k in orders if k.last_completed_us is not None) == 3
+        assert by_key[expected["renewed"].key].expires_at == expected["renewed"].expires_at
+        assert sum(1 for k in orders if k.last_completed_at is not None) == 3
         # A released lease is still gone; a held one can still be renewed and released.
         with pytest.raises(LeaseGone):
             await store.release(expected["released"].external_id)

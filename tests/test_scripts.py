@@ -42,7 +42,7 @@ async def test_every_operation_survives_a_script_flush(store, redis, new_name):
     assert keys[0].external_id == granted.external_id
     await flushed()
     released = await store.release(granted.external_id)
-    assert released.last_completed_us is not None
+    assert released.last_completed_at is not None
     await flushed()
     await store.check_ready()
     await flushed()

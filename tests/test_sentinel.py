@@ -511,7 +511,7 @@ async def test_a_grant_lost_in_a_failover_is_granted_again_with_a_higher_token(
             store = Store(new, prefix="lost")
             [row] = await store.batch_keys("job")
             assert row.external_id is None  # the lost lease is not there
-            assert row.last_completed_us is not None  # what replicated before is
+            assert row.last_completed_at is not None  # what replicated before is
             with pytest.raises(UnknownLease):  # its token is above the promoted fence
                 await store.renew(lost.external_id)
             again = await store.grant("job", "again")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import fakeredis
 from hypothesis import HealthCheck, settings
@@ -35,7 +36,7 @@ from coordinator.errors import (
     UnknownLease,
     UnknownProcess,
 )
-from coordinator.models import BatchKey, Process
+from coordinator.models import BatchKey, Process, utc
 from coordinator.store import Store
 
 START_US = 1_800_000_000_000_000
@@ -206,11 +207,11 @@ class CoordinatorMachine(RuleBasedStateMachine):
         assert granted == BatchKey(
             process_name=name,
             key=key,
-            last_completed_us=_completed(proc.score[key]),
+            last_completed_at=_completed(proc.score[key]),
             external_id=expected.external_id,
             machine=machine,
-            started_us=expected.started_us,
-            expires_us=expected.expires_us,
+            started_at=utc(expected.started_us),
+            expires_at=utc(expected.expires_us),
             fencing_token=expected.token,
         )
         proc.held[key] = expected
@@ -260,11 +261,11 @@ class CoordinatorMachine(RuleBasedStateMachine):
         assert renewed == BatchKey(
             process_name=held.name,
             key=held.key,
-            last_completed_us=_completed(proc.score[held.key]),
+            last_completed_at=_completed(proc.score[held.key]),
             external_id=held.external_id,
             machine=held.machine,
-            started_us=held.started_us,
-            expires_us=held.expires_us,
+            started_at=utc(held.started_us),
+            expires_at=utc(held.expires_us),
             fencing_token=held.token,
         )
 
@@ -281,11 +282,11 @@ class CoordinatorMachine(RuleBasedStateMachine):
         assert released == BatchKey(
             process_name=held.name,
             key=held.key,
-            last_completed_us=_completed(proc.score[held.key]),
+            last_completed_at=_completed(proc.score[held.key]),
             external_id=held.external_id,
             machine=held.machine,
-            started_us=held.started_us,
-            expires_us=None,
+            started_at=utc(held.started_us),
+            expires_at=None,
             fencing_token=held.token,
         )
 
@@ -344,8 +345,8 @@ class CoordinatorMachine(RuleBasedStateMachine):
                             last,
                             lease.external_id,
                             lease.machine,
-                            lease.started_us,
-                            lease.expires_us,
+                            utc(lease.started_us),
+                            utc(lease.expires_us),
                             lease.token,
                         )
                     )
@@ -385,8 +386,8 @@ class CoordinatorMachine(RuleBasedStateMachine):
         assert self.run(self.store.processes()) == expected
 
 
-def _completed(score: int) -> int | None:
-    return score if score >= 0 else None
+def _completed(score: int) -> datetime | None:
+    return utc(score) if score >= 0 else None
 
 
 def test_store_matches_the_model(fake_clock):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
+from datetime import timedelta
 
 import pytest
 
@@ -51,10 +52,10 @@ async def test_fresh_process_hands_out_keys_in_order(store, new_name):
     await store.register(name, key_set_size=5)
     granted = [await store.grant(name, f"m{i}") for i in range(5)]
     assert [k.key for k in granted] == [0, 1, 2, 3, 4]
-    assert all(k.last_completed_us is None for k in granted)
+    assert all(k.last_completed_at is None for k in granted)
     assert [k.machine for k in granted] == ["m0", "m1", "m2", "m3", "m4"]
     for k in granted:
-        assert k.expires_us - k.started_us == 3600 * 1_000_000
+        assert k.expires_at - k.started_at == timedelta(hours=1)
         assert k.external_id == str(lease_id.compose(name, k.fencing_token))
     with pytest.raises(NoFreeKey):
         await store.grant(name, "late")
@@ -67,11 +68,13 @@ async def test_register_returns_process_and_defaults(store, new_name):
     assert await store.register(other, 3, 60) == Process(other, 3, 60)
     assert await store.process(other) == Process(other, 3, 60)
     listed = await store.processes()
-    assert listed == sorted([Process(name, 10, 3600), Process(other, 3, 60)], key=lambda p: p.name)
+    assert listed == sorted(
+        [Process(name, 10, 3600), Process(other, 3, 60)], key=lambda p: p.process_name
+    )
     keys = await store.batch_keys(name)
     assert [k.key for k in keys] == list(range(10))
     assert not any(k.held for k in keys)
-    assert all(k.last_completed_us is None for k in keys)
+    assert all(k.last_completed_at is None for k in keys)
 
 
 async def test_duplicate_registration_is_refused_and_changes_nothing(store, new_name):
@@ -97,7 +100,7 @@ async def test_730_cycles_visit_every_key_73_times(store, new_name):
     assert Counter(sequence) == dict.fromkeys(range(10), 73)
     assert sequence == [i % 10 for i in range(730)]
     keys = await store.batch_keys(name)
-    completions = [k.last_completed_us for k in keys]
+    completions = [k.last_completed_at for k in keys]
     assert all(c is not None for c in completions)
     # The last round completed the keys in order, so completion times increase with the key.
     assert completions == sorted(completions)
@@ -111,7 +114,7 @@ async def test_failed_release_keeps_the_keys_place(store, new_name):
     first = await store.grant(name, "w")
     failed = await store.release(first.external_id, "failed")
     assert failed.key == 0
-    assert failed.last_completed_us is None
+    assert failed.last_completed_at is None
     again = await store.grant(name, "w")
     assert again.key == 0
     await store.release(again.external_id)
@@ -120,15 +123,15 @@ async def test_failed_release_keeps_the_keys_place(store, new_name):
         k = await store.grant(name, "w")
         assert k.key == expected
         await store.release(k.external_id, "completed")
-    before = {k.key: k.last_completed_us for k in await store.batch_keys(name)}
+    before = {k.key: k.last_completed_at for k in await store.batch_keys(name)}
     assert before[0] < before[1] < before[2]
     # Key 0 is stalest; a failed release keeps its completion time and its place.
     k = await store.grant(name, "w")
     assert k.key == 0
     released = await store.release(k.external_id, "failed")
-    assert released.last_completed_us == before[0]
+    assert released.last_completed_at == before[0]
     assert (await store.grant(name, "w")).key == 0
-    after = {k.key: k.last_completed_us for k in await store.batch_keys(name)}
+    after = {k.key: k.last_completed_at for k in await store.batch_keys(name)}
     assert after == before
     # A completed release sends it to the back of the line.
     assert (await store.grant(name, "w")).key == 1
@@ -142,13 +145,13 @@ async def test_release_response_fields(store, new_name):
     assert released.key == granted.key
     assert released.external_id == granted.external_id
     assert released.machine == "machine-a"
-    assert released.started_us == granted.started_us
+    assert released.started_at == granted.started_at
     assert released.fencing_token == granted.fencing_token
-    assert released.expires_us is None
-    assert released.last_completed_us is not None
-    assert released.last_completed_us >= granted.started_us
+    assert released.expires_at is None
+    assert released.last_completed_at is not None
+    assert released.last_completed_at >= granted.started_at
     listed = (await store.batch_keys(name))[granted.key]
-    assert listed.last_completed_us == released.last_completed_us
+    assert listed.last_completed_at == released.last_completed_at
     assert not listed.held
 
 
@@ -199,15 +202,15 @@ async def test_fencing_tokens_are_per_process_name(store, redis, new_name):
 
 async def test_no_free_key_retry_after_within_lease(store, new_name):
     name = new_name()
-    await store.register(name, key_set_size=2, lease_seconds=30)
+    await store.register(name, key_set_size=3, lease_seconds=30)
     await store.grant(name, "w")
     await store.grant(name, "w", lease_seconds=20)
+    await store.grant(name, "w", lease_seconds=8)
     with pytest.raises(NoFreeKey) as caught:
         await store.grant(name, "w")
     error = caught.value
-    assert 0 < error.retry_after_us <= 20 * 1_000_000
-    assert 0 < error.retry_after_seconds <= 20
-    assert error.retry_after_seconds == 20  # rounded up: a few µs have passed at most
+    assert 0 < error.retry_after_us <= 8 * 1_000_000
+    assert error.retry_after_seconds == 8  # rounded up: a few µs have passed at most
     assert error.code == "no_free_key"
 
 
@@ -215,20 +218,20 @@ async def test_lease_seconds_override_on_grant_and_renew(store, new_name):
     name = new_name()
     await store.register(name, key_set_size=2, lease_seconds=100)
     granted = await store.grant(name, "w", lease_seconds=7)
-    assert granted.expires_us - granted.started_us == 7_000_000
+    assert granted.expires_at - granted.started_at == timedelta(seconds=7)
     renewed = await store.renew(granted.external_id, lease_seconds=50)
-    assert renewed.started_us == granted.started_us
+    assert renewed.started_at == granted.started_at
     assert renewed.fencing_token == granted.fencing_token
     assert renewed.machine == "w"
     assert renewed.key == granted.key
-    first_expiry = renewed.expires_us
-    assert first_expiry > granted.expires_us
+    first_expiry = renewed.expires_at
+    assert first_expiry > granted.expires_at
     # Without lease_seconds, a renewal uses the lease's own (last) length.
     again = await store.renew(granted.external_id)
-    assert again.expires_us >= first_expiry
-    assert again.expires_us - 50_000_000 >= granted.started_us
+    assert again.expires_at >= first_expiry
+    assert again.expires_at - timedelta(seconds=50) >= granted.started_at
     listed = (await store.batch_keys(name))[granted.key]
-    assert listed.expires_us == again.expires_us
+    assert listed.expires_at == again.expires_at
     assert listed.external_id == granted.external_id
 
 
@@ -246,7 +249,7 @@ async def test_ended_leases_are_gone(store, new_name):
     # The failed attempts changed nothing: one completed key, nothing held.
     keys = await store.batch_keys(name)
     assert not any(k.held for k in keys)
-    assert keys[granted.key].last_completed_us is not None
+    assert keys[granted.key].last_completed_at is not None
 
 
 async def test_never_granted_leases_are_unknown(store, redis, new_name):
@@ -293,7 +296,7 @@ async def test_unregister_ends_all_leases(store, new_name):
         await store.unregister(name)
     with pytest.raises(UnknownProcess):
         await store.process(name)
-    assert name not in [p.name for p in await store.processes()]
+    assert name not in [p.process_name for p in await store.processes()]
     # Re-registering starts a clean key table; the old ids stay gone.
     await store.register(name, key_set_size=2)
     keys = await store.batch_keys(name)
@@ -401,7 +404,7 @@ async def test_boundary_values_are_accepted(store, new_name):
     granted = await store.grant(name, "m" * 256, lease_seconds=1)
     assert granted.machine == "m" * 256
     renewed = await store.renew(granted.external_id, lease_seconds=86_400)
-    assert renewed.expires_us - granted.started_us >= 86_400 * 1_000_000
+    assert renewed.expires_at - granted.started_at >= timedelta(days=1)
     odd = "A0._:-z"
     await store.register(odd, key_set_size=2)
     assert (await store.grant(odd, "w")).key == 0

@@ -97,9 +97,9 @@ async def test_a_waiter_gets_a_key_whose_lease_expires(valkey_redis: Redis, pref
     granted = await store.grant("expiring", "waiter", wait_seconds=5)
     assert granted.key == held.key
     assert (granted.fencing_token or 0) > (held.fencing_token or 0)
-    assert granted.started_us is not None
-    assert held.expires_us is not None
-    assert granted.started_us >= held.expires_us
+    assert granted.started_at is not None
+    assert held.expires_at is not None
+    assert granted.started_at >= held.expires_at
 
 
 @pytest.mark.parametrize("wait", [-1, 60.5, "5", True, None])

@@ -1,10 +1,16 @@
 """Workers' clients: the same API over HTTP or directly on Redis, blocking or async.
 
+`HttpCoordinator` talks to `coordinator serve`; `RedisCoordinator` runs the service's Lua
+scripts directly on its Redis. `AsyncHttpCoordinator` and `AsyncRedisCoordinator` are the same
+with `async`/`await`. Failures raise the exceptions of `coordinator.errors`, re-exported here.
+
+```python
 with RedisCoordinator("redis://127.0.0.1:6379/0") as coordinator:
-    with coordinator.lease("nightly-invoices", machine=socket.gethostname()) as lease:
+    with coordinator.lease("nightly-invoices") as lease:  # machine: this host's name
         for row in rows_where(lease.sql_predicate("id")):
             lease.check()
             handle(row, fencing_token=lease.fencing_token)
+```
 """
 
 from coordinator.client.base import AsyncCoordinator
@@ -18,7 +24,9 @@ from coordinator.errors import (
     LeaseGone,
     NoFreeKey,
     ProcessExists,
+    ServiceUnreachable,
     StoreUnavailable,
+    UnknownKey,
     UnknownLease,
     UnknownProcess,
 )
@@ -37,7 +45,9 @@ __all__ = [
     "NoFreeKey",
     "ProcessExists",
     "RedisCoordinator",
+    "ServiceUnreachable",
     "StoreUnavailable",
+    "UnknownKey",
     "UnknownLease",
     "UnknownProcess",
 ]

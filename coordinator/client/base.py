@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import socket
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
 from types import TracebackType
 
 from coordinator.client.lease import AsyncLease
 from coordinator.models import BatchKey, Event, Process
+
+
+def default_machine() -> str:
+    """The machine a lease is recorded for when none is named: this host's name, as in the CLI."""
+    return socket.gethostname()
 
 
 class AsyncCoordinator(ABC):
@@ -35,14 +42,31 @@ class AsyncCoordinator(ABC):
         """The state of every key of a process."""
 
     @abstractmethod
+    async def key(self, name: str, key: int) -> BatchKey:
+        """One key of a process; raises UnknownProcess, or UnknownKey outside its keys."""
+
+    @abstractmethod
+    def iter_keys(
+        self, name: str, after: int | None = None, limit: int | None = None
+    ) -> AsyncIterator[BatchKey]:
+        """The keys of a process in order, after key `after`, at most `limit`.
+
+        Read page by page as they are consumed, so any number of keys can be listed without
+        holding them all; raises UnknownProcess at the first page.
+        """
+
+    @abstractmethod
     async def acquire(
         self,
         name: str,
-        machine: str,
+        machine: str | None = None,
         lease_seconds: int | None = None,
         wait_seconds: float = 0,
     ) -> BatchKey:
-        """Lease the stalest free key, waiting up to `wait_seconds` for one to free."""
+        """Lease the stalest free key, waiting up to `wait_seconds` for one to free.
+
+        `machine` (recorded with the lease) defaults to this host's name.
+        """
 
     @abstractmethod
     async def renew(self, external_id: str, lease_seconds: int | None = None) -> BatchKey:
@@ -71,11 +95,15 @@ class AsyncCoordinator(ABC):
     def lease(
         self,
         name: str,
-        machine: str,
+        machine: str | None = None,
         lease_seconds: int | None = None,
         wait_seconds: float = 0,
     ) -> AsyncLease:
-        """`async with coordinator.lease(...) as lease:` holds a key, renewing it meanwhile."""
+        """`async with coordinator.lease(...) as lease:` holds a key, renewing it meanwhile.
+
+        `machine` defaults to this host's name.
+        """
+        machine = default_machine() if machine is None else machine
         return AsyncLease(self, name, machine, lease_seconds, wait_seconds)
 
     async def __aenter__(self) -> AsyncCoordinator:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from coordinator.client.base import AsyncCoordinator
+from collections.abc import AsyncIterator
+
+from coordinator.client.base import AsyncCoordinator, default_machine
 from coordinator.config import Settings
 from coordinator.connection import connect
 from coordinator.models import BatchKey, Event, Process
@@ -38,14 +40,30 @@ class AsyncRedisCoordinator(AsyncCoordinator):
         """The state of every key of a process."""
         return await self.store.batch_keys(name)
 
+    async def key(self, name: str, key: int) -> BatchKey:
+        """One key of a process; raises UnknownProcess, or UnknownKey outside its keys."""
+        return await self.store.batch_key(name, key)
+
+    async def iter_keys(
+        self, name: str, after: int | None = None, limit: int | None = None
+    ) -> AsyncIterator[BatchKey]:
+        """The keys of a process in order, after key `after`, at most `limit`, read in chunks."""
+        first = 0 if after is None else after + 1
+        async for key in self.store.iter_batch_keys(name, first, limit):
+            yield key
+
     async def acquire(
         self,
         name: str,
-        machine: str,
+        machine: str | None = None,
         lease_seconds: int | None = None,
         wait_seconds: float = 0,
     ) -> BatchKey:
-        """Lease the stalest free key, waiting up to `wait_seconds` for one to free."""
+        """Lease the stalest free key, waiting up to `wait_seconds` for one to free.
+
+        `machine` defaults to this host's name.
+        """
+        machine = default_machine() if machine is None else machine
         return await self.store.grant(name, machine, lease_seconds, wait_seconds)
 
     async def renew(self, external_id: str, lease_seconds: int | None = None) -> BatchKey:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+import orjson
 
 from coordinator import errors
 from coordinator.auth import Forbidden, Unauthorized
-from coordinator.client.base import AsyncCoordinator
+from coordinator.client.base import AsyncCoordinator, default_machine
 from coordinator.models import BatchKey, Event, Process
 
 API = "/api/v1"
+KEYS_PAGE = 10_000  # keys per request of iter_keys: the most a page may hold
 
 
 class AsyncHttpCoordinator(AsyncCoordinator):
@@ -51,10 +53,7 @@ class AsyncHttpCoordinator(AsyncCoordinator):
 
     async def process(self, name: str) -> Process:
         """One registered process; raises UnknownProcess."""
-        for process in await self.processes():
-            if process.name == name:
-                return process
-        raise errors.UnknownProcess(name)
+        return Process.from_json(await self._call("GET", f"{API}/process/{name}", name=name))
 
     async def unregister(self, name: str) -> Process:
         """Delete a process, ending all of its leases."""
@@ -69,14 +68,46 @@ class AsyncHttpCoordinator(AsyncCoordinator):
         rows = await self._call("GET", f"{API}/process/batch_keys/{name}", name=name)
         return [BatchKey.from_json(row) for row in rows]
 
+    async def key(self, name: str, key: int) -> BatchKey:
+        """One key of a process; raises UnknownProcess, or UnknownKey outside its keys."""
+        data = await self._call("GET", f"{API}/process/{name}/keys/{key}", name=name, key=key)
+        return BatchKey.from_json(data)
+
+    async def iter_keys(
+        self, name: str, after: int | None = None, limit: int | None = None
+    ) -> AsyncIterator[BatchKey]:
+        """The keys of a process in order, after key `after`, at most `limit`: one paged
+        request (`?limit=N&after=K`) at a time, following each page's Link to the next."""
+        left = limit
+        while left is None or left > 0:
+            params = {"limit": KEYS_PAGE if left is None else min(left, KEYS_PAGE)}
+            if after is not None:
+                params["after"] = after
+            response = await self._send(
+                "GET", f"{API}/process/batch_keys/{name}", name=name, params=params
+            )
+            rows = _json(response)
+            for row in rows:
+                yield BatchKey.from_json(row)
+            if left is not None:
+                left -= len(rows)
+            following = response.links.get("next", {}).get("url")
+            if following is None:
+                return
+            after = int(httpx.URL(following).params["after"])
+
     async def acquire(
         self,
         name: str,
-        machine: str,
+        machine: str | None = None,
         lease_seconds: int | None = None,
         wait_seconds: float = 0,
     ) -> BatchKey:
-        """Lease the stalest free key, waiting up to `wait_seconds` for one to free."""
+        """Lease the stalest free key, waiting up to `wait_seconds` for one to free.
+
+        `machine` defaults to this host's name.
+        """
+        machine = default_machine() if machine is None else machine
         body: dict[str, Any] = {"process_name": name, "machine": machine}
         if lease_seconds is not None:
             body["lease_seconds"] = lease_seconds
@@ -125,29 +156,71 @@ class AsyncHttpCoordinator(AsyncCoordinator):
         *,
         name: str = "",
         external_id: str = "",
+        key: int | None = None,
         **kwargs: Any,  # noqa: ANN401 - passed through to httpx
     ) -> Any:  # noqa: ANN401 - decoded JSON
+        response = await self._send(
+            method, path, name=name, external_id=external_id, key=key, **kwargs
+        )
+        return _json(response) if response.content else None  # 204: no body
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        name: str = "",
+        external_id: str = "",
+        key: int | None = None,
+        **kwargs: Any,  # noqa: ANN401 - passed through to httpx
+    ) -> httpx.Response:
+        """A successful response, or the exception its failure stands for."""
         try:
             response = await self._http.request(method, path, **kwargs)
         except httpx.TransportError as error:
-            raise errors.StoreUnavailable(f"{self.base_url} did not answer: {error}") from error
+            raise errors.ServiceUnreachable(
+                f"the service at {self.base_url} did not answer: {error!r}"
+            ) from error
         if response.is_success:
-            return response.json() if response.content else None  # 204: no body
-        raise _problem_error(response, name, external_id)
+            return response
+        raise _problem_error(response, name, external_id, key)
 
 
-def _problem_error(response: httpx.Response, name: str, external_id: str) -> Exception:
+def _json(response: httpx.Response) -> Any:  # noqa: ANN401 - decoded JSON
+    """A successful response's JSON; UnexpectedReply if it is something else (a web page)."""
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        raise errors.UnexpectedReply(_not_the_api(response)) from None
+
+
+def _not_the_api(response: httpx.Response) -> str:
+    """One line for a reply that is not the API's JSON, rather than the page it holds."""
+    kind = response.headers.get("Content-Type", "no content type").partition(";")[0]
+    return (
+        f"{response.request.url} answered {response.status_code} with {kind} rather than the"
+        " coordinator's JSON: is it the coordinator's URL, or a proxy before it?"
+    )
+
+
+def _problem_error(
+    response: httpx.Response, name: str, external_id: str, key: int | None = None
+) -> Exception:
     """The exception a problem response stands for, the same the direct transport raises.
 
     Anything a proxy might answer instead (HTML, an HTTP-date Retry-After) still maps by
-    status: 5xx is StoreUnavailable, so a caller retries it like Redis being down.
+    status: a 5xx is StoreUnavailable (ServiceUnreachable when no problem says more), so a
+    caller retries it like Redis being down.
     """
     try:
         problem = response.json()
     except ValueError:
         problem = None
-    if not isinstance(problem, dict):
-        problem = {}
+    if not isinstance(problem, dict):  # not the API's JSON: a web page, a proxy's error
+        retry = response.status_code >= 500
+        return (errors.ServiceUnreachable if retry else errors.UnexpectedReply)(
+            _not_the_api(response)
+        )
     code, detail = str(problem.get("code") or ""), str(problem.get("detail") or response.text)
     retry_after = response.headers.get("Retry-After", "1")
     retry_after_us = (int(retry_after) if retry_after.isdecimal() else 1) * 1_000_000
@@ -166,6 +239,10 @@ def _problem_error(response: httpx.Response, name: str, external_id: str) -> Exc
     }
     if code in by_code:
         return by_code[code]()
+    if code == "unknown_key" and key is not None:
+        return errors.UnknownKey(name, key)
+    if response.status_code >= 500 and code:
+        return errors.StoreUnavailable(f"{response.status_code} {code}: {detail}")
     if response.status_code >= 500:
-        return errors.StoreUnavailable(f"{response.status_code}: {detail}")
+        return errors.ServiceUnreachable(f"{response.status_code}: {detail}")
     return errors.CoordinatorError(f"{response.status_code} {code}: {detail}")

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from coordinator.errors import LeaseGone, UnknownLease
-from coordinator.models import BatchKey
+from coordinator.models import BatchKey, timestamp
 
 if TYPE_CHECKING:
     from coordinator.client.base import AsyncCoordinator
@@ -81,6 +81,22 @@ class AsyncLease:
         self._held_until = math.inf  # monotonic deadline; infinite while not held
         self._ended: BaseException | None = None
         self._last_failure: BaseException | None = None
+        self._left = False  # the block is over and the lease released (or left to expire)
+
+    def __repr__(self) -> str:
+        """`<Lease nightly key 3/10 token 41 expires 2026-11-27T06:47:07.046923Z>`."""
+        name = self._request[0]
+        key = self._key
+        if key is None:
+            return f"<Lease {name} not held>"
+        if self._left:
+            state = "ended"
+        elif self.lost:
+            state = "lost"
+        else:
+            state = f"expires {timestamp(key.expires_at)}"
+        held = f"key {key.key}/{self._key_set_size} token {key.fencing_token}"
+        return f"<Lease {name} {held} {state}>"
 
     @property
     def batch_key(self) -> BatchKey:
@@ -140,10 +156,10 @@ class AsyncLease:
         name, machine, lease_seconds, wait_seconds = self._request
         sent = time.monotonic()
         key = await self._coordinator.acquire(name, machine, lease_seconds, wait_seconds)
-        assert key.expires_us is not None
-        assert key.started_us is not None
+        assert key.expires_at is not None
+        assert key.started_at is not None
         self._key = key
-        self._length = (key.expires_us - key.started_us) / 1e6
+        self._length = (key.expires_at - key.started_at).total_seconds()
         try:
             self._key_set_size = (await self._coordinator.process(name)).key_set_size
         except BaseException:
@@ -174,6 +190,7 @@ class AsyncLease:
         lost = self.lost
         with self._lock:
             self._held_until = math.inf  # the block is over: what it saw is final
+        self._left = True
         # Work done after the lease stopped being believed held does not count.
         completed = exc_type is None and not self._failed and not lost
         try:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from coordinator.client.base import AsyncCoordinator
 from coordinator.client.direct import AsyncRedisCoordinator
@@ -19,6 +19,7 @@ from coordinator.client.lease import AsyncLease
 from coordinator.models import BatchKey, Event, Process
 
 T = TypeVar("T")
+ITER_CHUNK = 1000  # keys iter_keys fetches per call into the client's thread
 
 
 class _Portal:
@@ -32,12 +33,29 @@ class _Portal:
         self._thread.start()
 
     def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        future = asyncio.run_coroutine_threadsafe(_outcome(coroutine), self._loop)
+        try:
+            result, error = future.result()
+        except KeyboardInterrupt:  # Ctrl-C while waiting: end the call too, not just the wait
+            future.cancel()
+            raise
+        if error is not None:
+            raise error
+        return cast("T", result)  # None only with an error, raised above
 
     def close(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
+
+
+async def _outcome(coroutine: Coroutine[Any, Any, T]) -> tuple[T | None, Exception | None]:
+    """The call's result or its exception, as a value: a call given up on (Ctrl-C) may still
+    fail after, and its failure must not be logged as "never retrieved"."""
+    try:
+        return await coroutine, None
+    except Exception as error:  # noqa: BLE001 - handed to the caller's thread, raised there
+        return None, error
 
 
 class LeaseContext:
@@ -46,6 +64,9 @@ class LeaseContext:
     def __init__(self, portal: _Portal, lease: AsyncLease) -> None:
         self._portal = portal
         self._lease = lease
+
+    def __repr__(self) -> str:
+        return repr(self._lease)
 
     def __enter__(self) -> AsyncLease:
         return self._portal.call(self._lease.__aenter__())
@@ -96,10 +117,47 @@ class Coordinator:
         """The state of every key of a process."""
         return self._run(self.async_client.keys(name))
 
+    def key(self, name: str, key: int) -> BatchKey:
+        """One key of a process; raises UnknownProcess, or UnknownKey outside its keys."""
+        return self._run(self.async_client.key(name, key))
+
+    def iter_keys(
+        self, name: str, after: int | None = None, limit: int | None = None
+    ) -> Generator[BatchKey, None, None]:
+        """The keys of a process in order, after key `after`, at most `limit`.
+
+        Fetched ITER_CHUNK keys at a time as they are consumed, so any number of keys can be
+        listed without holding them all; raises UnknownProcess at the first.
+        """
+        keys = self.async_client.iter_keys(name, after, limit)
+
+        async def chunk() -> list[BatchKey]:
+            taken: list[BatchKey] = []
+            async for key in keys:  # leaving the loop early does not close `keys`
+                taken.append(key)
+                if len(taken) == ITER_CHUNK:
+                    break
+            return taken
+
+        try:
+            while taken := self._run(chunk()):
+                yield from taken
+        except GeneratorExit:  # the caller stopped early: stop reading too
+            if isinstance(keys, AsyncGenerator):
+                self._run(keys.aclose())
+            raise
+
     def acquire(
-        self, name: str, machine: str, lease_seconds: int | None = None, wait_seconds: float = 0
+        self,
+        name: str,
+        machine: str | None = None,
+        lease_seconds: int | None = None,
+        wait_seconds: float = 0,
     ) -> BatchKey:
-        """Lease the stalest free key, waiting up to `wait_seconds` for one to free."""
+        """Lease the stalest free key, waiting up to `wait_seconds` for one to free.
+
+        `machine` defaults to this host's name.
+        """
         return self._run(self.async_client.acquire(name, machine, lease_seconds, wait_seconds))
 
     def renew(self, external_id: str, lease_seconds: int | None = None) -> BatchKey:
@@ -119,9 +177,16 @@ class Coordinator:
         return self._run(self.async_client.events(name, after, limit))
 
     def lease(
-        self, name: str, machine: str, lease_seconds: int | None = None, wait_seconds: float = 0
+        self,
+        name: str,
+        machine: str | None = None,
+        lease_seconds: int | None = None,
+        wait_seconds: float = 0,
     ) -> LeaseContext:
-        """`with coordinator.lease(...) as lease:` holds a key, renewing it meanwhile."""
+        """`with coordinator.lease(...) as lease:` holds a key, renewing it meanwhile.
+
+        `machine` defaults to this host's name.
+        """
         lease = self.async_client.lease(name, machine, lease_seconds, wait_seconds)
         return LeaseContext(self._portal, lease)
 

@@ -1,0 +1,131 @@
+"""`coordinator ...`: the command line.
+
+`parser` holds every command and option (`service_options` those of the commands that call
+the service, `values` their checks); `serve` runs the API; `commands` and `listing` call it,
+through `transport`, in the words of `messages`; `completion` prints shell completion. `main`
+runs one command and turns every failure into one line on stderr and an exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from coordinator.auth import TOKEN_PREFIX, new_token
+from coordinator.cli import commands, completion, messages, serve, service_options
+from coordinator.cli.parser import UsageError, build_parser
+from coordinator.config import ConfigError
+from coordinator.embedded import EmbeddedError
+from coordinator.errors import CoordinatorError
+from coordinator.run import CommandNotRunnable
+
+USAGE = 2  # a bad option or setting
+INTERRUPTED = 130  # 128 + SIGINT: how a shell reports a command stopped by Ctrl-C
+BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader went away (`coordinator keys x | head`)
+# The commands that do not call the service, so take none of its options.
+LOCAL_COMMANDS = ("serve", "token", "completion")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `coordinator` console script: the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        return INTERRUPTED
+    except BrokenPipeError:
+        # The flush at exit would fail again: send what is left nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE
+    except (UsageError, ConfigError, EmbeddedError, CommandNotRunnable, CoordinatorError) as error:
+        line, status = _failure(error)
+        print(f"coordinator: {_redact(line, argv)}", file=sys.stderr)
+        return status
+
+
+def _failure(error: Exception) -> tuple[str, int]:
+    """The one line a failure prints, and the exit status it ends with."""
+    if isinstance(error, UsageError):
+        return f"{error} (see `{error.prog} --help`)", USAGE
+    if isinstance(error, CommandNotRunnable):
+        return str(error), error.status
+    if isinstance(error, CoordinatorError):
+        return messages.describe(error), 1
+    return str(error), USAGE
+
+
+def _run(argv: list[str]) -> int:
+    # Everything after `--` belongs to `coordinator run`'s command, never to our parser.
+    command_args: list[str] = []
+    if "--" in argv:
+        at = argv.index("--")
+        argv, command_args = argv[:at], argv[at + 1 :]
+    parser = build_parser()
+    if not argv:
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
+    args.command_args = command_args or getattr(args, "command_rest", [])
+    _configure_logging(args.command)
+    if args.command in LOCAL_COMMANDS:
+        _refuse_client_options(args)
+    if args.command == "serve":
+        return serve.serve(args)
+    if args.command == "token":
+        return _create_token(args)
+    if args.command == "completion":
+        sys.stdout.write(completion.script(args.shell, parser))
+        return 0
+    return commands.client_command(args)
+
+
+def _refuse_client_options(args: argparse.Namespace) -> None:
+    for name in service_options.NAMES:
+        if getattr(args, name, None):
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(
+                f"{flag} is an option of the commands that call the service, not of"
+                f" `{args.command}`",
+                "coordinator",
+            )
+
+
+def _create_token(args: argparse.Namespace) -> int:
+    try:
+        token, line = new_token(args.role, args.processes)
+    except ConfigError as error:
+        raise ConfigError(f"--processes: {error}") from None
+    print(f"token: {token}")
+    print(f"(shown once: give it to the {args.role}; the service keeps only its hash)")
+    print(f"add this line to COORDINATOR_TOKENS_FILE:\n{line}")
+    return 0
+
+
+def _configure_logging(command: str) -> None:
+    if command == "serve":
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+    else:
+        logging.basicConfig(level=logging.WARNING, format="coordinator: %(message)s")
+        # `run` reports a lost lease itself, once, with its cause.
+        logging.getLogger("coordinator.client").setLevel(logging.ERROR)
+    # httpx logs every request at INFO: that would break the one-line error contract.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _redact(text: str, argv: list[str]) -> str:
+    """`text` without any token the command line or COORDINATOR_TOKEN holds."""
+    secrets = {os.environ.get("COORDINATOR_TOKEN", "").strip()}
+    for at, arg in enumerate(argv):
+        if arg == "--token" and at + 1 < len(argv):
+            secrets.add(argv[at + 1])
+        elif arg.startswith("--token="):
+            secrets.add(arg.partition("=")[2])
+        elif arg.startswith(TOKEN_PREFIX):
+            secrets.add(arg)
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= 4:
+            text = text.replace(secret, "****")
+    return text

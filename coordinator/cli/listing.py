@@ -1,0 +1,97 @@
+"""`keys` and `events`: listings printed as they are read, never held whole.
+
+A table for people (with, for keys, a one-line summary on stderr), or JSON Lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
+from datetime import UTC, datetime
+from itertools import islice
+
+from coordinator import output
+from coordinator.client.sync import Coordinator
+from coordinator.models import BatchKey
+
+FOLLOW_POLL_SECONDS = 0.5
+
+
+def print_keys(coordinator: Coordinator, args: argparse.Namespace) -> int:
+    """List a process's keys (of `--state`, after `--after`, at most `--limit`)."""
+    now = datetime.now(UTC)
+    wanted = _state_filter(args.state, now)
+    # Without a filter the service stops at the limit; with one, only the shown keys count.
+    read_limit = args.limit if wanted is None else None
+    counts: Counter[str] = Counter()
+    with closing(coordinator.iter_keys(args.name, args.after, read_limit)) as keys:
+        shown: Iterable[BatchKey] = _tally(keys, counts, now)
+        if wanted is not None:
+            shown = filter(wanted, shown)
+        if args.limit is not None:
+            shown = islice(shown, args.limit)
+        if args.json:
+            out = sys.stdout.buffer
+            for key in shown:
+                out.write(output.json_line(key))
+            out.flush()
+            return 0
+        printed = 0
+        for line in output.key_table_lines(shown, now):
+            print(line)
+            printed += 1
+    sys.stdout.flush()
+    print(_summary(counts, printed - 1), file=sys.stderr)
+    return 0
+
+
+def print_events(coordinator: Coordinator, args: argparse.Namespace) -> int:
+    """Print events, and with --follow keep polling for new ones until interrupted."""
+    after = args.after
+    while True:
+        batch = coordinator.events(args.name, after, args.limit)
+        for event in batch:
+            if args.json:
+                sys.stdout.buffer.write(output.json_line(event))
+            else:
+                sys.stdout.write(output.event_line(event, as_json=False) + "\n")
+        sys.stdout.flush()
+        if batch:
+            after = batch[-1].id
+        if not args.follow:
+            return 0
+        if not batch:
+            time.sleep(FOLLOW_POLL_SECONDS)
+
+
+def _state_filter(state: str | None, now: datetime) -> Callable[[BatchKey], bool] | None:
+    """Which keys `--state` lets through: held, free, or free and never completed."""
+    if state is None:
+        return None
+    if state == "never":
+        return lambda k: output.key_state(k, now) == "free" and k.last_completed_at is None
+    return lambda k: output.key_state(k, now) == state
+
+
+def _tally(keys: Iterable[BatchKey], counts: Counter[str], now: datetime) -> Iterator[BatchKey]:
+    """Pass the keys on, counting them by state (and the free ones never completed)."""
+    for key in keys:
+        state = output.key_state(key, now)
+        counts[state] += 1
+        if state == "free" and key.last_completed_at is None:
+            counts["never"] += 1
+        yield key
+
+
+def _summary(counts: Counter[str], shown: int) -> str:
+    """`10 keys: 1 held, 9 free (8 never completed)`, saying how many were shown if fewer."""
+    read = counts["held"] + counts["free"]
+    noun = "key" if read == 1 else "keys"
+    states = f"{counts['held']} held, {counts['free']} free ({counts['never']} never completed)"
+    if shown == read:
+        return f"{read} {noun}: {states}"
+    return f"{shown} shown of {read} {noun} read: {states}"

@@ -1,0 +1,131 @@
+"""`coordinator serve`: the HTTP API, on the configured Redis or on a private Valkey."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Iterator
+
+from coordinator.auth import load_tokens
+from coordinator.cli import listen
+from coordinator.config import ConfigError, Settings
+from coordinator.connection import MEMORY_URL, connect
+from coordinator.datadir import DataDir, RunningServer
+from coordinator.embedded import EmbeddedValkey
+from coordinator.eviction import refuse_evicting
+
+logger = logging.getLogger("coordinator")
+
+
+class _Stop(Exception):
+    """SIGTERM or SIGINT, after uvicorn's graceful shutdown re-raised it."""
+
+
+def _stop(signum: int, _frame: object) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Check every setting, then serve the API until SIGTERM or SIGINT."""
+    if args.log_level:  # also for worker processes, which read the environment
+        os.environ["COORDINATOR_LOG_LEVEL"] = args.log_level
+    settings = Settings.from_env()
+    address = listen.address(args.host, args.port)
+    if not load_tokens(settings) and not address.is_loopback and not args.insecure_open:
+        raise ConfigError(
+            f"no API tokens are configured, so listening on {address.host} would open the API"
+            " to the network: set COORDINATOR_TOKENS_FILE (see `coordinator token create`),"
+            " listen on 127.0.0.1, or pass --insecure-open"
+        )
+    memory = settings.redis_url is not None and settings.redis_url.startswith(MEMORY_URL)
+    if memory and args.workers > 1:
+        raise ConfigError("memory:// keeps state inside one process: use --workers 1")
+    if memory:
+        asyncio.run(_check_connects(settings))  # memory:// without fakeredis: one line
+    # uvicorn re-raises the stopping signal once it has shut down; with the default handler
+    # that would kill this process before the embedded Valkey is stopped.
+    for stopping in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stopping, _stop)
+    try:
+        with contextlib.ExitStack() as stack:
+            if settings.redis_url is None:
+                url = stack.enter_context(_embedded_valkey(settings, address))
+                settings = Settings.from_env({**os.environ, "COORDINATOR_REDIS_URL": url})
+            else:
+                listen.ensure_free(address)
+                if not memory:
+                    asyncio.run(refuse_evicting(settings.redis_url, settings))
+            _run_uvicorn(address, args.workers, settings)
+    except _Stop as stop:
+        logger.info("stopped by %s", stop)
+    return 0
+
+
+async def _check_connects(settings: Settings) -> None:
+    """Build (not use) the Redis client the app will build, so a ConfigError comes now."""
+    assert settings.redis_url is not None
+    await connect(settings.redis_url, settings).aclose()
+
+
+@contextlib.contextmanager
+def _embedded_valkey(settings: Settings, address: listen.Address) -> Iterator[str]:
+    """Own the data folder, run its Valkey on the kept port, and publish both URLs there."""
+    with DataDir(settings.data_dir).owned(address.local_url) as folder:
+        # After the folder (a second server on it is named as such), before Valkey starts.
+        listen.ensure_free(address)
+        embedded = EmbeddedValkey(settings.data_dir, folder.valkey_port(settings.valkey_port))
+        embedded.start()
+        try:
+            folder.keep_port(embedded.port)
+            server = RunningServer(
+                os.getpid(), address.local_url, embedded.url, settings.key_prefix
+            )
+            with folder.published(server):
+                logger.info(
+                    "embedded Valkey on %s, data in %s (direct workers use this URL; it is"
+                    " kept across restarts)",
+                    embedded.url,
+                    settings.data_dir.resolve(),
+                )
+                yield embedded.url
+        finally:
+            embedded.stop()
+            logger.info("embedded Valkey stopped")
+
+
+def _run_uvicorn(address: listen.Address, workers: int, settings: Settings) -> None:
+    """Run the API until it is stopped: in this process, or in `workers` processes."""
+    import uvicorn  # noqa: PLC0415 - only the server needs it
+
+    if workers == 1:
+        from coordinator.app import create_app  # noqa: PLC0415
+
+        uvicorn.run(
+            create_app(settings),
+            host=address.host,
+            port=address.port,
+            log_level=settings.log_level,
+            access_log=False,  # coordinator.logs writes one JSON line per request
+            proxy_headers=True,
+        )
+        return
+    # Worker processes import the factory and read the URL from the environment.
+    os.environ["COORDINATOR_REDIS_URL"] = str(settings.redis_url)
+    # ... and PROMETHEUS_MULTIPROC_DIR, where they keep the counters /metrics sums.
+    from coordinator.metrics import multiprocess_directory  # noqa: PLC0415
+
+    with multiprocess_directory(workers):
+        uvicorn.run(
+            "coordinator.app:create_app",
+            factory=True,
+            host=address.host,
+            port=address.port,
+            workers=workers,
+            log_level=settings.log_level,
+            access_log=False,  # coordinator.logs writes one JSON line per request
+            proxy_headers=True,
+        )

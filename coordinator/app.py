@@ -85,7 +85,14 @@ async def register_process(request: Request) -> Response:
     body = await schemas.register_body(request, store.limits.max_key_set_size)
     _require(caller, "admin", body.process_name)
     logs.note(request, process_name=body.process_name)
-    process = await store.register(body.process_name, body.key_set_size, body.lease_seconds)
+    process = await store.register(
+        body.process_name,
+        body.key_set_size,
+        body.lease_seconds,
+        mode=body.mode,
+        max_attempts=body.max_attempts,
+        retry_backoff_seconds=body.retry_backoff_seconds,
+    )
     location = f"{API}/process/{quote(process.process_name)}"
     return JSONResponse(process.to_json(), 201, headers={"Location": location})
 
@@ -155,7 +162,12 @@ async def grant_batch_key(request: Request) -> Response:
     _require(caller, "worker", body.process_name)
     logs.note(request, process_name=body.process_name)
     grant = _store(request).grant(
-        body.process_name, body.machine, body.lease_seconds, body.wait_seconds, _holder(caller)
+        body.process_name,
+        body.machine,
+        body.lease_seconds,
+        body.wait_seconds,
+        holder=_holder(caller),
+        request_id=body.request_id,
     )
     try:
         key = (
@@ -169,7 +181,9 @@ async def grant_batch_key(request: Request) -> Response:
     logs.note(request, key=key.key, external_id=key.external_id)
     # The key's own resource: the lease itself is renewed and released by its external_id.
     location = f"{API}/process/{quote(key.process_name)}/keys/{key.key}"
-    return JSONResponse(key.to_json(), 201, headers={"Location": location})
+    # The same request_id again, while its lease lives: that lease, and nothing new made.
+    status = 200 if key.replayed else 201
+    return JSONResponse(key.to_json(), status, headers={"Location": location})
 
 
 async def renew_batch_key(request: Request) -> Response:
@@ -180,7 +194,7 @@ async def renew_batch_key(request: Request) -> Response:
     await _require_lease(request, caller, external_id)
     logs.note(request, external_id=external_id)
     holder = "" if caller is None else caller.holder_check
-    key = await _store(request).renew(external_id, body.lease_seconds, holder)
+    key = await _store(request).renew(external_id, body.lease_seconds, holder, body.checkpoint)
     logs.note(request, process_name=key.process_name, key=key.key)
     return JSONResponse(key.to_json())
 
@@ -196,6 +210,41 @@ async def release_batch_key(request: Request) -> Response:
     key = await _store(request).release(external_id, outcome, holder)
     logs.note(request, process_name=key.process_name, key=key.key)
     return JSONResponse(key.to_json())
+
+
+async def retry_batch_key(request: Request) -> Response:
+    """POST /api/v1/process/<process_name>/keys/<key>/retry (admin)."""
+    caller = _caller(request)
+    name = validation.process_name(request.path_params["process_name"])
+    _require(caller, "admin", name)
+    logs.note(request, process_name=name)
+    key = schemas.key_number(request.path_params["key"])
+    batch_key = await _store(request).retry_key(name, key)
+    logs.note(request, key=batch_key.key)
+    return JSONResponse(batch_key.to_json())
+
+
+async def start_pass(request: Request) -> Response:
+    """POST /api/v1/process/<process_name>/passes (admin): start the next pass now."""
+    caller = _caller(request)
+    name = validation.process_name(request.path_params["process_name"])
+    _require(caller, "admin", name)
+    logs.note(request, process_name=name)
+    process = await _store(request).start_pass(name)
+    number = process.pass_.number if process.pass_ else 1
+    location = f"{API}/process/{quote(name)}/passes/{number}"
+    return JSONResponse(process.to_json(), 201, headers={"Location": location})
+
+
+async def get_pass(request: Request) -> Response:
+    """GET /api/v1/process/<process_name>/passes/<number>[?wait_seconds=N]."""
+    caller = _caller(request)
+    name = validation.process_name(request.path_params["process_name"])
+    _require(caller, "worker", name)
+    logs.note(request, process_name=name)
+    number, wait = schemas.pass_query(request.path_params["number"], request.query_params)
+    found = await _store(request).pass_info(name, number, wait)
+    return JSONResponse(found.to_json())
 
 
 async def revoke_batch_key(request: Request) -> Response:
@@ -263,6 +312,9 @@ ROUTES = [
     Route(f"{API}/process/{{process_name}}", get_process, methods=["GET"]),
     Route(f"{API}/process/{{process_name}}", unregister_process, methods=["DELETE"]),
     Route(f"{API}/process/{{process_name}}/keys/{{key}}", get_batch_key, methods=["GET"]),
+    Route(f"{API}/process/{{process_name}}/keys/{{key}}/retry", retry_batch_key, methods=["POST"]),
+    Route(f"{API}/process/{{process_name}}/passes", start_pass, methods=["POST"]),
+    Route(f"{API}/process/{{process_name}}/passes/{{number}}", get_pass, methods=["GET"]),
     Route(f"{API}/process/batch_keys/{{external_id}}/revoke", revoke_batch_key, methods=["POST"]),
     Route(f"{API}/process/{{process_name}}/events", list_events, methods=["GET"]),
     Route(f"{API}/process/{{process_name}}/events", purge_events, methods=["DELETE"]),

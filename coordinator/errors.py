@@ -71,6 +71,43 @@ class UnknownKey(CoordinatorError):
         self.key = key
 
 
+class PassComplete(CoordinatorError):
+    """A `once` process whose current pass is complete: there is nothing left to do."""
+
+    code = "pass_complete"
+
+    def __init__(self, process_name: str) -> None:
+        super().__init__(
+            f"The current pass of process '{process_name}' is complete: every key is done or"
+            " quarantined. Start the next pass to work again."
+        )
+        self.process_name = process_name
+
+
+class AllQuarantined(CoordinatorError):
+    """Nothing is grantable, held or in backoff: every other key is quarantined."""
+
+    code = "all_quarantined"
+
+    def __init__(self, process_name: str) -> None:
+        super().__init__(
+            f"Every key of process '{process_name}' that is not held is quarantined: retry"
+            " them or start the next pass."
+        )
+        self.process_name = process_name
+
+
+class UnknownPass(CoordinatorError):
+    """The pass number was never started, or is too old to be kept."""
+
+    code = "unknown_pass"
+
+    def __init__(self, process_name: str, number: int) -> None:
+        super().__init__(f"Process '{process_name}' has no pass {number} (the last 100 are kept).")
+        self.process_name = process_name
+        self.number = number
+
+
 class UnknownLease(CoordinatorError):
     """No lease with this external id was ever granted."""
 

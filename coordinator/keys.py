@@ -8,6 +8,52 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The KEYS each script takes, in its order (the header of each lua/*.lua says the same).
+SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
+    "register": ("meta", "events"),
+    "grant": (
+        "meta",
+        "free",
+        "held",
+        "leases",
+        "tokens",
+        "fence",
+        "events",
+        "keyinfo",
+        "parked",
+        "passes",
+    ),
+    "renew": ("free", "held", "leases", "tokens", "fence", "freed", "events", "keyinfo", "meta"),
+    "release": (
+        "free",
+        "held",
+        "leases",
+        "tokens",
+        "fence",
+        "freed",
+        "events",
+        "meta",
+        "keyinfo",
+        "parked",
+        "passes",
+    ),
+    "inspect": ("meta", "free", "leases", "keyinfo", "parked"),
+    "unregister": (
+        "meta",
+        "free",
+        "held",
+        "leases",
+        "tokens",
+        "freed",
+        "events",
+        "keyinfo",
+        "parked",
+        "passes",
+    ),
+    "start_pass": ("meta", "free", "keyinfo", "parked", "passes", "events"),
+    "retry_key": ("meta", "free", "keyinfo", "parked", "events"),
+}
+
 
 @dataclass(frozen=True, slots=True)
 class ProcessKeys:
@@ -21,6 +67,13 @@ class ProcessKeys:
     fence: str
     freed: str
     events: str
+    keyinfo: str
+    parked: str
+    passes: str
+
+    def of(self, script: str) -> list[str]:
+        """The KEYS of `script` for this process, in the script's order."""
+        return [getattr(self, field) for field in SCRIPT_KEYS[script]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +94,9 @@ class KeySpace:
             fence=base + "fence",
             freed=base + "freed",
             events=base + "events",
+            keyinfo=base + "keyinfo",
+            parked=base + "parked",
+            passes=base + "passes",
         )
 
     @property

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -57,12 +57,57 @@ def _deprecated(old: str, new: str) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class Pass:
+    """One sweep over a process's key space: complete when every key is done or quarantined."""
+
+    number: int
+    started_at: datetime
+    completed_at: datetime | None = None
+    keys_done: int = 0
+    keys_quarantined: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """Whether every key was done in this pass or is quarantined."""
+        return self.completed_at is not None
+
+    def to_json(self) -> dict[str, Any]:
+        """The pass object of the HTTP contract."""
+        return {
+            "number": self.number,
+            "started_at": timestamp(self.started_at),
+            "completed_at": timestamp(self.completed_at),
+            "keys_done": self.keys_done,
+            "keys_quarantined": self.keys_quarantined,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Pass:
+        """A pass object as the HTTP API returns it."""
+        started = _moment(data["started_at"])
+        assert started is not None
+        return cls(
+            number=int(data["number"]),
+            started_at=started,
+            completed_at=_moment(data["completed_at"]),
+            keys_done=int(data["keys_done"]),
+            keys_quarantined=int(data["keys_quarantined"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Process:
-    """A registered batch process and its key space."""
+    """A registered batch process: its key space, its batch-run options and its current pass."""
 
     process_name: str
     key_set_size: int
     lease_seconds: int
+    mode: str = "rotate"
+    max_attempts: int | None = None
+    retry_backoff_seconds: int = 0
+    # State, not configuration: two reads of one process compare equal as its pass moves on.
+    # (`pass` is a Python keyword, hence the underscore; the JSON says "pass".)
+    pass_: Pass | None = field(default=None, compare=False)
 
     @property
     def name(self) -> str:
@@ -77,12 +122,25 @@ class Process:
             "key_set_size": self.key_set_size,
             "key_space_size": self.key_set_size,
             "lease_seconds": self.lease_seconds,
+            "mode": self.mode,
+            "max_attempts": self.max_attempts,
+            "retry_backoff_seconds": self.retry_backoff_seconds,
+            "pass": None if self.pass_ is None else self.pass_.to_json(),
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Process:
         """A process object as the HTTP API returns it."""
-        return cls(data["process_name"], int(data["key_set_size"]), int(data["lease_seconds"]))
+        current = data.get("pass")
+        return cls(
+            data["process_name"],
+            int(data["key_set_size"]),
+            int(data["lease_seconds"]),
+            mode=data.get("mode") or "rotate",
+            max_attempts=data.get("max_attempts"),
+            retry_backoff_seconds=int(data.get("retry_backoff_seconds") or 0),
+            pass_=Pass.from_json(current) if current else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +208,17 @@ class BatchKey:
     started_at: datetime | None = None
     expires_at: datetime | None = None
     fencing_token: int | None = None
+    # Batch runs: leases ended without completion since the last completion or pass start,
+    # the key's state (free, held, done, backoff, quarantined) and, in backoff, until when.
+    attempts: int = 0
+    state: str = "free"
+    retry_at: datetime | None = None
+    # The key's saved checkpoint, carried only by grants and the key's own resource
+    # (`with_checkpoint`), so listings stay small at a million keys.
+    checkpoint: str | None = None
+    with_checkpoint: bool = field(default=False, compare=False)
+    # A grant that answered an earlier lease of the same request_id (HTTP 200, not 201).
+    replayed: bool = field(default=False, compare=False)
 
     @property
     def held(self) -> bool:
@@ -185,7 +254,10 @@ class BatchKey:
             "started_at": timestamp(self.started_at),
             "expires_at": timestamp(self.expires_at),
             "fencing_token": self.fencing_token,
-        }
+            "attempts": self.attempts,
+            "state": self.state,
+            "retry_at": timestamp(self.retry_at),
+        } | ({"checkpoint": self.checkpoint} if self.with_checkpoint else {})
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BatchKey:
@@ -199,6 +271,11 @@ class BatchKey:
             started_at=_moment(data["started_at"]),
             expires_at=_moment(data["expires_at"]),
             fencing_token=data["fencing_token"],
+            attempts=int(data.get("attempts") or 0),
+            state=data.get("state") or ("held" if data["external_id"] else "free"),
+            retry_at=_moment(data.get("retry_at")),
+            checkpoint=data.get("checkpoint"),
+            with_checkpoint="checkpoint" in data,
         )
 
 

@@ -71,6 +71,19 @@ _LEASE = {"type": "integer", "minimum": 1, "maximum": validation.LEASE_SECONDS_M
 # An optional request field may also be null, which means the same as leaving it out.
 _OPTIONAL_LEASE = {**_LEASE, "type": ["integer", "null"]}
 _TIME = {"type": ["string", "null"], "format": "date-time"}
+_MODE = {"enum": list(validation.MODES), "default": "rotate"}
+_MAX_ATTEMPTS = {
+    "type": ["integer", "null"],
+    "minimum": 1,
+    "maximum": validation.MAX_ATTEMPTS_MAX,
+    "default": None,
+}
+_BACKOFF = {
+    "type": "integer",
+    "minimum": 0,
+    "maximum": validation.RETRY_BACKOFF_SECONDS_MAX,
+    "default": 0,
+}
 _NAME_PARAM = {"name": "process_name", "in": "path", "required": True, "schema": _PROCESS_NAME}
 # OpenAPI holds /batch_keys/{a} and /batch_keys/{b} to be one path, so GET (a process name)
 # and PATCH/DELETE (an external id) share the template variable `id`.
@@ -91,6 +104,17 @@ _ID_PARAM = {
 }
 
 _SCHEMAS: dict[str, Schema] = {
+    "Pass": {
+        "type": "object",
+        "required": ["number", "started_at", "completed_at", "keys_done", "keys_quarantined"],
+        "properties": {
+            "number": {"type": "integer", "minimum": 1},
+            "started_at": {"type": "string", "format": "date-time"},
+            "completed_at": _TIME,
+            "keys_done": {"type": "integer", "minimum": 0},
+            "keys_quarantined": {"type": "integer", "minimum": 0},
+        },
+    },
     "Process": {
         "type": "object",
         "required": ["process_name", "key_set_size", "key_space_size", "lease_seconds"],
@@ -99,6 +123,10 @@ _SCHEMAS: dict[str, Schema] = {
             "key_set_size": {"type": "integer", "minimum": 1},
             "key_space_size": {"type": "integer", "minimum": 1, "description": "= key_set_size"},
             "lease_seconds": _LEASE,
+            "mode": _MODE,
+            "max_attempts": _MAX_ATTEMPTS,
+            "retry_backoff_seconds": _BACKOFF,
+            "pass": _ref("Pass"),
         },
     },
     "BatchKey": {
@@ -112,6 +140,9 @@ _SCHEMAS: dict[str, Schema] = {
             "started_at",
             "expires_at",
             "fencing_token",
+            "attempts",
+            "state",
+            "retry_at",
         ],
         "properties": {
             "external_id": {"type": ["string", "null"], "format": "uuid"},
@@ -122,6 +153,13 @@ _SCHEMAS: dict[str, Schema] = {
             "started_at": _TIME,
             "expires_at": _TIME,
             "fencing_token": {"type": ["integer", "null"], "minimum": 1},
+            "attempts": {"type": "integer", "minimum": 0},
+            "state": {"enum": ["free", "held", "done", "backoff", "quarantined"]},
+            "retry_at": _TIME,
+            "checkpoint": {
+                "type": ["string", "null"],
+                "description": "Only in grants and a key's own resource, not in listings.",
+            },
         },
     },
     "RegisterRequest": {
@@ -132,6 +170,9 @@ _SCHEMAS: dict[str, Schema] = {
             "process_name": _PROCESS_NAME,
             "key_set_size": {"type": ["integer", "null"], "minimum": 1, "default": 10},
             "lease_seconds": _OPTIONAL_LEASE,
+            "mode": {**_MODE, "enum": [*validation.MODES, None]},
+            "max_attempts": _MAX_ATTEMPTS,
+            "retry_backoff_seconds": {**_BACKOFF, "type": ["integer", "null"]},
         },
     },
     "GrantRequest": {
@@ -150,12 +191,26 @@ _SCHEMAS: dict[str, Schema] = {
                 "description": "When no key is free, wait up to this long for the first key"
                 " released or expired (no polling) before answering 409 no_free_key.",
             },
+            "request_id": {
+                "type": ["string", "null"],
+                "minLength": 1,
+                "maxLength": validation.REQUEST_ID_MAX,
+                "description": "While the lease granted for this id is live, the same request"
+                " answers 200 with that lease instead of granting another.",
+            },
         },
     },
     "RenewRequest": {
         "type": "object",
         "additionalProperties": False,
-        "properties": {"lease_seconds": _OPTIONAL_LEASE},
+        "properties": {
+            "lease_seconds": _OPTIONAL_LEASE,
+            "checkpoint": {
+                "type": ["string", "null"],
+                "description": f"At most {validation.CHECKPOINT_BYTES_MAX} UTF-8 bytes, saved"
+                " with the key for its next holder; null clears it.",
+            },
+        },
     },
     "Problem": {
         "type": "object",
@@ -290,7 +345,19 @@ def _document() -> dict[str, Any]:
                             _ref("BatchKey"),
                             location="The key: /api/v1/process/{process_name}/keys/{key}",
                         ),
-                        **_problems("unknown_process", "no_free_key", *_BODY_PROBLEMS),
+                        **_ok(
+                            200,
+                            "The lease granted earlier to the same request_id, still live",
+                            _ref("BatchKey"),
+                            location="The key: /api/v1/process/{process_name}/keys/{key}",
+                        ),
+                        **_problems(
+                            "unknown_process",
+                            "no_free_key",
+                            "pass_complete",
+                            "all_quarantined",
+                            *_BODY_PROBLEMS,
+                        ),
                     },
                 },
             },
@@ -366,6 +433,69 @@ def _document() -> dict[str, Any]:
                     "responses": {
                         **_ok(200, "The key", _ref("BatchKey")),
                         **_problems("unknown_process", "unknown_key", "invalid_field"),
+                    },
+                },
+            },
+            "/api/v1/process/{process_name}/keys/{key}/retry": {
+                "post": {
+                    "summary": "Lift a key's quarantine and backoff, reset its attempts (admin)",
+                    "operationId": "retryBatchKey",
+                    "parameters": [_NAME_PARAM, _KEY_PARAM],
+                    "responses": {
+                        **_ok(200, "The key", _ref("BatchKey")),
+                        **_problems("unknown_process", "unknown_key", "invalid_field"),
+                    },
+                },
+            },
+            "/api/v1/process/{process_name}/passes": {
+                "post": {
+                    "summary": "Start the next pass now (admin)",
+                    "operationId": "startPass",
+                    "parameters": [_NAME_PARAM],
+                    "responses": {
+                        **_ok(
+                            201,
+                            "The process in its new pass",
+                            _ref("Process"),
+                            location="The pass: /api/v1/process/{process_name}/passes/{number}",
+                        ),
+                        **_problems("unknown_process", "invalid_field"),
+                    },
+                },
+            },
+            "/api/v1/process/{process_name}/passes/{number}": {
+                "get": {
+                    "summary": "A pass; the current one can be waited on until it completes",
+                    "operationId": "getPass",
+                    "parameters": [
+                        _NAME_PARAM,
+                        {
+                            "name": "number",
+                            "in": "path",
+                            "required": True,
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": validation.PASS_NUMBER_MAX,
+                            },
+                        },
+                        {
+                            "name": "wait_seconds",
+                            "in": "query",
+                            "required": False,
+                            "description": "For the current pass, wait up to this many whole"
+                            " seconds for it to complete.",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 0,
+                                "maximum": validation.WAIT_SECONDS_MAX,
+                                "default": 0,
+                            },
+                        },
+                    ],
+                    "responses": {
+                        **_ok(200, "The pass", _ref("Pass")),
+                        **_problems("unknown_process", "unknown_pass", "invalid_field"),
                     },
                 },
             },

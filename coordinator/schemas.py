@@ -15,6 +15,7 @@ from coordinator import validation
 from coordinator.errors import InvalidField
 from coordinator.models import BatchKey
 from coordinator.problems import BodyTooLarge, MalformedJson, UnsupportedMediaType
+from coordinator.validation import UNSET, Unset
 
 MAX_BODY_BYTES = 64 * 1024
 # An integer in a query: ASCII digits only (str.isdigit also takes "²" and "٣"), and at most 20 of
@@ -39,6 +40,9 @@ class RegisterBody:
     process_name: str
     key_set_size: int | None
     lease_seconds: int | None
+    mode: str | None = None
+    max_attempts: int | None = None
+    retry_backoff_seconds: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +53,7 @@ class GrantBody:
     machine: str
     lease_seconds: int | None
     wait_seconds: float
+    request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +61,8 @@ class RenewBody:
     """PATCH /api/v1/process/batch_keys/<external_id>."""
 
     lease_seconds: int | None
+    # Left out: the checkpoint stays; null: it is cleared.
+    checkpoint: str | Unset | None = UNSET
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +107,16 @@ def key_number(raw: str) -> int:
     return int(raw)
 
 
+def pass_query(raw: str, query: Mapping[str, str]) -> tuple[int, float]:
+    """A pass number in a path, and ?wait_seconds=0…60 (whole seconds to wait for it)."""
+    number = _query_int(raw, "number", 1, validation.PASS_NUMBER_MAX)
+    wait = query.get("wait_seconds")
+    seconds = (
+        0 if wait is None else _query_int(wait, "wait_seconds", 0, validation.WAIT_SECONDS_MAX)
+    )
+    return number, float(seconds)
+
+
 def _query_int(raw: str, field: str, low: int, high: int) -> int:
     """A query parameter's integer from `low` to `high` (the bounds /openapi.json states)."""
     if not _QUERY_INT.fullmatch(raw) or not low <= int(raw) <= high:
@@ -109,19 +126,38 @@ def _query_int(raw: str, field: str, low: int, high: int) -> int:
 
 async def register_body(request: Request, max_key_set_size: int) -> RegisterBody:
     """Parse and check a registration."""
-    body = await _object(request, {"process_name", "key_set_size", "lease_seconds"})
+    body = await _object(
+        request,
+        {
+            "process_name",
+            "key_set_size",
+            "lease_seconds",
+            "mode",
+            "max_attempts",
+            "retry_backoff_seconds",
+        },
+    )
     size = body.get("key_set_size")
     lease = body.get("lease_seconds")
+    mode = body.get("mode")
+    backoff = body.get("retry_backoff_seconds")
     return RegisterBody(
         process_name=validation.process_name(_required(body, "process_name")),
         key_set_size=None if size is None else validation.key_set_size(size, max_key_set_size),
         lease_seconds=None if lease is None else validation.lease_seconds(lease),
+        mode=None if mode is None else validation.mode(mode),
+        max_attempts=validation.max_attempts(body.get("max_attempts")),
+        retry_backoff_seconds=None
+        if backoff is None
+        else validation.retry_backoff_seconds(backoff),
     )
 
 
 async def grant_body(request: Request) -> GrantBody:
     """Parse and check a key request."""
-    body = await _object(request, {"process_name", "machine", "lease_seconds", "wait_seconds"})
+    body = await _object(
+        request, {"process_name", "machine", "lease_seconds", "wait_seconds", "request_id"}
+    )
     lease = body.get("lease_seconds")
     wait = body.get("wait_seconds")
     return GrantBody(
@@ -129,14 +165,18 @@ async def grant_body(request: Request) -> GrantBody:
         machine=validation.machine(_required(body, "machine")),
         lease_seconds=None if lease is None else validation.lease_seconds(lease),
         wait_seconds=0 if wait is None else validation.wait_seconds(wait),
+        request_id=validation.request_id(body.get("request_id")),
     )
 
 
 async def renew_body(request: Request) -> RenewBody:
     """Parse and check a renewal; an empty body keeps the lease's own length."""
-    body = await _object(request, {"lease_seconds"}, allow_empty=True)
+    body = await _object(request, {"lease_seconds", "checkpoint"}, allow_empty=True)
     lease = body.get("lease_seconds")
-    return RenewBody(lease_seconds=None if lease is None else validation.lease_seconds(lease))
+    return RenewBody(
+        lease_seconds=None if lease is None else validation.lease_seconds(lease),
+        checkpoint=validation.checkpoint(body["checkpoint"]) if "checkpoint" in body else UNSET,
+    )
 
 
 def _required(body: dict[str, Any], field: str) -> object:

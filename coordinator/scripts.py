@@ -11,13 +11,16 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from coordinator.errors import (
+    AllQuarantined,
     CoordinatorError,
     InvalidField,
     LeaseGone,
     NoFreeKey,
     NotLeaseHolder,
+    PassComplete,
     ProcessExists,
     UnexpectedReply,
+    UnknownKey,
     UnknownLease,
     UnknownProcess,
 )
@@ -29,7 +32,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("coordinator")
 
-NAMES = ("register", "unregister", "grant", "renew", "release", "inspect")
+NAMES = (
+    "register",
+    "unregister",
+    "grant",
+    "renew",
+    "release",
+    "inspect",
+    "start_pass",
+    "retry_key",
+)
 READ_ONLY = frozenset({"inspect"})
 
 
@@ -44,6 +56,9 @@ class Status(IntEnum):
     LEASE_GONE = 5
     INVALID_ARGUMENT = 6
     NOT_LEASE_HOLDER = 7
+    PASS_COMPLETE = 8
+    ALL_QUARANTINED = 9
+    UNKNOWN_KEY = 10
 
 
 def lua_dir() -> Path:
@@ -115,7 +130,9 @@ class Scripts:
         return len(missing)
 
 
-def raise_for_status(reply: list[Any], *, process_name: str = "", external_id: str = "") -> None:
+def raise_for_status(
+    reply: list[Any], *, process_name: str = "", external_id: str = "", key: int = -1
+) -> None:
     """Raise the exception a script's status code stands for; return quietly on OK."""
     code = reply[0]
     if code == Status.OK:
@@ -133,6 +150,12 @@ def raise_for_status(reply: list[Any], *, process_name: str = "", external_id: s
         error = LeaseGone(external_id)
     elif code == Status.NOT_LEASE_HOLDER:
         error = NotLeaseHolder(external_id)
+    elif code == Status.PASS_COMPLETE:
+        error = PassComplete(process_name)
+    elif code == Status.ALL_QUARANTINED:
+        error = AllQuarantined(process_name)
+    elif code == Status.UNKNOWN_KEY:
+        error = UnknownKey(process_name, key)
     elif code == Status.INVALID_ARGUMENT:
         error = InvalidField(str(reply[1]), "was refused by the script as malformed")
     else:

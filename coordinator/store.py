@@ -8,9 +8,9 @@ turns replies into records (`coordinator.models`), and turns failures into the e
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from coordinator import lease_id, validation
@@ -21,15 +21,19 @@ from coordinator.errors import (
     UnknownProcess,
 )
 from coordinator.keys import KeySpace
-from coordinator.models import BatchKey, Event, Process, utc
+from coordinator.models import BatchKey, Event, Pass, Process, utc
+from coordinator.rows import batch_key_of, completed
+from coordinator.runs import PASS_READERS, BatchRuns
 from coordinator.scripts import Scripts, raise_for_status
 from coordinator.unavailable import store_errors
+from coordinator.validation import UNSET, Unset
 from coordinator.waiters import DEFAULT_MAX_WAITERS, Waiters
 
 if TYPE_CHECKING:
     from coordinator.connection import RedisClient
 
 INSPECT_CHUNK = 1000
+
 _PROCESS_ID_CACHE_MAX = 65_536
 
 
@@ -49,7 +53,7 @@ class Limits:
     """How long a deleted process's history (and its leases' 410s) stays before it expires."""
 
 
-class Store:
+class Store(BatchRuns):
     """Register processes, grant, renew and release their keys; all state stays in Redis."""
 
     def __init__(
@@ -75,15 +79,27 @@ class Store:
         self._names: dict[int, str] = {}
         # Grants waiting for a key on this replica: queued, not one connection each.
         self.waiters = Waiters(redis, max_waiters=max_waiters)
+        self._pass_readers = asyncio.Semaphore(PASS_READERS)
 
     async def aclose(self) -> None:
         """Stop the waiters' listeners; waiting grants answer StoreUnavailable."""
         await self.waiters.aclose()
 
     async def register(
-        self, name: str, key_set_size: int | None = None, lease_seconds: int | None = None
+        self,
+        name: str,
+        key_set_size: int | None = None,
+        lease_seconds: int | None = None,
+        *,
+        mode: str | None = None,
+        max_attempts: int | None = None,
+        retry_backoff_seconds: int | None = None,
     ) -> Process:
-        """Register a process of `key_set_size` keys; raises ProcessExists if the name is taken."""
+        """Register a process of `key_set_size` keys; raises ProcessExists if the name is taken.
+
+        `mode`, `max_attempts` and `retry_backoff_seconds` are the batch-run options (README
+        "Batch runs"); left out, the process behaves as the seed's.
+        """
         name = validation.process_name(name)
         size = validation.key_set_size(
             # The default never exceeds a deployment's smaller maximum.
@@ -95,6 +111,9 @@ class Store:
         lease = validation.lease_seconds(
             self.limits.default_lease_seconds if lease_seconds is None else lease_seconds
         )
+        mode = validation.mode("rotate" if mode is None else mode)
+        attempts = validation.max_attempts(max_attempts)
+        backoff = validation.retry_backoff_seconds(retry_backoff_seconds or 0)
         pid = f"{lease_id.process_id(name):016x}"
         with store_errors():
             # A pid is never reassigned, so a failed HSETNX followed by a read is race-free.
@@ -104,15 +123,17 @@ class Store:
                 raise ProcessExists(name, f"'{name}' shares its id with process '{owner}'.")
             reply = await self.scripts.call(
                 "register",
-                [self.keys.process(name).meta, self.keys.process(name).events],
-                [size, lease * 1000, self.limits.events_cap],
+                self.keys.process(name).of("register"),
+                [size, lease * 1000, self.limits.events_cap, mode, attempts or 0, backoff * 1000],
             )
             # The name is listed only once its keys exist, so a listing never shows a
             # half-made process; a duplicate registration re-lists it, healing a crash
             # between the two steps.
             await self.redis.zadd(self.keys.registry, {name: 0})
         raise_for_status(reply, process_name=name)
-        return Process(name, size, lease)
+        started = utc(int(reply[1]))
+        assert started is not None
+        return Process(name, size, lease, mode, attempts, backoff, Pass(1, started))
 
     async def processes(self) -> list[Process]:
         """Every registered process, by name."""
@@ -120,18 +141,29 @@ class Store:
             names = [str(n) for n in await self.redis.zrange(self.keys.registry, 0, -1)]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for name in names:
-                    pipe.hmget(self.keys.process(name).meta, "size", "lease_ms")
-                metas = await pipe.execute()
-        return [_process(name, meta) for name, meta in zip(names, metas, strict=True) if meta[0]]
+                    k = self.keys.process(name)
+                    pipe.hmget(k.meta, *_META_FIELDS)
+                    pipe.zcount(k.parked, "+inf", "+inf")
+                replies = await pipe.execute()
+        metas, quarantined = replies[::2], replies[1::2]
+        return [
+            _process(name, meta, q)
+            for name, meta, q in zip(names, metas, quarantined, strict=True)
+            if meta[0]
+        ]
 
     async def process(self, name: str) -> Process:
         """One registered process."""
         name = validation.process_name(name)
+        k = self.keys.process(name)
         with store_errors():
-            meta = await self.redis.hmget(self.keys.process(name).meta, "size", "lease_ms")
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hmget(k.meta, *_META_FIELDS)
+                pipe.zcount(k.parked, "+inf", "+inf")
+                meta, quarantined = await pipe.execute()
         if not meta[0]:
             raise UnknownProcess(name)
-        return _process(name, meta)
+        return _process(name, meta, quarantined)
 
     async def unregister(self, name: str) -> Process:
         """Delete a process, ending all of its leases; returns it as it was.
@@ -142,11 +174,13 @@ class Store:
         name = validation.process_name(name)
         k = self.keys.process(name)
         history_ms = self.limits.deleted_history_seconds * 1000
+        # As it was: its options and pass too, which the script's reply does not carry.
+        before = await self.process(name)
         with store_errors():
             await self.redis.zrem(self.keys.registry, name)
             reply = await self.scripts.call(
                 "unregister",
-                [k.meta, k.free, k.held, k.leases, k.tokens, k.freed, k.events],
+                k.of("unregister"),
                 [self.limits.events_cap, history_ms],
             )
             raise_for_status(reply, process_name=name)
@@ -159,7 +193,7 @@ class Store:
             if registered_again:
                 # A registration of the name ran between the script and here: keep its id.
                 await self.redis.hset(self.keys.process_ids, pid, name)
-        return Process(name, int(reply[1]), int(reply[2]) // 1000)
+        return before
 
     async def purge_history(self, name: str) -> None:
         """Forget a deleted process's history now, rather than when it expires (admin)."""
@@ -193,13 +227,13 @@ class Store:
         in_range = 0 <= key <= validation.KEY_MAX
         with store_errors():
             reply = await self.scripts.call(
-                "inspect", [k.meta, k.free, k.leases], [key if in_range else 0, int(in_range)]
+                "inspect", k.of("inspect"), [key if in_range else 0, int(in_range), "1"]
             )
         raise_for_status(reply, process_name=name)
-        size, now_us, rows = int(reply[1]), int(reply[3]), reply[4:]
+        size, rows = int(reply[1]), reply[4:]
         if not rows:
             raise UnknownKey(name, key, size)
-        return _batch_key(name, rows[0], now_us)
+        return batch_key_of(name, rows[0], with_checkpoint=True)
 
     async def iter_batch_keys(
         self, name: str, first: int = 0, limit: int | None = None
@@ -212,13 +246,11 @@ class Store:
         while first < size and (stop is None or first < stop):
             count = INSPECT_CHUNK if stop is None else min(INSPECT_CHUNK, stop - first)
             with store_errors():
-                reply = await self.scripts.call(
-                    "inspect", [k.meta, k.free, k.leases], [first, count]
-                )
+                reply = await self.scripts.call("inspect", k.of("inspect"), [first, count])
             raise_for_status(reply, process_name=name)
-            size, now_us = int(reply[1]), int(reply[3])
+            size = int(reply[1])
             for row in reply[4:]:
-                yield _batch_key(name, row, now_us)
+                yield batch_key_of(name, row)
             first += count
 
     async def grant(
@@ -227,9 +259,14 @@ class Store:
         machine: str,
         lease_seconds: int | None = None,
         wait_seconds: float = 0,
+        *,
         holder: str = "",
+        request_id: str | None = None,
     ) -> BatchKey:
         """Lease the free key whose work is stalest.
+
+        While a lease granted with the same `request_id` is live, that lease is answered
+        again (`replayed`), so a grant whose answer was lost can be sent again safely.
 
         `holder` (hex digits: the API passes its caller's token id) is the only one, besides a
         caller passing none, who may then renew or release the lease.
@@ -243,54 +280,76 @@ class Store:
         machine = validation.machine(machine)
         lease_ms = 0 if lease_seconds is None else validation.lease_seconds(lease_seconds) * 1000
         wait_seconds = validation.wait_seconds(wait_seconds)
+        rid = validation.request_id(request_id) or ""
         k = self.keys.process(name)
 
         async def attempt() -> list[Any]:
             with store_errors():
                 reply = await self.scripts.call(
-                    "grant",
-                    [k.meta, k.free, k.held, k.leases, k.tokens, k.fence, k.events],
-                    [machine, lease_ms, self.limits.events_cap, holder],
+                    "grant", k.of("grant"), [machine, lease_ms, self.limits.events_cap, holder, rid]
                 )
             raise_for_status(reply, process_name=name)
             return reply
 
         reply = await self.waiters.grant(k.freed, attempt, wait_seconds)
-        _, key, token, started, expires, last, _size, _lease_ms = reply[:8]
-        if len(reply) > 8 and reply[8] and self.on_reclaimed is not None:
-            self.on_reclaimed(int(reply[8]))
+        _, key, token, started, expires, last, _size, _lease_ms, reclaimed = reply[:9]
+        attempts, checkpoint, replayed = reply[9:12]
+        if reclaimed and self.on_reclaimed is not None:
+            self.on_reclaimed(int(reclaimed))
         return BatchKey(
             process_name=name,
             key=key,
-            last_completed_at=_completed(last),
+            last_completed_at=utc(completed(last)),
             external_id=str(lease_id.compose(name, token)),
+            # A replayed grant is the earlier lease: its machine is the one it was granted to.
             machine=machine,
             started_at=utc(started),
             expires_at=utc(expires),
             fencing_token=token,
+            attempts=int(attempts),
+            state="held",
+            checkpoint=checkpoint if isinstance(checkpoint, str) else None,
+            with_checkpoint=True,
+            replayed=bool(replayed),
         )
 
     async def renew(
-        self, external_id: str, lease_seconds: int | None = None, holder: str = ""
+        self,
+        external_id: str,
+        lease_seconds: int | None = None,
+        holder: str = "",
+        checkpoint: str | Unset | None = UNSET,
     ) -> BatchKey:
         """Extend a live lease from now, by `lease_seconds` or by its own length.
 
         A `holder` other than the one the lease was granted to raises NotLeaseHolder; ""
-        (administrators, trusted direct workers) may renew any lease.
+        (administrators, trusted direct workers) may renew any lease. A `checkpoint` string is
+        saved with the key for its next holder (None clears it); only a live lease saves one.
         """
         lease_ms = 0 if lease_seconds is None else validation.lease_seconds(lease_seconds) * 1000
+        saving: list[str | int] = []
+        if not isinstance(checkpoint, Unset):
+            value = validation.checkpoint(checkpoint)
+            saving = ["clear"] if value is None else ["set", value]
         name, token = await self._resolve(external_id)
         k = self.keys.process(name)
         with store_errors():
             reply = await self.scripts.call(
-                "renew",
-                [k.free, k.held, k.leases, k.tokens, k.fence, k.freed, k.events],
-                [token, lease_ms, self.limits.events_cap, holder],
+                "renew", k.of("renew"), [token, lease_ms, self.limits.events_cap, holder, *saving]
             )
         raise_for_status(reply, process_name=name, external_id=external_id)
-        _, key, token, started, expires, last, _lease_ms, machine = reply
+        _, key, token, started, expires, last, _lease_ms, machine, attempts = reply
         return BatchKey(
-            name, key, _completed(last), external_id, machine, utc(started), utc(expires), token
+            name,
+            key,
+            utc(completed(last)),
+            external_id,
+            machine,
+            utc(started),
+            utc(expires),
+            token,
+            attempts=int(attempts),
+            state="held",
         )
 
     async def release(
@@ -329,14 +388,22 @@ class Store:
         k = self.keys.process(name)
         with store_errors():
             reply = await self.scripts.call(
-                "release",
-                [k.free, k.held, k.leases, k.tokens, k.fence, k.freed, k.events],
-                [token, outcome, self.limits.events_cap, holder],
+                "release", k.of("release"), [token, outcome, self.limits.events_cap, holder]
             )
         raise_for_status(reply, process_name=name, external_id=external_id)
-        _, key, token, started, last, machine = reply
+        _, key, token, started, last, machine, attempts, state, retry_at = reply
         return BatchKey(
-            name, key, _completed(last), external_id, machine, utc(started), None, token
+            name,
+            key,
+            utc(completed(last)),
+            external_id,
+            machine,
+            utc(started),
+            None,
+            token,
+            attempts=int(attempts),
+            state=str(state),
+            retry_at=utc(int(retry_at) or None),
         )
 
     async def check_ready(self) -> None:
@@ -373,27 +440,39 @@ class Store:
         return name, token
 
 
-def _completed(last: int) -> datetime | None:
-    """A staleness score as a completion time: negative scores mean never completed."""
-    return utc(last) if last >= 0 else None
+# The meta fields a process object is made of, in the order `_process` reads them.
+_META_FIELDS = (
+    "size",
+    "lease_ms",
+    "mode",
+    "max_attempts",
+    "backoff_ms",
+    "pass",
+    "pass_started_us",
+    "pass_completed_us",
+    "done",
+    "created_us",
+)
 
 
-def _process(name: str, meta: list[Any]) -> Process:
-    return Process(name, int(meta[0]), int(meta[1]) // 1000)
-
-
-def _batch_key(name: str, row: list[Any], now_us: int) -> BatchKey:
-    key, last = int(row[0]), int(row[1])
-    if len(row) == 2 or int(row[4]) <= now_us:
-        return BatchKey(name, key, _completed(last))
-    _, _, token, started, expires, machine = row
-    return BatchKey(
+def _process(name: str, meta: list[Any], quarantined: int) -> Process:
+    size, lease_ms, mode, attempts, backoff_ms, number, started, completed_us, done, created = meta
+    # A process registered before batch runs is in pass 1, started when it was created.
+    started_at = utc(int(started or created or 0))
+    assert started_at is not None
+    current = Pass(
+        number=int(number or 1),
+        started_at=started_at,
+        completed_at=utc(int(completed_us)) if completed_us else None,
+        keys_done=int(done or 0),
+        keys_quarantined=int(quarantined),
+    )
+    return Process(
         name,
-        key,
-        _completed(last),
-        str(lease_id.compose(name, token)),
-        machine,
-        utc(started),
-        utc(expires),
-        token,
+        int(size),
+        int(lease_ms) // 1000,
+        mode or "rotate",
+        int(attempts) if attempts else None,
+        int(backoff_ms or 0) // 1000,
+        current,
     )

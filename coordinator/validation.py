@@ -22,6 +22,15 @@ HOLDER_MAX = 64  # hex digits of a lease holder's id
 DELETED_HISTORY_SECONDS_MIN = 86_400  # an ended lease answers 410 for at least a day
 DELETED_HISTORY_SECONDS_MAX = 31_536_000
 DELETED_HISTORY_SECONDS_DEFAULT = 604_800
+# Batch runs (README "Batch runs"): the process options and what workers send.
+MODES = ("rotate", "once")
+MAX_ATTEMPTS_MAX = 1000
+RETRY_BACKOFF_SECONDS_MAX = 3600
+CHECKPOINT_BYTES_MAX = 4096
+REQUEST_ID_MAX = 128  # characters
+REQUEST_ID_BYTES_MAX = REQUEST_ID_MAX * 4  # the scripts' bound: 128 characters of UTF-8
+PASSES_KEPT = 100
+PASS_NUMBER_MAX = (1 << 53) - 1
 
 # Query parameters (one page of keys or events; Redis reads each part of an event id, a
 # stream id, as an unsigned 64-bit integer).
@@ -35,6 +44,13 @@ EVENT_ID_PART_MAX = (1 << 64) - 1
 EVENT_ID_LAST = f"{EVENT_ID_PART_MAX}-{EVENT_ID_PART_MAX}"  # nothing can follow it
 
 _PROCESS_NAME = re.compile(PROCESS_NAME_PATTERN)
+
+
+class Unset:
+    """The type of UNSET: a field left out, told apart from one sent as null."""
+
+
+UNSET = Unset()
 
 
 def process_name(value: object, field: str = "process_name") -> str:
@@ -135,3 +151,45 @@ def event_id(value: object, field: str = "after") -> str:
             f" {EVENT_ID_PART_MAX}",
         )
     return value
+
+
+def mode(value: object) -> str:
+    """A process's mode: `rotate` (keys are granted again and again) or `once` per pass."""
+    if value not in MODES:
+        raise InvalidField("mode", "must be 'rotate' or 'once'")
+    return str(value)
+
+
+def max_attempts(value: object) -> int | None:
+    """Failed leases in a row before a key is quarantined: 1 to 1000, or None for no limit."""
+    return None if value is None else _integer(value, "max_attempts", 1, MAX_ATTEMPTS_MAX)
+
+
+def retry_backoff_seconds(value: object) -> int:
+    """Seconds a key waits after its first failed lease (doubling after each): 0 to 3600."""
+    return _integer(value, "retry_backoff_seconds", 0, RETRY_BACKOFF_SECONDS_MAX)
+
+
+def checkpoint(value: object) -> str | None:
+    """A worker's saved progress: a string of at most 4096 UTF-8 bytes, or None to clear."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidField("checkpoint", "must be a string or null")
+    if len(value.encode()) > CHECKPOINT_BYTES_MAX:
+        raise InvalidField("checkpoint", f"must be at most {CHECKPOINT_BYTES_MAX} UTF-8 bytes")
+    return value
+
+
+def request_id(value: object) -> str | None:
+    """A client's id for one acquisition, so a retried grant answers the same lease."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 1 <= len(value) <= REQUEST_ID_MAX:
+        raise InvalidField("request_id", f"must be a string of 1 to {REQUEST_ID_MAX} characters")
+    return value
+
+
+def pass_number(value: object) -> int:
+    """A pass number, from 1."""
+    return _integer(value, "pass", 1, PASS_NUMBER_MAX)

@@ -1,40 +1,55 @@
 -- grant.lua: lease the free key whose work is stalest to one worker.
 --
--- KEYS[1] meta    hash   {size, lease_ms, fresh, created_us}
+-- KEYS[1] meta    hash   {size, lease_ms, fresh, created_us} and the batch-run fields: mode,
+--                        max_attempts, backoff_ms, pass, pass_started_us, pass_completed_us,
+--                        done, qdone, epoch (all optional; absent means the seed's behaviour)
 -- KEYS[2] free    zset   key -> staleness score of touched keys that are free (see below)
 -- KEYS[3] held    zset   key -> expires_us of keys under lease
 -- KEYS[4] leases  hash   key -> "token[:holder]|started_us|expires_us|lease_ms|last|machine"
 -- KEYS[5] tokens  hash   token -> key, for the leases that are live
 -- KEYS[6] fence   string the process name's last fencing token (never deleted)
 -- KEYS[7] events  stream (optional) the process's history; each change appends one entry
+-- KEYS[8] keyinfo hash   (optional) a:<key> "epoch:attempts", l:<key> the staleness score of a
+--                        parked key, c:<key> checkpoint, r:<request_id> token, t:<token> request_id
+-- KEYS[9] parked  zset   (optional) keys in backoff -> retry_at_us; quarantined keys -> +inf
+-- KEYS[10] passes hash   (optional) pass number -> "started_us|completed_us|done|quarantined"
 -- ARGV[1] machine   any string of 1 to 1024 bytes, stored as given
 -- ARGV[2] lease_ms  lease length in milliseconds, 0 to 86400000; 0 takes the process's default
 -- ARGV[3] events_cap  (optional, default 10000) entries the stream keeps, 1 to 10000000
 -- ARGV[4] holder    (optional, default '') who may renew and release the lease: up to 64 hex
 --                   digits (the API passes its token's id); '' for trusted direct workers
+-- ARGV[5] request_id  (optional, default '') 1 to 512 bytes: while a lease granted with it is
+--                   live, the same lease is answered again (element 12 is then 1)
 --
--- Returns {0, key, token, started_us, expires_us, last, size, lease_ms, reclaimed}  granted;
---            reclaimed = expired leases this call returned to the free set
---         {1}                       no such process
---         {3, retry_after_us}       no key free; microseconds until the earliest lease expires
---         {6, argument}             an argument is missing, malformed or out of range;
---                                   nothing changed
+-- Returns {0, key, token, started_us, expires_us, last, size, lease_ms, reclaimed, attempts,
+--             checkpoint, existing}  granted; reclaimed = expired leases this call ended;
+--             checkpoint = the key's saved string, or 0 for none; existing = 1 when the lease
+--             was granted earlier to the same request_id
+--         {1}                 no such process
+--         {3, retry_after_us} no key grantable now; microseconds until the earliest lease
+--                             expiry or backoff end
+--         {6, argument}       an argument is missing, malformed or out of range; nothing changed
+--         {8}                 a `once` process whose current pass is complete
+--         {9}                 nothing grantable, held or in backoff: every other key quarantined
 --
 -- Times are microseconds since the epoch from Redis TIME. `last` is the staleness score:
 -- the microsecond of the key's last completion, or (key - size) < 0 if it never completed,
 -- so never-completed keys sort first, lowest number first. Keys >= `fresh` were never
--- touched; they are not stored, and the next of them has score (fresh - size).
+-- touched; they are not stored, and the next of them has score (fresh - size). A key is done
+-- in the current pass when its score is above pass_started_us, so "not done in this pass" is
+-- one score comparison and a new pass costs nothing per key.
 -- Fencing tokens are max(last token + 1, microseconds since 2026-01-01 by Redis TIME): they
 -- strictly increase on one server, and after a failover that lost the newest grants
 -- (replication is asynchronous) the promoted replica still hands out tokens above every token
 -- the old primary gave, unless its clock is behind by more than the failover took.
--- Cost: O(log size) plus at most RECLAIM_LIMIT expired leases returned to the free set.
+-- Cost: O(log size) plus at most RECLAIM_LIMIT expired leases and backoffs ended.
 local meta, free, held, leases, tokens, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local events = KEYS[7]
+local events, keyinfo, parked, passes = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local machine = ARGV[1]
 local lease_ms = tonumber(ARGV[2])
 local events_cap = tonumber(ARGV[3] or '10000')
 local holder = ARGV[4] or ''
+local request_id = ARGV[5] or ''
 local RECLAIM_LIMIT = 16
 local TOKEN_EPOCH_US = 1767225600000000
 -- The bounds of coordinator/validation.py, for callers that skip it (tests tie the two).
@@ -42,6 +57,7 @@ local LEASE_MS_MAX = 86400000
 local EVENTS_CAP_MAX = 10000000
 local MACHINE_BYTES_MAX = 1024
 local HOLDER_MAX = 64
+local REQUEST_ID_BYTES_MAX = 512
 
 if not machine or machine == '' or #machine > MACHINE_BYTES_MAX then
   return {6, 'machine'}
@@ -56,6 +72,23 @@ end
 if #holder > HOLDER_MAX or not string.match(holder, '^%x*$') then
   return {6, 'holder'}
 end
+if #request_id > REQUEST_ID_BYTES_MAX or (request_id ~= '' and not keyinfo) then
+  return {6, 'request_id'}
+end
+
+local m = redis.call('HMGET', meta, 'size', 'lease_ms', 'fresh', 'mode', 'pass_started_us',
+  'pass_completed_us')
+if not m[1] then
+  return {1}
+end
+local size, fresh = tonumber(m[1]), tonumber(m[3])
+local once = m[4] == 'once'
+if lease_ms == 0 then
+  lease_ms = tonumber(m[2])
+end
+
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
 -- Appends one entry to the history, when the caller passed the stream (older callers don't).
 local function record(kind, key, token, machine, at_us)
@@ -65,21 +98,103 @@ local function record(kind, key, token, machine, at_us)
   end
 end
 
-local m = redis.call('HMGET', meta, 'size', 'lease_ms', 'fresh')
-if not m[1] then
-  return {1}
-end
-local size, fresh = tonumber(m[1]), tonumber(m[3])
-if lease_ms == 0 then
-  lease_ms = tonumber(m[2])
+-- BEGIN shared: lease endings (the same text in grant.lua and release.lua; a test keeps them so)
+-- Completes the current pass once every key is done in it or quarantined: records it in
+-- `passes` and the history, and in `rotate` mode starts the next pass at the same instant.
+local function complete_pass_if_due(at_us)
+  if not parked or not passes then
+    return
+  end
+  local p = redis.call('HMGET', meta, 'size', 'mode', 'pass', 'pass_started_us',
+    'pass_completed_us', 'done', 'qdone')
+  if (p[5] or '') ~= '' then
+    return
+  end
+  local done, qdone = tonumber(p[6] or '0'), tonumber(p[7] or '0')
+  local quarantined = redis.call('ZCOUNT', parked, '+inf', '+inf')
+  local rotate = p[2] ~= 'once'
+  -- A rotate pass in which nothing was done would complete, and start again, forever.
+  if done + quarantined - qdone < tonumber(p[1]) or (rotate and done == 0) then
+    return
+  end
+  local number = tonumber(p[3] or '1')
+  local at = string.format('%.0f', at_us)
+  redis.call('HSET', passes, number, string.format('%s|%s|%d|%d', p[4] or '0', at, done,
+    quarantined))
+  redis.call('HDEL', passes, number - 100)
+  record('pass-completed', '', '', '', at_us)
+  if rotate then
+    redis.call('HSET', meta, 'pass', number + 1, 'pass_started_us', at, 'pass_completed_us', '',
+      'done', 0, 'qdone', 0)
+    record('pass-started', '', '', '', at_us)
+  else
+    redis.call('HSET', meta, 'pass_completed_us', at)
+  end
 end
 
-local t = redis.call('TIME')
-local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+-- A lease ended without completion (failed, expired, revoked): count the attempt, then
+-- quarantine the key, hold it back for its backoff, or return it to the free set. Returns
+-- the key's attempts, its state and (in backoff) when it is grantable again.
+local function park(key, last, at_us)
+  if not keyinfo then
+    redis.call('ZADD', free, last, key)
+    return 0, 'free', 0
+  end
+  local o = redis.call('HMGET', meta, 'max_attempts', 'backoff_ms', 'epoch', 'pass_started_us')
+  local epoch = o[3] or '0'
+  local e, n = string.match(redis.call('HGET', keyinfo, 'a:' .. key) or '', '^(%d+):(%d+)$')
+  local attempts = (e == epoch and tonumber(n) or 0) + 1
+  redis.call('HSET', keyinfo, 'a:' .. key, epoch .. ':' .. attempts)
+  local max_attempts, backoff_ms = tonumber(o[1] or '0'), tonumber(o[2] or '0')
+  if max_attempts > 0 and attempts >= max_attempts then
+    redis.call('ZADD', parked, '+inf', key)
+    redis.call('HSET', keyinfo, 'l:' .. key, last)
+    if tonumber(last) > tonumber(o[4] or '0') then
+      redis.call('HINCRBY', meta, 'qdone', 1)  -- done in this pass, then quarantined
+    end
+    record('quarantined', key, '', '', at_us)
+    complete_pass_if_due(at_us)
+    return attempts, 'quarantined', 0
+  elseif backoff_ms > 0 then
+    local retry_at = at_us + math.min(backoff_ms * 2 ^ (attempts - 1), 3600000) * 1000
+    redis.call('ZADD', parked, string.format('%.0f', retry_at), key)
+    redis.call('HSET', keyinfo, 'l:' .. key, last)
+    return attempts, 'backoff', retry_at
+  end
+  redis.call('ZADD', free, last, key)
+  return attempts, 'free', 0
+end
 
--- An expired lease is free: put it back where its staleness says, no background job needed.
--- A record that is missing or unreadable (never written by these scripts) cannot name its
--- token or completion: the key goes back as never completed rather than stay held forever.
+-- Forgets the request id a lease was granted for, so it grants anew.
+local function forget_request(token)
+  if keyinfo then
+    local rid = redis.call('HGET', keyinfo, 't:' .. token)
+    if rid then
+      redis.call('HDEL', keyinfo, 't:' .. token, 'r:' .. rid)
+    end
+  end
+end
+-- END shared
+
+-- The same request again, while its lease lives: answer that lease, grant nothing.
+if request_id ~= '' then
+  local earlier = redis.call('HGET', keyinfo, 'r:' .. request_id)
+  local key = earlier and redis.call('HGET', tokens, earlier)
+  local r = key and redis.call('HGET', leases, key)
+  local own, started, expires, own_ms, last, machine_then = string.match(r or '',
+    '^(%d+):?%x*|(%d+)|(%d+)|(%d+)|(-?%d+)|(.*)$')
+  if own == earlier and own and tonumber(expires) > now_us then
+    local e, n = string.match(redis.call('HGET', keyinfo, 'a:' .. key) or '', '^(%d+):(%d+)$')
+    local epoch = redis.call('HGET', meta, 'epoch') or '0'
+    return {0, tonumber(key), tonumber(own), tonumber(started), tonumber(expires), tonumber(last),
+      size, tonumber(own_ms), 0, e == epoch and tonumber(n) or 0,
+      redis.call('HGET', keyinfo, 'c:' .. key) or 0, 1}
+  end
+end
+
+-- An expired lease has ended without completion: count the attempt and park or free the key,
+-- no background job needed. A record that is missing or unreadable (never written by these
+-- scripts) names no token or completion: the key goes back as never completed.
 local expired = redis.call('ZRANGEBYSCORE', held, '-inf', string.format('%.0f', now_us),
   'LIMIT', 0, RECLAIM_LIMIT)
 for _, key in ipairs(expired) do
@@ -87,30 +202,66 @@ for _, key in ipairs(expired) do
     '^(%d+):?%x*|%d+|%d+|%d+|(-?%d+)|(.*)$')
   if token then
     redis.call('HDEL', tokens, token)
+    forget_request(token)
   else
     token, last, machine_then = '', string.format('%d', (tonumber(key) or 0) - size), ''
   end
   redis.call('HDEL', leases, key)
   redis.call('ZREM', held, key)
-  if tonumber(key) then
-    redis.call('ZADD', free, last, key)
-  end
   record('expired', key, token, machine_then, now_us)
+  if tonumber(key) then
+    park(key, last, now_us)
+  end
 end
 
+-- A backoff that has ended returns its key to the free set, at its old place.
+if parked then
+  local due = redis.call('ZRANGEBYSCORE', parked, '-inf', string.format('%.0f', now_us),
+    'LIMIT', 0, RECLAIM_LIMIT)
+  for _, key in ipairs(due) do
+    redis.call('ZREM', parked, key)
+    redis.call('ZADD', free, redis.call('HGET', keyinfo, 'l:' .. key) or '0', key)
+    redis.call('HDEL', keyinfo, 'l:' .. key)
+  end
+end
+
+-- The pass state may have moved above (a quarantine completing it): read it now.
+local pass_started = tonumber(redis.call('HGET', meta, 'pass_started_us') or '0')
+if once and (redis.call('HGET', meta, 'pass_completed_us') or '') ~= '' then
+  return {8}
+end
+
+-- The stalest free key; in a `once` pass, only if it is not done in this pass.
 local key, last
 local stalest = redis.call('ZRANGE', free, 0, 0, 'WITHSCORES')
-if fresh < size and (stalest[1] == nil or tonumber(stalest[2]) > fresh - size) then
+local candidate = stalest[1] and tonumber(stalest[2])
+if candidate and once and candidate > pass_started then
+  candidate = nil
+end
+if fresh < size and (candidate == nil or candidate > fresh - size) then
   key, last = fresh, fresh - size
   redis.call('HINCRBY', meta, 'fresh', 1)
-elseif stalest[1] then
-  key, last = tonumber(stalest[1]), tonumber(stalest[2])
+elseif candidate then
+  key, last = tonumber(stalest[1]), candidate
   redis.call('ZREM', free, stalest[1])
 else
+  -- Nothing grantable: wait for the earliest expiry or backoff end, or stop for good.
+  local earliest = redis.call('ZRANGE', held, 0, 0, 'WITHSCORES')
+  local backoff = parked and redis.call('ZRANGE', parked, 0, 0, 'WITHSCORES') or {}
+  local wake = earliest[2] and tonumber(earliest[2])
+  local backoff_end = backoff[2] and tonumber(backoff[2])
+  if backoff_end and backoff_end < math.huge then  -- +inf is a quarantine, not a backoff
+    wake = math.min(wake or math.huge, backoff_end)
+  end
+  if wake then
+    return {3, wake - now_us}
+  end
+  if backoff[1] and not once then
+    return {9}
+  end
   -- Nothing held either can only be a damaged process (keys removed behind our back):
   -- answer busy for a second rather than fail.
-  local earliest = redis.call('ZRANGE', held, 0, 0, 'WITHSCORES')
-  return {3, earliest[2] and tonumber(earliest[2]) - now_us or 1000000}
+  return {3, 1000000}
 end
 
 -- Numbers go to Redis as formatted strings: Lua's own conversion may print 1.7e+15.
@@ -125,4 +276,16 @@ redis.call('HSET', leases, name, string.format('%s|%.0f|%.0f|%d|%.0f|', owner, n
 redis.call('HSET', tokens, token_text, name)
 redis.call('ZADD', held, string.format('%.0f', expires_us), name)
 record('granted', name, token_text, machine, now_us)
-return {0, key, token, now_us, expires_us, last, size, lease_ms, #expired}
+local attempts, checkpoint = 0, 0
+if keyinfo then
+  if request_id ~= '' then
+    redis.call('HSET', keyinfo, 'r:' .. request_id, token_text, 't:' .. token_text, request_id)
+  end
+  local info = redis.call('HMGET', keyinfo, 'a:' .. name, 'c:' .. name)
+  local e, n = string.match(info[1] or '', '^(%d+):(%d+)$')
+  if e and e == (redis.call('HGET', meta, 'epoch') or '0') then
+    attempts = tonumber(n)
+  end
+  checkpoint = info[2] or 0
+end
+return {0, key, token, now_us, expires_us, last, size, lease_ms, #expired, attempts, checkpoint, 0}

@@ -5,8 +5,14 @@
 -- ARGV[1] key_set_size  integer, 1 to 2^40
 -- ARGV[2] lease_ms      default lease length of this process's grants, 1 to 86400000 ms
 -- ARGV[3] events_cap    (optional, default 10000) entries the stream keeps, 1 to 10000000
+-- ARGV[4] mode          (optional, default 'rotate') 'rotate' or 'once' (see grant.lua)
+-- ARGV[5] max_attempts  (optional, default 0: no limit) 0 to 1000; a key whose leases end this
+--                       many times in a row without completion is quarantined
+-- ARGV[6] backoff_ms    (optional, default 0) 0 to 3600000; after a lease ends without
+--                       completion the key waits backoff_ms * 2^(attempts-1), at most an hour
 --
--- Returns {0, created_us}  registered (microseconds since the epoch, from Redis TIME)
+-- Returns {0, created_us}  registered (microseconds since the epoch, from Redis TIME); its
+--                          pass 1 starts at created_us
 --         {2}              a process of this name is already registered
 --         {6, argument}    an argument is missing or malformed; nothing changed
 --
@@ -21,6 +27,18 @@ local events_cap = tonumber(ARGV[3] or '10000')
 local KEY_SET_SIZE_MAX = 1099511627776
 local LEASE_MS_MAX = 86400000
 local EVENTS_CAP_MAX = 10000000
+local MAX_ATTEMPTS_MAX = 1000
+local BACKOFF_MS_MAX = 3600000
+local mode = ARGV[4] or 'rotate'
+if mode ~= 'rotate' and mode ~= 'once' then
+  return {6, 'mode'}
+end
+for i, bound in ipairs({{5, 'max_attempts', MAX_ATTEMPTS_MAX}, {6, 'backoff_ms', BACKOFF_MS_MAX}}) do
+  local value = tonumber(ARGV[bound[1]] or '0')
+  if not value or value < 0 or value > bound[3] or value ~= math.floor(value) then
+    return {6, bound[2]}
+  end
+end
 
 if not events_cap or events_cap < 1 or events_cap > EVENTS_CAP_MAX
     or events_cap ~= math.floor(events_cap) then
@@ -41,8 +59,18 @@ end
 size, lease_ms = string.format('%.0f', tonumber(size)), string.format('%.0f', tonumber(lease_ms))
 local t = redis.call('TIME')
 local created_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-redis.call('HSET', meta, 'size', size, 'lease_ms', lease_ms, 'fresh', 0,
-  'created_us', string.format('%.0f', created_us))
+local created = string.format('%.0f', created_us)
+redis.call('HSET', meta, 'size', size, 'lease_ms', lease_ms, 'fresh', 0, 'created_us', created,
+  'pass', 1, 'pass_started_us', created, 'pass_completed_us', '', 'done', 0, 'qdone', 0)
+if mode == 'once' then
+  redis.call('HSET', meta, 'mode', mode)
+end
+for _, option in ipairs({{5, 'max_attempts'}, {6, 'backoff_ms'}}) do
+  local value = tonumber(ARGV[option[1]] or '0')
+  if value > 0 then
+    redis.call('HSET', meta, option[2], string.format('%d', value))
+  end
+end
 if events then
   -- A deleted process's history was set to expire (unregister.lua): the name lives again.
   redis.call('PERSIST', events)

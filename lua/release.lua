@@ -8,6 +8,10 @@
 -- KEYS[5] fence   string the process name's last fencing token
 -- KEYS[6] freed   list   wake-up signals for grants waiting for a free key
 -- KEYS[7] events  stream (optional) the process's history; each change appends one entry
+-- KEYS[8] meta    hash   (optional, with 9-11) the process: pass counters and options
+-- KEYS[9] keyinfo hash   (optional) attempts, parked scores, checkpoints, request ids
+-- KEYS[10] parked zset   (optional) keys in backoff -> retry_at_us; quarantined -> +inf
+-- KEYS[11] passes hash   (optional) pass number -> "started_us|completed_us|done|quarantined"
 -- ARGV[1] token    the lease's fencing token (decoded from its external_id)
 -- ARGV[2] outcome  "completed" (last completion becomes now), "failed" (keeps its old place)
 --                  or "revoked" (as failed, by an administrator)
@@ -15,16 +19,22 @@
 -- ARGV[4] holder   (optional, default '') the caller's id as passed to grant.lua; '' skips
 --                  the check (administrators, trusted direct workers)
 --
--- Returns {0, key, token, started_us, last, machine}  released; last is the key's staleness
---            score afterwards: completion microsecond, or (key - size) < 0 if never completed
+-- Returns {0, key, token, started_us, last, machine, attempts, state, retry_at_us}  released;
+--            last is the key's staleness score afterwards: completion microsecond, or
+--            (key - size) < 0 if never completed; state is free, done, backoff or quarantined
 --         {4}  no lease with this token was ever granted
 --         {5}  the lease was granted and has ended (released, expired, or process deleted)
 --         {6, argument}  an argument is malformed or out of range; nothing changed
 --         {7}  the lease is held by another holder; nothing changed
 --
+-- A completion counts towards the current pass (keys_done) the first time the key is done in
+-- it; the release that makes every key done or quarantined completes the pass. A lease ended
+-- any other way (failed, revoked, or found expired here) counts an attempt and may quarantine
+-- the key or hold it back for its backoff. Without KEYS 8-11 (callers older than batch runs)
+-- the key simply returns to the free set, as before.
 -- Times are microseconds from Redis TIME; a lease whose expires_us <= now has ended.
 local free, held, leases, tokens, fence, freed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local events = KEYS[7]
+local events, meta, keyinfo, parked, passes = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local token = tonumber(ARGV[1])
 local outcome = ARGV[2]
 local events_cap = tonumber(ARGV[3] or '10000')
@@ -43,14 +53,95 @@ end
 if #holder > HOLDER_MAX or not string.match(holder, '^%x*$') then
   return {6, 'holder'}
 end
+if keyinfo and not (meta and parked and passes) then
+  return {6, 'keys'}
+end
 
 -- Appends one entry to the history, when the caller passed the stream (older callers don't).
 local function record(kind, key, token, machine, at_us)
   if events then
-    redis.call('XADD', events, 'MAXLEN', '~', string.format('%d', events_cap), '*', 'type', kind, 'key', key,
-      'token', token, 'machine', machine, 'at_us', string.format('%.0f', at_us))
+    redis.call('XADD', events, 'MAXLEN', '~', string.format('%d', events_cap), '*', 'type', kind,
+      'key', key, 'token', token, 'machine', machine, 'at_us', string.format('%.0f', at_us))
   end
 end
+
+-- BEGIN shared: lease endings (the same text in grant.lua and release.lua; a test keeps them so)
+-- Completes the current pass once every key is done in it or quarantined: records it in
+-- `passes` and the history, and in `rotate` mode starts the next pass at the same instant.
+local function complete_pass_if_due(at_us)
+  if not parked or not passes then
+    return
+  end
+  local p = redis.call('HMGET', meta, 'size', 'mode', 'pass', 'pass_started_us',
+    'pass_completed_us', 'done', 'qdone')
+  if (p[5] or '') ~= '' then
+    return
+  end
+  local done, qdone = tonumber(p[6] or '0'), tonumber(p[7] or '0')
+  local quarantined = redis.call('ZCOUNT', parked, '+inf', '+inf')
+  local rotate = p[2] ~= 'once'
+  -- A rotate pass in which nothing was done would complete, and start again, forever.
+  if done + quarantined - qdone < tonumber(p[1]) or (rotate and done == 0) then
+    return
+  end
+  local number = tonumber(p[3] or '1')
+  local at = string.format('%.0f', at_us)
+  redis.call('HSET', passes, number, string.format('%s|%s|%d|%d', p[4] or '0', at, done,
+    quarantined))
+  redis.call('HDEL', passes, number - 100)
+  record('pass-completed', '', '', '', at_us)
+  if rotate then
+    redis.call('HSET', meta, 'pass', number + 1, 'pass_started_us', at, 'pass_completed_us', '',
+      'done', 0, 'qdone', 0)
+    record('pass-started', '', '', '', at_us)
+  else
+    redis.call('HSET', meta, 'pass_completed_us', at)
+  end
+end
+
+-- A lease ended without completion (failed, expired, revoked): count the attempt, then
+-- quarantine the key, hold it back for its backoff, or return it to the free set. Returns
+-- the key's attempts, its state and (in backoff) when it is grantable again.
+local function park(key, last, at_us)
+  if not keyinfo then
+    redis.call('ZADD', free, last, key)
+    return 0, 'free', 0
+  end
+  local o = redis.call('HMGET', meta, 'max_attempts', 'backoff_ms', 'epoch', 'pass_started_us')
+  local epoch = o[3] or '0'
+  local e, n = string.match(redis.call('HGET', keyinfo, 'a:' .. key) or '', '^(%d+):(%d+)$')
+  local attempts = (e == epoch and tonumber(n) or 0) + 1
+  redis.call('HSET', keyinfo, 'a:' .. key, epoch .. ':' .. attempts)
+  local max_attempts, backoff_ms = tonumber(o[1] or '0'), tonumber(o[2] or '0')
+  if max_attempts > 0 and attempts >= max_attempts then
+    redis.call('ZADD', parked, '+inf', key)
+    redis.call('HSET', keyinfo, 'l:' .. key, last)
+    if tonumber(last) > tonumber(o[4] or '0') then
+      redis.call('HINCRBY', meta, 'qdone', 1)  -- done in this pass, then quarantined
+    end
+    record('quarantined', key, '', '', at_us)
+    complete_pass_if_due(at_us)
+    return attempts, 'quarantined', 0
+  elseif backoff_ms > 0 then
+    local retry_at = at_us + math.min(backoff_ms * 2 ^ (attempts - 1), 3600000) * 1000
+    redis.call('ZADD', parked, string.format('%.0f', retry_at), key)
+    redis.call('HSET', keyinfo, 'l:' .. key, last)
+    return attempts, 'backoff', retry_at
+  end
+  redis.call('ZADD', free, last, key)
+  return attempts, 'free', 0
+end
+
+-- Forgets the request id a lease was granted for, so it grants anew.
+local function forget_request(token)
+  if keyinfo then
+    local rid = redis.call('HGET', keyinfo, 't:' .. token)
+    if rid then
+      redis.call('HDEL', keyinfo, 't:' .. token, 'r:' .. rid)
+    end
+  end
+end
+-- END shared
 
 -- Tokens are looked up as text, so only the canonical spelling can name a lease.
 if not string.match(ARGV[1] or '', '^[1-9]%d*$')
@@ -75,21 +166,43 @@ end
 
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local ended = tonumber(expires) <= now_us
-if outcome == 'completed' and not ended then
-  last = string.format('%.0f', now_us)
-end
 redis.call('HDEL', tokens, ARGV[1])
 redis.call('HDEL', leases, key)
 redis.call('ZREM', held, key)
-redis.call('ZADD', free, last, key)
+forget_request(ARGV[1])
 -- Wake one waiting grant (see the store's wait_seconds); stale wake-ups are capped and expire.
 redis.call('RPUSH', freed, key)
 redis.call('LTRIM', freed, -64, -1)
 redis.call('PEXPIRE', freed, 60000)
-if ended then
+
+if tonumber(expires) <= now_us then
   record('expired', key, ARGV[1], machine, now_us)
+  park(key, last, now_us)
   return {5}
 end
-record(outcome == 'revoked' and 'revoked' or 'released-' .. outcome, key, ARGV[1], machine, now_us)
-return {0, tonumber(key), token, tonumber(started), tonumber(last), machine}
+
+local attempts, state, retry_at = 0, 'free', 0
+if outcome == 'completed' then
+  -- The first completion of the key in this pass counts towards the pass.
+  local once = false
+  if meta then
+    local p = redis.call('HMGET', meta, 'pass_started_us', 'mode')
+    once = p[2] == 'once'
+    if tonumber(last) <= tonumber(p[1] or '0') then
+      redis.call('HINCRBY', meta, 'done', 1)
+    end
+  end
+  last = string.format('%.0f', now_us)
+  redis.call('ZADD', free, last, key)
+  if keyinfo then
+    redis.call('HDEL', keyinfo, 'a:' .. key, 'c:' .. key)
+  end
+  record('released-completed', key, ARGV[1], machine, now_us)
+  complete_pass_if_due(now_us)
+  state = once and 'done' or 'free'
+else
+  record(outcome == 'revoked' and 'revoked' or 'released-failed', key, ARGV[1], machine, now_us)
+  attempts, state, retry_at = park(key, last, now_us)
+end
+return {0, tonumber(key), token, tonumber(started), tonumber(last), machine, attempts, state,
+  retry_at}

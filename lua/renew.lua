@@ -1,35 +1,44 @@
 -- renew.lua: extend a live lease from now.
 --
--- KEYS[1] free    zset   key -> staleness score (an expired lease is put back here)
+-- KEYS[1] free    zset   (unused; kept so every caller's KEYS stay in place)
 -- KEYS[2] held    zset   key -> expires_us
 -- KEYS[3] leases  hash   key -> "token[:holder]|started_us|expires_us|lease_ms|last|machine"
 -- KEYS[4] tokens  hash   token -> key, for the leases that are live
 -- KEYS[5] fence   string the process name's last fencing token
--- KEYS[6] freed   list   wake-up signals for grants waiting for a free key
+-- KEYS[6] freed   list   (unused; kept so every caller's KEYS stay in place)
 -- KEYS[7] events  stream (optional) the process's history; each change appends one entry
+-- KEYS[8] keyinfo hash   (optional, with 9) c:<key> checkpoint, a:<key> "epoch:attempts"
+-- KEYS[9] meta    hash   (optional) the process, for the attempts' epoch
 -- ARGV[1] token     the lease's fencing token (decoded from its external_id)
 -- ARGV[2] lease_ms  new lease length in milliseconds, 0 to 86400000; 0 keeps the lease's own
 -- ARGV[3] events_cap  (optional, default 10000) entries the stream keeps, 1 to 10000000
 -- ARGV[4] holder    (optional, default '') the caller's id as passed to grant.lua; '' skips
 --                   the check (administrators, trusted direct workers)
+-- ARGV[5] checkpoint_op  (optional, default '') 'set' stores ARGV[6] as the key's checkpoint,
+--                   'clear' removes it, '' leaves it
+-- ARGV[6] checkpoint  (with 'set') a string of at most 4096 bytes
 --
--- Returns {0, key, token, started_us, expires_us, last, lease_ms, machine}  renewed
+-- Returns {0, key, token, started_us, expires_us, last, lease_ms, machine, attempts}  renewed
 --         {4}  no lease with this token was ever granted
 --         {5}  the lease was granted and has ended (released, expired, or process deleted)
 --         {6, argument}  an argument is malformed or out of range; nothing changed
 --         {7}  the lease is live and held by another holder; nothing changed
 --
--- Times are microseconds from Redis TIME; a lease whose expires_us <= now has ended.
-local free, held, leases, tokens, fence, freed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local events = KEYS[7]
+-- Times are microseconds from Redis TIME; a lease whose expires_us <= now has ended: the
+-- renewal answers 5 and changes nothing (the next grant or release of the key ends it, counting
+-- the attempt).
+local held, leases, tokens, fence = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local events, keyinfo, meta = KEYS[7], KEYS[8], KEYS[9]
 local token = tonumber(ARGV[1])
 local lease_ms = tonumber(ARGV[2])
 local events_cap = tonumber(ARGV[3] or '10000')
 local holder = ARGV[4] or ''
+local checkpoint_op, checkpoint = ARGV[5] or '', ARGV[6]
 -- The bounds of coordinator/validation.py, for callers that skip it (tests tie the two).
 local LEASE_MS_MAX = 86400000
 local EVENTS_CAP_MAX = 10000000
 local HOLDER_MAX = 64
+local CHECKPOINT_BYTES_MAX = 4096
 
 if not lease_ms or lease_ms < 0 or lease_ms > LEASE_MS_MAX or lease_ms ~= math.floor(lease_ms) then
   return {6, 'lease_ms'}
@@ -40,6 +49,11 @@ if not events_cap or events_cap < 1 or events_cap > EVENTS_CAP_MAX
 end
 if #holder > HOLDER_MAX or not string.match(holder, '^%x*$') then
   return {6, 'holder'}
+end
+if (checkpoint_op ~= '' and checkpoint_op ~= 'set' and checkpoint_op ~= 'clear')
+    or (checkpoint_op ~= '' and not keyinfo)
+    or (checkpoint_op == 'set' and (not checkpoint or #checkpoint > CHECKPOINT_BYTES_MAX)) then
+  return {6, 'checkpoint'}
 end
 
 -- Appends one entry to the history, when the caller passed the stream (older callers don't).
@@ -74,15 +88,6 @@ end
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 if tonumber(expires) <= now_us then
-  redis.call('HDEL', tokens, ARGV[1])
-  redis.call('HDEL', leases, key)
-  redis.call('ZREM', held, key)
-  redis.call('ZADD', free, last, key)
-  -- Wake one waiting grant (see the store's wait_seconds); stale wake-ups are capped and expire.
-  redis.call('RPUSH', freed, key)
-  redis.call('LTRIM', freed, -64, -1)
-  redis.call('PEXPIRE', freed, 60000)
-  record('expired', key, ARGV[1], machine, now_us)
   return {5}
 end
 
@@ -95,4 +100,17 @@ redis.call('HSET', leases, key, string.format('%s|%s|%.0f|%d|%s|', prefix, start
   lease_ms, last) .. machine)
 redis.call('ZADD', held, string.format('%.0f', expires_us), key)
 record('renewed', key, ARGV[1], machine, now_us)
-return {0, tonumber(key), token, tonumber(started), expires_us, tonumber(last), lease_ms, machine}
+local attempts = 0
+if keyinfo then
+  if checkpoint_op == 'set' then
+    redis.call('HSET', keyinfo, 'c:' .. key, checkpoint)
+  elseif checkpoint_op == 'clear' then
+    redis.call('HDEL', keyinfo, 'c:' .. key)
+  end
+  local e, n = string.match(redis.call('HGET', keyinfo, 'a:' .. key) or '', '^(%d+):(%d+)$')
+  if e and meta and e == (redis.call('HGET', meta, 'epoch') or '0') then
+    attempts = tonumber(n)
+  end
+end
+return {0, tonumber(key), token, tonumber(started), expires_us, tonumber(last), lease_ms, machine,
+  attempts}

@@ -97,7 +97,10 @@ async def test_the_users_exist_as_documented(users: Users, valkey_redis: Redis) 
         [f"%R~{users.prefix}:*"]
         + [
             f"~{users.prefix}:{{*}}:{part}"
-            for part in ("meta", "free", "held", "leases", "tokens", "fence", "freed", "events")
+            for part in (
+                *("meta", "free", "held", "leases", "tokens", "fence", "freed", "events"),
+                *("keyinfo", "parked", "passes"),
+            )
         ]
     )
     admin = await valkey_redis.acl_getuser(users.name("admin"))

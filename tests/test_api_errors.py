@@ -41,6 +41,10 @@ KEY_FIELDS = {
     "started_at",
     "expires_at",
     "fencing_token",
+    # Batch runs (README "Batch runs"): in every key object.
+    "attempts",
+    "state",
+    "retry_at",
 }
 TIME_FIELDS = ("last_completed_at", "started_at", "expires_at")
 LEASE_FIELDS = ("external_id", "machine", "started_at", "expires_at", "fencing_token")
@@ -74,8 +78,11 @@ def parse_time(value: str) -> datetime:
 
 
 def assert_key(key: dict[str, Any], process_name: str) -> None:
-    """`key` has the contract's eight fields, well-typed and well-formatted."""
-    assert set(key) == KEY_FIELDS, key
+    """`key` has the contract's fields, well-typed and well-formatted (a grant's and a key's
+    own resource also carry its checkpoint)."""
+    assert set(key) - {"checkpoint"} == KEY_FIELDS, key
+    assert key["state"] in {"free", "held", "done", "backoff", "quarantined"}
+    assert isinstance(key["attempts"], int)
     assert key["process_name"] == process_name
     assert isinstance(key["key"], int)
     assert not isinstance(key["key"], bool)
@@ -409,6 +416,9 @@ API_OPERATIONS = {
     ("/api/v1/process/{}", "get"),
     ("/api/v1/process/{}", "delete"),
     ("/api/v1/process/{}/keys/{}", "get"),
+    ("/api/v1/process/{}/keys/{}/retry", "post"),
+    ("/api/v1/process/{}/passes", "post"),
+    ("/api/v1/process/{}/passes/{}", "get"),
     ("/api/v1/process/batch_keys", "post"),
     ("/api/v1/process/batch_keys/{}", "get"),
     ("/api/v1/process/batch_keys/{}", "patch"),
@@ -525,6 +535,9 @@ async def test_openapi_request_bodies_match_the_contract(client: httpx.AsyncClie
         "process_name",
         "key_set_size",
         "lease_seconds",
+        "mode",
+        "max_attempts",
+        "retry_backoff_seconds",
     }
     assert schemas["RegisterRequest"]["required"] == ["process_name"]
     assert set(schemas["GrantRequest"]["properties"]) == {
@@ -532,9 +545,10 @@ async def test_openapi_request_bodies_match_the_contract(client: httpx.AsyncClie
         "machine",
         "lease_seconds",
         "wait_seconds",
+        "request_id",
     }
     assert set(schemas["GrantRequest"]["required"]) == {"process_name", "machine"}
-    assert set(schemas["RenewRequest"]["properties"]) == {"lease_seconds"}
+    assert set(schemas["RenewRequest"]["properties"]) == {"lease_seconds", "checkpoint"}
     assert set(schemas["BatchKey"]["required"]) == KEY_FIELDS
     assert set(schemas["Process"]["required"]) == {
         "process_name",

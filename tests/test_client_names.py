@@ -89,6 +89,9 @@ def test_the_json_is_unchanged_by_the_names() -> None:
         "started_at": "2026-11-27T05:47:07.000000Z",
         "expires_at": "2026-11-27T06:47:07.046923Z",
         "fencing_token": 41,
+        "attempts": 0,
+        "state": "held",
+        "retry_at": None,
     }
     key = BatchKey.from_json(data)
     assert key.expires_at == datetime(2026, 11, 27, 6, 47, 7, 46923, tzinfo=UTC)

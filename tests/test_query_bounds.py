@@ -164,7 +164,20 @@ async def _targets(client: httpx.AsyncClient, register: Register) -> dict[str, T
         assert granted.status_code == 201, granted.text
         return f"{KEYS}/{granted.json()['external_id']}"
 
-    return {"listBatchKeys": keys, "listEvents": events, "releaseBatchKey": lease}
+    # A completed pass, so that a wait allowed for answers at once.
+    done = (await register(key_set_size=1, mode="once"))["process_name"]
+    only = await client.post(KEYS, json={"process_name": done, "machine": "prober"})
+    assert (await client.delete(f"{KEYS}/{only.json()['external_id']}")).status_code == 200
+
+    async def finished_pass() -> str:
+        return f"{API}/process/{quote(done)}/passes/1"
+
+    return {
+        "listBatchKeys": keys,
+        "listEvents": events,
+        "releaseBatchKey": lease,
+        "getPass": finished_pass,
+    }
 
 
 async def test_openapi_states_the_bounds_the_service_enforces(
@@ -192,6 +205,7 @@ async def test_openapi_states_the_bounds_the_service_enforces(
                         assert (await client.delete(path)).status_code == 200
                 probed.append(f"{operation['operationId']}?{field}")
     assert sorted(probed) == [
+        "getPass?wait_seconds",
         "listBatchKeys?after",
         "listBatchKeys?limit",
         "listEvents?after",

@@ -88,7 +88,9 @@ async def test_a_key_reads_as_it_does_in_the_listing(
     for number in range(3):
         one = await client.get(f"{API}/process/{name}/keys/{number}")
         assert one.status_code == 200, one.text
-        assert one.json() == listing[number]
+        # The key's own resource adds its checkpoint, which listings leave out.
+        assert one.json().pop("checkpoint") is None
+        assert {k: v for k, v in one.json().items() if k != "checkpoint"} == listing[number]
     completed = (await client.get(f"{API}/process/{name}/keys/0")).json()
     assert_free(completed)
     assert completed["last_completed_at"] == released.json()["last_completed_at"]

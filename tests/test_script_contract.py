@@ -258,13 +258,15 @@ async def test_a_cycle_run_with_valkey_cli_is_what_the_api_reports(
 
     response = await http.get("/api/v1/process")
     assert response.status_code == 200
-    assert response.json() == [
+    seed_fields = ("process_name", "key_set_size", "key_space_size", "lease_seconds")
+    assert [{f: p[f] for f in seed_fields} for p in response.json()] == [
         {"process_name": name, "key_set_size": 3, "key_space_size": 3, "lease_seconds": 60}
     ]
 
     granted = await worker.grant(name, "cli-7")
-    status, key, token, started, expires, last, size, lease_ms, reclaimed = granted
+    status, key, token, started, expires, last, size, lease_ms, reclaimed, *runs = granted
     assert (status, key, last, size, lease_ms, reclaimed) == (0, 0, -3, 3, 60_000, 0)
+    assert runs == [0, 0, 0]  # attempts, no checkpoint, not an earlier request's lease
     assert expires - started == 60_000_000
     assert abs(started / 1e6 - time.time()) < 60, "microseconds since the epoch"
     # A new name's fence is empty: its first token is the grant's microsecond since 2026.
@@ -282,17 +284,23 @@ async def test_a_cycle_run_with_valkey_cli_is_what_the_api_reports(
         "started_at": held["started_at"],
         "expires_at": held["expires_at"],
         "fencing_token": token,
+        "attempts": 0,
+        "state": "held",
+        "retry_at": None,
     }
     assert (micros(held["started_at"]), micros(held["expires_at"])) == (started, expires)
     assert [(k["key"], k["external_id"]) for k in free] == [(1, None), (2, None)]
 
     renewed = await worker.renew(external_id, 120_000)
     assert renewed[:4] == [0, 0, token, started]
-    assert renewed[5:] == [-3, 120_000, "cli-7"]
+    assert renewed[5:] == [-3, 120_000, "cli-7", 0]
     assert renewed[4] >= started + 120_000_000
     assert micros((await _keys(http, name))[0]["expires_at"]) == renewed[4]
 
-    status, key, released_token, started_again, last, machine = await worker.release(external_id)
+    status, key, released_token, started_again, last, machine, *runs = await worker.release(
+        external_id
+    )
+    assert runs == [0, "free", 0]  # attempts, state, retry_at_us
     assert (status, key, released_token, started_again, machine) == (0, 0, token, started, "cli-7")
     assert last > started
     after = (await _keys(http, name))[0]
@@ -303,7 +311,8 @@ async def test_a_cycle_run_with_valkey_cli_is_what_the_api_reports(
 
     inspected = await worker.inspect(name)
     assert inspected[:3] == [0, 3, 60_000]
-    assert inspected[4:] == [[0, last], [1, -2], [2, -1]]
+    free = [0, 0, 0, "", 0, "free", 0, 0]  # no lease, no attempts, no backoff, no checkpoint
+    assert inspected[4:] == [[0, last, *free], [1, -2, *free], [2, -1, *free]]
 
     # The API agrees the lease the CLI released has ended.
     response = await http.delete(f"/api/v1/process/batch_keys/{external_id}")
@@ -338,8 +347,12 @@ async def test_a_lease_granted_over_http_is_finished_with_valkey_cli(
         micros(granted["started_at"]),
         micros(granted["expires_at"]),
         "http-1",
+        0,  # attempts
+        "held",
+        0,  # retry_at_us: none
+        0,  # checkpoint: not asked for
     ]
-    assert inspected[5] == [1, -1]
+    assert inspected[5] == [1, -1, 0, 0, 0, "", 0, "free", 0, 0]
 
     renewed = await worker.renew(external_id)  # 0: the lease keeps its own length
     assert renewed[0] == 0
@@ -415,7 +428,8 @@ async def test_every_status_code_is_answered_as_documented(worker: Worker) -> No
     assert await worker.cli("SCRIPT", "LOAD", source) == sha
     reply = await worker.cli(*args)
     assert reply[:3] == [0, 1, 60_000]
-    assert reply[4] == [0, -1]  # failed: the key kept its never-completed score
+    # failed: the key kept its never-completed score (the caller passed no keyinfo: no attempts)
+    assert reply[4] == [0, -1, 0, 0, 0, "", 0, "free", 0, 0]
 
 
 async def test_malformed_arguments_answer_6_and_change_nothing(worker: Worker) -> None:

@@ -76,15 +76,21 @@ class Proc:
     lease_ms: int
     score: dict[int, int] = field(default_factory=dict)
     held: dict[int, Lease] = field(default_factory=dict)
+    # Leases ended without completion since the key's last completion (batch runs' attempts).
+    attempts: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.score = {key: key - self.size for key in range(self.size)}
+        self.attempts = dict.fromkeys(range(self.size), 0)
 
     def live(self, now_us: int) -> dict[int, Lease]:
         """Leases that have not expired: a lease ends once Redis time reaches expires_us."""
         return {k: lease for k, lease in self.held.items() if lease.expires_us > now_us}
 
     def expire(self, now_us: int) -> None:
+        """A grant ends every expired lease, each an attempt (the key keeps its place)."""
+        for key in set(self.held) - set(self.live(now_us)):
+            self.attempts[key] += 1
         self.held = self.live(now_us)
 
 
@@ -213,6 +219,8 @@ class CoordinatorMachine(RuleBasedStateMachine):
             started_at=utc(expected.started_us),
             expires_at=utc(expected.expires_us),
             fencing_token=expected.token,
+            attempts=proc.attempts[key],
+            state="held",
         )
         proc.held[key] = expected
         self.issued.append(expected)
@@ -250,8 +258,8 @@ class CoordinatorMachine(RuleBasedStateMachine):
 
     def renew(self, held: Lease, lease: int | None) -> None:
         if not self.lease_is_live(held):
+            # A renewal changes nothing, even of an expired lease: grants end those.
             self.expect_error(self.store.renew(held.external_id, lease), LeaseGone)
-            self.end_if_expired(held)
             return
         lease_ms = held.lease_ms if lease is None else lease * 1000
         renewed = self.run(self.store.renew(held.external_id, lease))
@@ -267,6 +275,8 @@ class CoordinatorMachine(RuleBasedStateMachine):
             started_at=utc(held.started_us),
             expires_at=utc(held.expires_us),
             fencing_token=held.token,
+            attempts=proc.attempts[held.key],
+            state="held",
         )
 
     def release(self, held: Lease, outcome: str) -> None:
@@ -278,6 +288,9 @@ class CoordinatorMachine(RuleBasedStateMachine):
         proc = self.procs[held.name]
         if outcome == "completed":
             proc.score[held.key] = self.now_us
+            proc.attempts[held.key] = 0
+        else:
+            proc.attempts[held.key] += 1
         del proc.held[held.key]
         assert released == BatchKey(
             process_name=held.name,
@@ -288,6 +301,8 @@ class CoordinatorMachine(RuleBasedStateMachine):
             started_at=utc(held.started_us),
             expires_at=None,
             fencing_token=held.token,
+            attempts=proc.attempts[held.key],
+            state="free",
         )
 
     @rule(name=st.sampled_from(NAMES), ahead=st.integers(min_value=1, max_value=3))
@@ -316,10 +331,11 @@ class CoordinatorMachine(RuleBasedStateMachine):
             self.sync_clock()
 
     def end_if_expired(self, lease: Lease) -> None:
-        """A renew or release of an expired lease ends it (the key keeps its place)."""
+        """A release of an expired lease ends it, an attempt (the key keeps its place)."""
         proc = self.procs.get(lease.name)
         if proc is not None and proc.held.get(lease.key) is lease:
             proc.held.pop(lease.key)
+            proc.attempts[lease.key] += 1
 
     # -- invariants ------------------------------------------------------------------------
 
@@ -336,7 +352,7 @@ class CoordinatorMachine(RuleBasedStateMachine):
                 lease = live.get(key)
                 last = _completed(proc.score[key])
                 if lease is None:
-                    expected.append(BatchKey(name, key, last))
+                    expected.append(BatchKey(name, key, last, attempts=proc.attempts[key]))
                 else:
                     expected.append(
                         BatchKey(
@@ -348,6 +364,8 @@ class CoordinatorMachine(RuleBasedStateMachine):
                             utc(lease.started_us),
                             utc(lease.expires_us),
                             lease.token,
+                            attempts=proc.attempts[key],
+                            state="held",
                         )
                     )
             actual = self.run(self.store.batch_keys(name))

@@ -50,6 +50,9 @@ pytest: $(STAMP) browser
 
 browser:
 	$(call require,test -x $(CHROMIUM),chromium,tests/test_dashboard.py)
+	$(call require,/sbin/ldconfig -p | grep -q libatomic.so.1,libatomic1,Playwright's driver)
+	$(call require,command -v zsh,zsh,tests/test_cli_completion.py)
+	$(call require,command -v fish,fish,tests/test_cli_completion.py)
 
 # The Python API reference, from the docstrings (open build/api/index.html). `-W error` turns
 # every warning pdoc gives (an annotation it cannot resolve, a module it cannot import) into a

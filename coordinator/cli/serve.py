@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import signal
@@ -97,9 +98,19 @@ def _embedded_valkey(settings: Settings, address: listen.Address) -> Iterator[st
             logger.info("embedded Valkey stopped")
 
 
+def http_stack() -> str:
+    """The event loop and HTTP parser uvicorn's "auto" picks here: uvloop and httptools when
+    installed (uvicorn[standard], a dependency), else asyncio and h11."""
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    parser = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    return f"{loop} event loop, {parser} HTTP parser"
+
+
 def _run_uvicorn(address: listen.Address, workers: int, settings: Settings) -> None:
     """Run the API until it is stopped: in this process, or in `workers` processes."""
     import uvicorn  # noqa: PLC0415 - only the server needs it
+
+    logger.info("HTTP on %s", http_stack())
 
     if workers == 1:
         from coordinator.app import create_app  # noqa: PLC0415

@@ -8,16 +8,16 @@ from itertools import chain, islice
 
 import orjson
 
-from coordinator.models import BatchKey, Event, Process, rfc3339, timestamp
+from coordinator.models import BatchKey, Event, Pass, Process, rfc3339, timestamp
 
 KEYS_HEADER = ("KEY", "STATE", "MACHINE", "TOKEN", "EXPIRES_AT", "LAST_COMPLETED_AT", "EXTERNAL_ID")
 # A streamed table takes its column widths from the header and this many first rows.
 SIZING_ROWS = 1000
 
 
-def as_json(records: Process | BatchKey | Sequence[Process | BatchKey]) -> str:
+def as_json(records: Process | BatchKey | Pass | Sequence[Process | BatchKey]) -> str:
     """The same JSON the HTTP API returns."""
-    if isinstance(records, Process | BatchKey):
+    if isinstance(records, Process | BatchKey | Pass):
         return orjson.dumps(records.to_json()).decode()
     return orjson.dumps([r.to_json() for r in records]).decode()
 
@@ -46,6 +46,34 @@ def processes_table(processes: Sequence[Process]) -> str:
     rows = [["PROCESS", "KEYS", "LEASE_SECONDS"]]
     rows += [[p.process_name, str(p.key_set_size), str(p.lease_seconds)] for p in processes]
     return table(rows)
+
+
+def pass_table(process_name: str, found: Pass) -> str:
+    """One pass of a process on one line."""
+    rows = [["PROCESS", "PASS", "STARTED_AT", "COMPLETED_AT", "KEYS_DONE", "KEYS_QUARANTINED"]]
+    rows.append([
+        process_name, str(found.number), timestamp(found.started_at) or "-",
+        timestamp(found.completed_at) or "-", str(found.keys_done), str(found.keys_quarantined),
+    ])  # fmt: skip
+    return table(rows)
+
+
+def key_detail(key: BatchKey) -> str:
+    """One key, a field per line: its batch-run state and checkpoint as well."""
+    fields = [
+        ("process_name", key.process_name),
+        ("key", str(key.key)),
+        ("state", key.state),
+        ("attempts", str(key.attempts)),
+        ("retry_at", timestamp(key.retry_at) or "-"),
+        ("last_completed_at", timestamp(key.last_completed_at) or "never"),
+        ("machine", key.machine or "-"),
+        ("fencing_token", "-" if key.fencing_token is None else str(key.fencing_token)),
+        ("expires_at", timestamp(key.expires_at) or "-"),
+        ("external_id", key.external_id or "-"),
+        ("checkpoint", "-" if key.checkpoint is None else repr(key.checkpoint)),
+    ]
+    return table([(name.upper(), value) for name, value in fields])
 
 
 def key_state(key: BatchKey, now: datetime) -> str:

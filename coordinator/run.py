@@ -7,13 +7,15 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
 from coordinator.client.lease import AsyncLease, LeaseLost
 from coordinator.client.sync import Coordinator
-from coordinator.errors import CoordinatorError
+from coordinator.errors import CoordinatorError, PassComplete
+from coordinator.validation import CHECKPOINT_BYTES_MAX
 
 POLL_SECONDS = 0.1
 NOT_FOUND = 127  # the statuses a shell gives these failures
@@ -64,33 +66,78 @@ def run_job(
     """Acquire a key, run `command` with it in its environment, release it; the exit status.
 
     The command is checked first (CommandNotRunnable), so no key is taken for one that cannot
-    run; a failure to acquire raises. `announce` is told the lease once it is held. Exit 0
-    releases `completed`, anything else `failed`. SIGINT and SIGTERM are passed to the
-    command. If the lease is lost while the command runs, the command is stopped (SIGTERM):
-    another worker may already hold the key.
+    run; a failure to acquire raises, except PassComplete: nothing is left to do, exit 0.
+    `announce` is told the lease once it is held. Exit 0 releases `completed`, anything else
+    `failed`. SIGINT and SIGTERM are passed to the command. If the lease is lost while the
+    command runs, the command is stopped (SIGTERM): another worker may already hold the key.
+    What the command writes to $BATCH_CHECKPOINT_FILE is saved as the key's checkpoint.
     """
     check_runnable(command)
     status, ran = 0, False
-    try:
-        with coordinator.lease(process_name, machine, lease_seconds, wait_seconds) as lease:
-            announce(lease)
-            ran = True
-            status = _supervise(lease, process_name, command)
-            if status != 0:
-                lease.fail()
-    except CoordinatorError as error:
-        if not ran:
-            raise
-        # The command ran; ending its lease failed. Its expiry frees the key.
-        print(f"coordinator: {error}", file=sys.stderr)
-        return status or 1
+    with tempfile.TemporaryDirectory(prefix="coordinator-run-") as folder:
+        checkpoint_file = Path(folder) / "checkpoint"
+        checkpoint_file.touch()
+        try:
+            with coordinator.lease(process_name, machine, lease_seconds, wait_seconds) as lease:
+                lease.save_checkpoints_from(_CheckpointFile(checkpoint_file).read)
+                announce(lease)
+                ran = True
+                status = _supervise(lease, process_name, command, checkpoint_file)
+                if status != 0:
+                    lease.fail()
+        except PassComplete as error:
+            if ran:
+                raise  # not from the grant: cannot happen, but never hidden
+            # A fleet of `run --wait` loops drains a `once` pass, then stops.
+            print(f"coordinator: {error} Nothing to run.", file=sys.stderr)
+            return 0
+        except CoordinatorError as error:
+            if not ran:
+                raise
+            # The command ran; ending its lease failed. Its expiry frees the key.
+            print(f"coordinator: {error}", file=sys.stderr)
+            return status or 1
     return status
 
 
-def _supervise(lease: AsyncLease, process_name: str, command: Sequence[str]) -> int:
+class _CheckpointFile:
+    """The command's checkpoint file, read at each renewal: its text, or None to send none."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._warned = False
+
+    def read(self) -> str | None:
+        """The file's text; None when empty, gone, or unusable (said once on stderr)."""
+        try:
+            data = self._path.read_bytes()
+        except OSError:  # the command removed it: nothing to save
+            return None
+        if not data:
+            return None
+        if len(data) <= CHECKPOINT_BYTES_MAX:
+            try:
+                return data.decode()
+            except UnicodeDecodeError:
+                pass
+        if not self._warned:
+            self._warned = True
+            print(
+                f"coordinator: $BATCH_CHECKPOINT_FILE must hold at most {CHECKPOINT_BYTES_MAX}"
+                " bytes of UTF-8 text; the checkpoint is not saved while it does not",
+                file=sys.stderr,
+            )
+        return None
+
+
+def _supervise(
+    lease: AsyncLease, process_name: str, command: Sequence[str], checkpoint_file: Path
+) -> int:
     """Run the command under the lease; its exit status (128 + N if killed by signal N)."""
     env = {
         **os.environ,
+        "BATCH_CHECKPOINT": lease.previous_checkpoint or "",
+        "BATCH_CHECKPOINT_FILE": str(checkpoint_file),
         "BATCH_KEY": str(lease.key),
         "KEY_SET_SIZE": str(lease.key_set_size),
         "FENCING_TOKEN": str(lease.fencing_token),

@@ -1,7 +1,7 @@
 """The commands that call the service: one client call each, then one document printed.
 
-`keys` and `events` stream instead (coordinator.cli.listing); `run` holds a key while a
-command runs (coordinator.run).
+`keys` and `events` stream instead (coordinator.cli.listing); `pass` and `key` are batch
+runs' (coordinator.cli.passes); `run` holds a key while a command runs (coordinator.run).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable
 import orjson
 
 from coordinator import output
-from coordinator.cli import listing, transport
+from coordinator.cli import listing, passes, transport
 from coordinator.client.lease import AsyncLease
 from coordinator.client.sync import Coordinator
 from coordinator.config import ConfigError
@@ -24,12 +24,26 @@ Result = Process | BatchKey | list[Process]
 # One call per command (`process` commands by their action).
 _CALLS: dict[str, Callable[[Coordinator, argparse.Namespace], Result]] = {
     "list": lambda c, a: c.processes(),
-    "register": lambda c, a: c.register(a.name, a.keys, a.lease_seconds),
+    "register": lambda c, a: c.register(
+        a.name,
+        a.keys,
+        a.lease_seconds,
+        mode=a.mode,
+        max_attempts=a.max_attempts,
+        retry_backoff_seconds=a.retry_backoff,
+    ),
     "delete": lambda c, a: c.unregister(a.name),
     "acquire": lambda c, a: c.acquire(a.name, a.machine, a.lease_seconds, a.wait),
     "renew": lambda c, a: c.renew(a.external_id, a.lease_seconds),
     "release": lambda c, a: c.release(a.external_id, a.outcome),
     "revoke": lambda c, a: c.revoke(a.external_id),
+}
+# The commands that print in their own way, and choose their own exit status.
+_PRINTERS: dict[str, Callable[[Coordinator, argparse.Namespace], int]] = {
+    "keys": listing.print_keys,
+    "events": listing.print_events,
+    "pass": passes.pass_command,
+    "key": passes.key_command,
 }
 
 
@@ -38,10 +52,8 @@ def client_command(args: argparse.Namespace) -> int:
     if args.command == "run" and not args.command_args:
         raise ConfigError("run needs a command: coordinator run PROCESS -- COMMAND ARGS...")
     with transport.client(args) as coordinator:
-        if args.command == "keys":
-            return listing.print_keys(coordinator, args)
-        if args.command == "events":
-            return listing.print_events(coordinator, args)
+        if args.command in _PRINTERS:
+            return _PRINTERS[args.command](coordinator, args)
         if args.command == "run":
             return run_job(
                 coordinator,

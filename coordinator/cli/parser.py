@@ -12,6 +12,7 @@ from coordinator.cli.service_options import DEFAULT_URL
 
 SHELLS = ("bash", "zsh", "fish")
 KEY_STATES = ("held", "free", "never")
+MODES = ("rotate", "once")
 
 EPILOG = f"""\
 The options --url, --token, --redis-url, --direct, --prefix and --json go before or after
@@ -24,8 +25,9 @@ running on COORDINATOR_DATA_DIR (./.coordinator-data), else {DEFAULT_URL}. With
 --json: a command that answers once prints one JSON document, in the API's shapes; a command
 that streams (keys, events) prints JSON Lines, one object per line, as it reads them.
 
-Exit status: 0 done; 1 the service refused (one line says why); 2 a bad option or setting;
-126 or 127 `run`'s command cannot be run or is not found; 130 interrupted (Ctrl-C);
+Exit status: 0 done; 1 the service refused (one line says why), or the pass `pass wait`
+waited for completed with quarantined keys; 2 a bad option or setting; 3 `pass wait --timeout`
+passed; 126 or 127 `run`'s command cannot be run or is not found; 130 interrupted (Ctrl-C);
 otherwise `run` exits with its command's status.
 
 Completion: eval "$(coordinator completion bash)" in ~/.bashrc (zsh likewise;
@@ -69,6 +71,8 @@ def build_parser() -> Parser:
     _add_token(commands)
     _add_process(commands)
     _add_key_commands(commands)
+    _add_pass(commands)
+    _add_key(commands)
     _add_events(commands)
     _add_run(commands)
     completion = _command(commands, "completion", "print a shell completion script")
@@ -163,6 +167,23 @@ def _add_process(commands: Commands[Parser]) -> None:
         type=values.lease,
         help="the lease of its grants (default: the service's, 3600)",
     )
+    register.add_argument(
+        "--mode",
+        choices=MODES,
+        help="rotate hands keys out forever; once stops each pass when every key is done"
+        " (default rotate)",
+    )
+    register.add_argument(
+        "--max-attempts",
+        type=values.max_attempts,
+        help="quarantine a key after this many failed leases in a row (1-1000; default: never)",
+    )
+    register.add_argument(
+        "--retry-backoff",
+        type=values.retry_backoff,
+        metavar="SECONDS",
+        help="hold a failed key back this long, doubling per failure (0-3600; default 0)",
+    )
     delete = _client_command(actions, "delete", "delete a process, ending all of its leases")
     delete.add_argument("name", metavar="NAME", help="the process name")
     purge = _client_command(
@@ -213,6 +234,47 @@ def _add_key_commands(commands: Commands[Parser]) -> None:
     revoke.add_argument("external_id", metavar="EXTERNAL_ID", help="the lease's external_id")
 
 
+def _add_pass(commands: Commands[Parser]) -> None:
+    passes = _command(commands, "pass", "start, show or wait for a process's passes")
+    actions = passes.add_subparsers(dest="action", metavar="COMMAND", required=True)
+    start = _client_command(
+        actions, "start", "start the next pass now (admin): every key grantable again"
+    )
+    start.add_argument("name", metavar="NAME", help="the process name")
+    show = _client_command(actions, "show", "print the current pass, or pass --number N")
+    show.add_argument("name", metavar="NAME", help="the process name")
+    show.add_argument(
+        "--number", type=values.pass_number, help="the pass to show (default: the current one)"
+    )
+    wait = _client_command(
+        actions,
+        "wait",
+        "wait for the current pass to complete",
+        "Wait for the current pass to complete and print it: exit 0 when every key was done,"
+        " 1 when it completed with quarantined keys, 3 when --timeout passed first.",
+    )
+    wait.add_argument("name", metavar="NAME", help="the process name")
+    wait.add_argument(
+        "--timeout",
+        type=values.seconds,
+        help="give up after this many seconds, with exit status 3 (default: wait for ever)",
+    )
+
+
+def _add_key(commands: Commands[Parser]) -> None:
+    key = _command(commands, "key", "show or retry one key of a process")
+    actions = key.add_subparsers(dest="action", metavar="COMMAND", required=True)
+    show = _client_command(actions, "show", "print one key, with its attempts and checkpoint")
+    retry = _client_command(
+        actions, "retry", "lift a key's quarantine and backoff, resetting its attempts (admin)"
+    )
+    for parser in (show, retry):
+        parser.add_argument("name", metavar="NAME", help="the process name")
+        parser.add_argument(
+            "key", metavar="KEY", type=values.key_number, help="the key number (0 to keys - 1)"
+        )
+
+
 def _add_lease_request(parser: Parser) -> None:
     """The options of a grant, shared by `acquire` and `run`."""
     parser.add_argument(
@@ -253,7 +315,10 @@ def _add_run(commands: Commands[Parser]) -> None:
         "Acquire a key, run COMMAND with BATCH_KEY, KEY_SET_SIZE, FENCING_TOKEN, EXTERNAL_ID"
         " and PROCESS_NAME in its environment, renew the lease while it runs, release it"
         " `completed` on exit 0 and `failed` otherwise; exit with the command's status. The"
-        " key it holds is printed on stderr first.",
+        " key it holds is printed on stderr first. BATCH_CHECKPOINT holds the key's saved"
+        " checkpoint (empty if none); what the command writes to the file BATCH_CHECKPOINT_FILE"
+        " names is saved as the checkpoint at each renewal and at a failed exit. A `once`"
+        " process whose pass is complete exits 0 at once: nothing to run.",
     )
     run.add_argument("name", metavar="NAME", help="the process name")
     _add_lease_request(run)

@@ -56,6 +56,22 @@ def lease(text: str) -> int:
     return int(_within(validation.lease_seconds, positive(text)))
 
 
+def max_attempts(text: str) -> int:
+    """A retry budget: failed leases in a row before a key is quarantined (1 to 1000)."""
+    top = validation.MAX_ATTEMPTS_MAX
+    return _integer(text, 1, top, f"an integer from 1 to {top}")
+
+
+def retry_backoff(text: str) -> int:
+    """The first backoff after a failed lease, in whole seconds (0 to 3600)."""
+    return _within(validation.retry_backoff_seconds, _integer(text, 0, None, "whole seconds"))
+
+
+def pass_number(text: str) -> int:
+    """A pass number: an integer of at least 1."""
+    return _within(validation.pass_number, positive(text))
+
+
 def from_env(name: str, check: Callable[[str], T]) -> T | None:
     """The checked value of variable `name`, None when unset or empty; ConfigError if bad."""
     raw = os.environ.get(name, "").strip()

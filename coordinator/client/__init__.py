@@ -19,19 +19,23 @@ from coordinator.client.http import AsyncHttpCoordinator
 from coordinator.client.lease import AsyncLease, LeaseLost
 from coordinator.client.sync import Coordinator, HttpCoordinator, RedisCoordinator
 from coordinator.errors import (
+    AllQuarantined,
     CoordinatorError,
     InvalidField,
     LeaseGone,
     NoFreeKey,
+    PassComplete,
     ProcessExists,
     ServiceUnreachable,
     StoreUnavailable,
     UnknownKey,
     UnknownLease,
+    UnknownPass,
     UnknownProcess,
 )
 
 __all__ = [
+    "AllQuarantined",
     "AsyncCoordinator",
     "AsyncHttpCoordinator",
     "AsyncLease",
@@ -43,11 +47,13 @@ __all__ = [
     "LeaseGone",
     "LeaseLost",
     "NoFreeKey",
+    "PassComplete",
     "ProcessExists",
     "RedisCoordinator",
     "ServiceUnreachable",
     "StoreUnavailable",
     "UnknownKey",
     "UnknownLease",
+    "UnknownPass",
     "UnknownProcess",
 ]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from coordinator.client.base import AsyncCoordinator, default_machine
+from coordinator.client.base import AsyncCoordinator
 from coordinator.config import Settings
 from coordinator.connection import connect
-from coordinator.models import BatchKey, Event, Process
+from coordinator.models import BatchKey, Event, Pass, Process
 from coordinator.store import Limits, Store
+from coordinator.validation import UNSET, Unset
 
 
 class AsyncRedisCoordinator(AsyncCoordinator):
@@ -19,10 +20,20 @@ class AsyncRedisCoordinator(AsyncCoordinator):
         self.store = Store(self._redis, prefix=prefix, limits=limits)
 
     async def register(
-        self, name: str, key_set_size: int | None = None, lease_seconds: int | None = None
+        self,
+        name: str,
+        key_set_size: int | None = None,
+        lease_seconds: int | None = None,
+        *,
+        mode: str | None = None,
+        max_attempts: int | None = None,
+        retry_backoff_seconds: int | None = None,
     ) -> Process:
         """Register a process; raises ProcessExists if the name is taken."""
-        return await self.store.register(name, key_set_size, lease_seconds)
+        return await self.store.register(
+            name, key_set_size, lease_seconds, mode=mode, max_attempts=max_attempts,
+            retry_backoff_seconds=retry_backoff_seconds,
+        )  # fmt: skip
 
     async def processes(self) -> list[Process]:
         """Every registered process, by name."""
@@ -52,23 +63,39 @@ class AsyncRedisCoordinator(AsyncCoordinator):
         async for key in self.store.iter_batch_keys(name, first, limit):
             yield key
 
-    async def acquire(
+    async def _grant(
         self,
         name: str,
-        machine: str | None = None,
-        lease_seconds: int | None = None,
-        wait_seconds: float = 0,
+        machine: str,
+        lease_seconds: int | None,
+        wait_seconds: float,
+        request_id: str,
     ) -> BatchKey:
-        """Lease the stalest free key, waiting up to `wait_seconds` for one to free.
+        """One grant by the store; `replayed` when it answered an earlier lease of `request_id`."""
+        return await self.store.grant(
+            name, machine, lease_seconds, wait_seconds, request_id=request_id
+        )
 
-        `machine` defaults to this host's name.
-        """
-        machine = default_machine() if machine is None else machine
-        return await self.store.grant(name, machine, lease_seconds, wait_seconds)
+    async def renew(
+        self,
+        external_id: str,
+        lease_seconds: int | None = None,
+        checkpoint: str | Unset | None = UNSET,
+    ) -> BatchKey:
+        """Extend a live lease from now, saving `checkpoint` unless left out."""
+        return await self.store.renew(external_id, lease_seconds, checkpoint=checkpoint)
 
-    async def renew(self, external_id: str, lease_seconds: int | None = None) -> BatchKey:
-        """Extend a live lease from now."""
-        return await self.store.renew(external_id, lease_seconds)
+    async def start_pass(self, name: str) -> Process:
+        """Start the next pass now (admin); returns the process with its new pass."""
+        return await self.store.start_pass(name)
+
+    async def pass_info(self, name: str, number: int, wait_seconds: int = 0) -> Pass:
+        """Pass `number`; for the current pass, wait up to `wait_seconds` for it to complete."""
+        return await self.store.pass_info(name, number, wait_seconds)
+
+    async def retry_key(self, name: str, key: int) -> BatchKey:
+        """Lift a key's quarantine and backoff and reset its attempts (admin)."""
+        return await self.store.retry_key(name, key)
 
     async def release(self, external_id: str, outcome: str = "completed") -> BatchKey:
         """End a live lease as `completed` or `failed`."""

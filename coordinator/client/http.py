@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -10,8 +11,9 @@ import orjson
 
 from coordinator import errors
 from coordinator.auth import Forbidden, Unauthorized
-from coordinator.client.base import AsyncCoordinator, default_machine
-from coordinator.models import BatchKey, Event, Process
+from coordinator.client.base import AsyncCoordinator
+from coordinator.models import BatchKey, Event, Pass, Process
+from coordinator.validation import UNSET, Unset
 
 API = "/api/v1"
 KEYS_PAGE = 10_000  # keys per request of iter_keys: the most a page may hold
@@ -36,14 +38,25 @@ class AsyncHttpCoordinator(AsyncCoordinator):
         self.base_url = base_url
 
     async def register(
-        self, name: str, key_set_size: int | None = None, lease_seconds: int | None = None
+        self,
+        name: str,
+        key_set_size: int | None = None,
+        lease_seconds: int | None = None,
+        *,
+        mode: str | None = None,
+        max_attempts: int | None = None,
+        retry_backoff_seconds: int | None = None,
     ) -> Process:
         """Register a process; raises ProcessExists if the name is taken."""
+        fields = {
+            "key_set_size": key_set_size,
+            "lease_seconds": lease_seconds,
+            "mode": mode,
+            "max_attempts": max_attempts,
+            "retry_backoff_seconds": retry_backoff_seconds,
+        }
         body: dict[str, Any] = {"process_name": name}
-        if key_set_size is not None:
-            body["key_set_size"] = key_set_size
-        if lease_seconds is not None:
-            body["lease_seconds"] = lease_seconds
+        body |= {field: value for field, value in fields.items() if value is not None}
         data = await self._call("POST", f"{API}/process", name=name, json=body)
         return Process.from_json(data)
 
@@ -96,35 +109,61 @@ class AsyncHttpCoordinator(AsyncCoordinator):
                 return
             after = int(httpx.URL(following).params["after"])
 
-    async def acquire(
+    async def _grant(
         self,
         name: str,
-        machine: str | None = None,
-        lease_seconds: int | None = None,
-        wait_seconds: float = 0,
+        machine: str,
+        lease_seconds: int | None,
+        wait_seconds: float,
+        request_id: str,
     ) -> BatchKey:
-        """Lease the stalest free key, waiting up to `wait_seconds` for one to free.
-
-        `machine` defaults to this host's name.
-        """
-        machine = default_machine() if machine is None else machine
-        body: dict[str, Any] = {"process_name": name, "machine": machine}
+        """One grant request; 200 (not 201) answers an earlier lease of `request_id`."""
+        body: dict[str, Any] = {"process_name": name, "machine": machine, "request_id": request_id}
         if lease_seconds is not None:
             body["lease_seconds"] = lease_seconds
         if wait_seconds:
             body["wait_seconds"] = wait_seconds
         timeout = self._http.timeout.read or 0
-        data = await self._call(
+        response = await self._send(
             "POST", f"{API}/process/batch_keys", name=name, json=body,
             timeout=timeout + wait_seconds,
         )  # fmt: skip
-        return BatchKey.from_json(data)
+        key = BatchKey.from_json(_json(response))
+        return dataclasses.replace(key, replayed=response.status_code == httpx.codes.OK)
 
-    async def renew(self, external_id: str, lease_seconds: int | None = None) -> BatchKey:
-        """Extend a live lease from now."""
-        body = {} if lease_seconds is None else {"lease_seconds": lease_seconds}
+    async def renew(
+        self,
+        external_id: str,
+        lease_seconds: int | None = None,
+        checkpoint: str | Unset | None = UNSET,
+    ) -> BatchKey:
+        """Extend a live lease from now, saving `checkpoint` unless left out."""
+        body: dict[str, Any] = {} if lease_seconds is None else {"lease_seconds": lease_seconds}
+        if not isinstance(checkpoint, Unset):
+            body["checkpoint"] = checkpoint
         data = await self._call("PATCH", f"{API}/process/batch_keys/{external_id}",
                                 external_id=external_id, json=body)  # fmt: skip
+        return BatchKey.from_json(data)
+
+    async def start_pass(self, name: str) -> Process:
+        """Start the next pass now (admin); returns the process with its new pass."""
+        return Process.from_json(
+            await self._call("POST", f"{API}/process/{name}/passes", name=name)
+        )
+
+    async def pass_info(self, name: str, number: int, wait_seconds: int = 0) -> Pass:
+        """Pass `number`; for the current pass, wait up to `wait_seconds` for it to complete."""
+        timeout = self._http.timeout.read or 0
+        data = await self._call(
+            "GET", f"{API}/process/{name}/passes/{number}", name=name, number=number,
+            params={"wait_seconds": wait_seconds}, timeout=timeout + wait_seconds,
+        )  # fmt: skip
+        return Pass.from_json(data)
+
+    async def retry_key(self, name: str, key: int) -> BatchKey:
+        """Lift a key's quarantine and backoff and reset its attempts (admin)."""
+        data = await self._call("POST", f"{API}/process/{name}/keys/{key}/retry",
+                                name=name, key=key)  # fmt: skip
         return BatchKey.from_json(data)
 
     async def release(self, external_id: str, outcome: str = "completed") -> BatchKey:
@@ -157,10 +196,11 @@ class AsyncHttpCoordinator(AsyncCoordinator):
         name: str = "",
         external_id: str = "",
         key: int | None = None,
+        number: int | None = None,
         **kwargs: Any,  # noqa: ANN401 - passed through to httpx
     ) -> Any:  # noqa: ANN401 - decoded JSON
         response = await self._send(
-            method, path, name=name, external_id=external_id, key=key, **kwargs
+            method, path, name=name, external_id=external_id, key=key, number=number, **kwargs
         )
         return _json(response) if response.content else None  # 204: no body
 
@@ -172,6 +212,7 @@ class AsyncHttpCoordinator(AsyncCoordinator):
         name: str = "",
         external_id: str = "",
         key: int | None = None,
+        number: int | None = None,
         **kwargs: Any,  # noqa: ANN401 - passed through to httpx
     ) -> httpx.Response:
         """A successful response, or the exception its failure stands for."""
@@ -183,7 +224,7 @@ class AsyncHttpCoordinator(AsyncCoordinator):
             ) from error
         if response.is_success:
             return response
-        raise _problem_error(response, name, external_id, key)
+        raise _problem_error(response, name, external_id, key, number)
 
 
 def _json(response: httpx.Response) -> Any:  # noqa: ANN401 - decoded JSON
@@ -204,7 +245,11 @@ def _not_the_api(response: httpx.Response) -> str:
 
 
 def _problem_error(
-    response: httpx.Response, name: str, external_id: str, key: int | None = None
+    response: httpx.Response,
+    name: str,
+    external_id: str,
+    key: int | None = None,
+    number: int | None = None,
 ) -> Exception:
     """The exception a problem response stands for, the same the direct transport raises.
 
@@ -229,6 +274,8 @@ def _problem_error(
         "unknown_process": lambda: errors.UnknownProcess(name),
         "process_exists": lambda: errors.ProcessExists(name, detail),
         "no_free_key": lambda: errors.NoFreeKey(name, retry_after_us),
+        "pass_complete": lambda: errors.PassComplete(name),
+        "all_quarantined": lambda: errors.AllQuarantined(name),
         "unknown_lease": lambda: errors.UnknownLease(external_id),
         "lease_gone": lambda: errors.LeaseGone(external_id),
         "invalid_field": lambda: errors.InvalidField(field.strip("'"), rest),
@@ -237,10 +284,12 @@ def _problem_error(
         "forbidden": lambda: Forbidden(detail),
         "not_lease_holder": lambda: errors.NotLeaseHolder(external_id),
     }
+    if key is not None:  # a 404 for the key asked about
+        by_code["unknown_key"] = lambda: errors.UnknownKey(name, key)
+    if number is not None:  # a 404 for the pass asked about
+        by_code["unknown_pass"] = lambda: errors.UnknownPass(name, number)
     if code in by_code:
         return by_code[code]()
-    if code == "unknown_key" and key is not None:
-        return errors.UnknownKey(name, key)
     if response.status_code >= 500 and code:
         return errors.StoreUnavailable(f"{response.status_code} {code}: {detail}")
     if response.status_code >= 500:

@@ -13,11 +13,13 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from coordinator.errors import LeaseGone, UnknownLease
 from coordinator.models import BatchKey, timestamp
+from coordinator.validation import UNSET, Unset
 
 if TYPE_CHECKING:
     from coordinator.client.base import AsyncCoordinator
@@ -69,6 +71,8 @@ class AsyncLease:
         self._coordinator = coordinator
         self._request = (name, machine, lease_seconds, wait_seconds)
         self._key: BatchKey | None = None
+        self._previous_checkpoint: str | None = None  # as the grant found it
+        self._checkpoint_source: Callable[[], str | None] | None = None
         self._key_set_size = 0
         self._renewer: asyncio.Task[None] | None = None
         self._failed = False
@@ -109,6 +113,31 @@ class AsyncLease:
     def key(self) -> int:
         """The key number: work on the rows where id % key_set_size == key."""
         return self.batch_key.key
+
+    @property
+    def previous_checkpoint(self) -> str | None:
+        """The checkpoint the key's last holder saved (from the grant): where to resume."""
+        return self._previous_checkpoint
+
+    async def checkpoint(self, value: str | None) -> None:
+        """Save `value` with the key now, by an immediate renewal, for the key's next holder
+        should this one stop before completing (None clears it). Raises LeaseLost if the
+        lease has ended."""
+        self.check()
+        length = self._length
+        whole = int(length) if length.is_integer() and length >= 1 else None
+        sent = time.monotonic()
+        try:
+            key = await self._coordinator.renew(self.external_id, whole, checkpoint=value)
+        except (LeaseGone, UnknownLease) as error:
+            self._end(error)
+            raise LeaseLost(self.external_id) from error
+        self._believe(sent, key)
+
+    def save_checkpoints_from(self, source: Callable[[], str | None]) -> None:
+        """Send `source()` as the checkpoint with every renewal, and once more on leaving the
+        block other than completed (a completed release clears it); None sends nothing."""
+        self._checkpoint_source = source
 
     @property
     def key_set_size(self) -> int:
@@ -159,6 +188,7 @@ class AsyncLease:
         assert key.expires_at is not None
         assert key.started_at is not None
         self._key = key
+        self._previous_checkpoint = key.checkpoint
         self._length = (key.expires_at - key.started_at).total_seconds()
         try:
             self._key_set_size = (await self._coordinator.process(name)).key_set_size
@@ -188,11 +218,13 @@ class AsyncLease:
             # wait() neither raises the renewer's CancelledError nor swallows our own.
             await asyncio.wait([self._renewer])
         lost = self.lost
+        # Work done after the lease stopped being believed held does not count.
+        completed = exc_type is None and not self._failed and not lost
+        if not completed and not lost:
+            await self._save_last_checkpoint()
         with self._lock:
             self._held_until = math.inf  # the block is over: what it saw is final
         self._left = True
-        # Work done after the lease stopped being believed held does not count.
-        completed = exc_type is None and not self._failed and not lost
         try:
             await self._coordinator.release(
                 self.external_id, "completed" if completed else "failed"
@@ -206,6 +238,20 @@ class AsyncLease:
         if exc_type is None and not self._failed:
             # The work finished, but not under a lease: someone must learn it did not count.
             self.check()
+
+    async def _save_last_checkpoint(self) -> None:
+        """Before a release that keeps it, save the source's checkpoint one last time."""
+        if self._checkpoint_source is None or self._checkpoint() is UNSET:
+            return
+        try:
+            await self._renew()
+        except Exception as error:  # noqa: BLE001 - the release follows whatever happens; the last renewal's checkpoint stays
+            logger.warning("saving the checkpoint of lease %s failed: %r", self.external_id, error)
+
+    def _checkpoint(self) -> str | Unset:
+        """What the next renewal sends as the checkpoint: the source's, else nothing."""
+        value = None if self._checkpoint_source is None else self._checkpoint_source()
+        return UNSET if value is None else value
 
     async def _renew_forever(self) -> None:
         """Renew every third of the lease; after a failure retry sooner, until the deadline."""
@@ -255,7 +301,9 @@ class AsyncLease:
         async with asyncio.timeout(None if math.isinf(left) else max(0.0, left)):
             # Asking for the granted length, so the reply's expiry is known to be that length
             # from a moment after `sent` (None keeps the lease's own length, assumed the same).
-            key = await self._coordinator.renew(self.external_id, whole)
+            key = await self._coordinator.renew(
+                self.external_id, whole, checkpoint=self._checkpoint()
+            )
         self._believe(sent, key)
 
     def _believe(self, sent: float, key: BatchKey) -> None:

@@ -16,7 +16,8 @@ from coordinator.client.base import AsyncCoordinator
 from coordinator.client.direct import AsyncRedisCoordinator
 from coordinator.client.http import AsyncHttpCoordinator
 from coordinator.client.lease import AsyncLease
-from coordinator.models import BatchKey, Event, Process
+from coordinator.models import BatchKey, Event, Pass, Process
+from coordinator.validation import UNSET, Unset
 
 T = TypeVar("T")
 ITER_CHUNK = 1000  # keys iter_keys fetches per call into the client's thread
@@ -92,10 +93,25 @@ class Coordinator:
         self.async_client = self._portal.call(build())
 
     def register(
-        self, name: str, key_set_size: int | None = None, lease_seconds: int | None = None
+        self,
+        name: str,
+        key_set_size: int | None = None,
+        lease_seconds: int | None = None,
+        *,
+        mode: str | None = None,
+        max_attempts: int | None = None,
+        retry_backoff_seconds: int | None = None,
     ) -> Process:
-        """Register a process; raises ProcessExists if the name is taken."""
-        return self._run(self.async_client.register(name, key_set_size, lease_seconds))
+        """Register a process; raises ProcessExists if the name is taken.
+
+        `mode`, `max_attempts` and `retry_backoff_seconds` make it a batch run.
+        """
+        return self._run(
+            self.async_client.register(
+                name, key_set_size, lease_seconds, mode=mode, max_attempts=max_attempts,
+                retry_backoff_seconds=retry_backoff_seconds,
+            )
+        )  # fmt: skip
 
     def processes(self) -> list[Process]:
         """Every registered process, by name."""
@@ -153,16 +169,37 @@ class Coordinator:
         machine: str | None = None,
         lease_seconds: int | None = None,
         wait_seconds: float = 0,
+        request_id: str | None = None,
     ) -> BatchKey:
         """Lease the stalest free key, waiting up to `wait_seconds` for one to free.
 
-        `machine` defaults to this host's name.
+        `machine` defaults to this host's name; `request_id` (a new uuid4 when None) makes
+        the grant safe to send again, as transient failures are.
         """
-        return self._run(self.async_client.acquire(name, machine, lease_seconds, wait_seconds))
+        return self._run(
+            self.async_client.acquire(name, machine, lease_seconds, wait_seconds, request_id)
+        )
 
-    def renew(self, external_id: str, lease_seconds: int | None = None) -> BatchKey:
-        """Extend a live lease from now."""
-        return self._run(self.async_client.renew(external_id, lease_seconds))
+    def renew(
+        self,
+        external_id: str,
+        lease_seconds: int | None = None,
+        checkpoint: str | Unset | None = UNSET,
+    ) -> BatchKey:
+        """Extend a live lease from now, saving `checkpoint` unless left out."""
+        return self._run(self.async_client.renew(external_id, lease_seconds, checkpoint))
+
+    def start_pass(self, name: str) -> Process:
+        """Start the next pass now (admin); returns the process with its new pass."""
+        return self._run(self.async_client.start_pass(name))
+
+    def pass_info(self, name: str, number: int, wait_seconds: int = 0) -> Pass:
+        """Pass `number`; for the current pass, wait up to `wait_seconds` for it to complete."""
+        return self._run(self.async_client.pass_info(name, number, wait_seconds))
+
+    def retry_key(self, name: str, key: int) -> BatchKey:
+        """Lift a key's quarantine and backoff and reset its attempts (admin)."""
+        return self._run(self.async_client.retry_key(name, key))
 
     def release(self, external_id: str, outcome: str = "completed") -> BatchKey:
         """End a live lease as `completed` or `failed`."""

@@ -1,0 +1,86 @@
+"""`coordinator pass start|show|wait` and `coordinator key show|retry`: batch runs."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+
+from coordinator import output
+from coordinator.client.sync import Coordinator
+from coordinator.models import BatchKey, Pass
+from coordinator.validation import WAIT_SECONDS_MAX
+
+QUARANTINED = 1  # `pass wait`: the pass completed, but with keys quarantined
+TIMED_OUT = 3  # `pass wait --timeout` passed first
+
+
+def pass_command(coordinator: Coordinator, args: argparse.Namespace) -> int:
+    """`pass start|show|wait NAME`: print the pass; `wait`'s exit status says how it ended."""
+    name = args.name
+    if args.action == "start":
+        started = coordinator.start_pass(name).pass_
+        assert started is not None  # every registered process has a current pass
+        _print_pass(name, started, as_json=args.json)
+        return 0
+    if args.action == "show":
+        if args.number is None:
+            shown = _current(coordinator, name)
+        else:
+            shown = coordinator.pass_info(name, args.number)
+        _print_pass(name, shown, as_json=args.json)
+        return 0
+    return _wait(coordinator, name, args.timeout, as_json=args.json)
+
+
+def key_command(coordinator: Coordinator, args: argparse.Namespace) -> int:
+    """`key show|retry NAME KEY`: print the key, after lifting its quarantine for `retry`."""
+    if args.action == "retry":
+        key = coordinator.retry_key(args.name, args.key)
+    else:
+        key = coordinator.key(args.name, args.key)
+    print(_render_key(key, as_json=args.json))
+    return 0
+
+
+def _wait(coordinator: Coordinator, name: str, timeout: float | None, *, as_json: bool) -> int:
+    """Wait for the current pass to complete, one bounded server-side wait at a time."""
+    deadline = math.inf if timeout is None else time.monotonic() + timeout
+    current = _current(coordinator, name)
+    while not current.complete:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            _print_pass(name, current, as_json=as_json)
+            print(
+                f"coordinator: pass {current.number} of {name} is not complete after"
+                f" {timeout:g} s ({current.keys_done} keys done)",
+                file=sys.stderr,
+            )
+            return TIMED_OUT
+        # Whole seconds, as the API takes them; the last wait rounds up, by under a second.
+        wait = min(WAIT_SECONDS_MAX, max(1, math.ceil(left)))
+        current = coordinator.pass_info(name, current.number, wait)
+    _print_pass(name, current, as_json=as_json)
+    if current.keys_quarantined:
+        print(
+            f"coordinator: pass {current.number} of {name} completed with"
+            f" {current.keys_quarantined} keys quarantined (see `coordinator keys {name}`)",
+            file=sys.stderr,
+        )
+        return QUARANTINED
+    return 0
+
+
+def _current(coordinator: Coordinator, name: str) -> Pass:
+    current = coordinator.process(name).pass_
+    assert current is not None  # every registered process has a current pass
+    return current
+
+
+def _print_pass(name: str, found: Pass, *, as_json: bool) -> None:
+    print(output.as_json(found) if as_json else output.pass_table(name, found))
+
+
+def _render_key(key: BatchKey, *, as_json: bool) -> str:
+    return output.as_json(key) if as_json else output.key_detail(key)

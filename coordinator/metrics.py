@@ -263,6 +263,22 @@ class _Snapshot:
                 " them as they are); the gauge to watch for abandoned work.",
                 lambda s: s.expired,
             ),
+            ("pass", "The process's current pass (batch runs), from 1.", lambda s: s.pass_number),
+            (
+                "keys_done",
+                "Keys completed at least once in the current pass.",
+                lambda s: s.keys_done,
+            ),
+            (
+                "keys_quarantined",
+                "Keys quarantined after max_attempts failed leases in a row.",
+                lambda s: s.quarantined,
+            ),
+            (
+                "keys_in_backoff",
+                "Keys held back after a failed lease until their retry_at.",
+                lambda s: s.in_backoff,
+            ),
         ]
         for suffix, help_text, value in families:
             family = GaugeMetricFamily(

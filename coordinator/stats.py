@@ -1,7 +1,7 @@
 """Per-process figures read from Redis when metrics are scraped (read-only, no script).
 
 Two round trips per scrape, however many processes: the registry of names, then one pipeline
-with five cheap reads per process (HMGET, ZCARD, ZCOUNT, ZCOUNT, ZRANGEBYSCORE LIMIT 1),
+with seven cheap reads per process (HMGET, ZCARD, four ZCOUNT, ZRANGEBYSCORE LIMIT 1),
 sent in chunks of `CHUNK` processes. Figures of different processes are not one snapshot.
 """
 
@@ -30,6 +30,11 @@ class ProcessStats:
     # expired leases not yet reclaimed are not looked into)
     stalest_completed_us: int | None  # oldest completion among free keys; None: none completed
     now_us: int
+    # Batch runs: the current pass, its keys done, the keys quarantined and backing off now.
+    pass_number: int = 1
+    keys_done: int = 0
+    quarantined: int = 0
+    in_backoff: int = 0
 
     @property
     def stalest_age_seconds(self) -> float | None:
@@ -54,15 +59,19 @@ async def process_stats(store: Store) -> list[ProcessStats]:
         async with redis.pipeline(transaction=False) as pipe:
             for name in chunk:
                 k = store.keys.process(name)
-                pipe.hmget(k.meta, "size", "fresh")
+                pipe.hmget(k.meta, "size", "fresh", "pass", "done")
                 pipe.zcard(k.held)
                 pipe.zcount(k.held, "-inf", now_us)
                 # Scores below 0 are keys that never completed: (key - size).
                 pipe.zcount(k.free, "-inf", "(0")
                 pipe.zrangebyscore(k.free, 0, "+inf", start=0, num=1, withscores=True)
+                # Quarantined keys are parked at +inf, keys in backoff at their retry time.
+                pipe.zcount(k.parked, "+inf", "+inf")
+                pipe.zcount(k.parked, "-inf", "(+inf")
             replies = await pipe.execute()
         for i, name in enumerate(chunk):
-            meta, held, expired, free_never, stalest = replies[5 * i : 5 * i + 5]
+            reads = replies[7 * i : 7 * i + 7]
+            meta, held, expired, free_never, stalest, quarantined, backoff = reads
             if not meta[0]:
                 continue  # deleted between the two round trips
             size, fresh = int(meta[0]), int(meta[1] or 0)
@@ -77,6 +86,10 @@ async def process_stats(store: Store) -> list[ProcessStats]:
                     never_completed=int(free_never) + (size - fresh),
                     stalest_completed_us=int(stalest[0][1]) if stalest else None,
                     now_us=now_us,
+                    pass_number=int(meta[2] or 1),
+                    keys_done=int(meta[3] or 0),
+                    quarantined=int(quarantined),
+                    in_backoff=int(backoff),
                 )
             )
     return stats

@@ -399,3 +399,48 @@ def test_several_workers_count_each_request_once(tmp_path: Path) -> None:
             assert value(samples, "coordinator_processes") == 1
     assert served.process.returncode == 0
     assert not directory.exists()
+
+
+async def test_batch_run_gauges_follow_the_pass(
+    client: httpx.AsyncClient, register: Register
+) -> None:
+    name = (await register(key_set_size=3, mode="once", max_attempts=1, retry_backoff_seconds=0))[
+        "process_name"
+    ]
+    backing_off = (await register(key_set_size=1, retry_backoff_seconds=3600))["process_name"]
+
+    def batch(samples: Samples, process: str) -> dict[str, float | None]:
+        return {
+            suffix: value(samples, f"coordinator_process_{suffix}", process=process)
+            for suffix in ("pass", "keys_done", "keys_quarantined", "keys_in_backoff")
+        }
+
+    before = await scrape(client)
+    assert batch(before, name) == {
+        "pass": 1,
+        "keys_done": 0,
+        "keys_quarantined": 0,
+        "keys_in_backoff": 0,
+    }
+    ids = [(await _grant(client, name)).json()["external_id"] for _ in range(3)]
+    assert (await client.delete(f"{KEYS}/{ids[0]}?outcome=completed")).status_code == 200
+    assert (await client.delete(f"{KEYS}/{ids[1]}?outcome=failed")).status_code == 200
+    failed = (await _grant(client, backing_off)).json()["external_id"]
+    assert (await client.delete(f"{KEYS}/{failed}?outcome=failed")).status_code == 200
+    samples = await scrape(client)
+    assert batch(samples, name) == {
+        "pass": 1,
+        "keys_done": 1,
+        "keys_quarantined": 1,
+        "keys_in_backoff": 0,
+    }
+    assert batch(samples, backing_off)["keys_in_backoff"] == 1
+    # The last key done completes the once pass; a new pass starts from nothing.
+    assert (await client.delete(f"{KEYS}/{ids[2]}?outcome=completed")).status_code == 200
+    assert (await client.post(f"/api/v1/process/{name}/passes")).status_code == 201
+    assert batch(await scrape(client), name) == {
+        "pass": 2,
+        "keys_done": 0,
+        "keys_quarantined": 0,
+        "keys_in_backoff": 0,
+    }

@@ -175,7 +175,14 @@ class Cli:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # As from a terminal: a suite started in the background (`make test &`) has
+            # SIGINT ignored, which its children would inherit, so Ctrl-C tests could not work.
+            preexec_fn=_default_sigint,  # noqa: PLW1509 - only resets a signal disposition
         )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _http_cli(server: Server) -> Cli:

@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from coordinator.auth import TOKEN_PREFIX, new_token
@@ -35,6 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(argv)
     except KeyboardInterrupt:
+        # Ctrl-C may land between making a call's coroutine and handing it to the client's
+        # loop: it is then never awaited, and Python would say so at exit. The command was
+        # stopped on purpose; nothing is lost by not saying it.
+        warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
         return INTERRUPTED
     except BrokenPipeError:
         # The flush at exit would fail again: send what is left nowhere.

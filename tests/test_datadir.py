@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -20,15 +19,9 @@ import redis
 from coordinator.client import RedisCoordinator
 from coordinator.config import ConfigError, Settings
 from coordinator.embedded import EmbeddedError, EmbeddedValkey, free_port
+from tests.test_serve import _env
 
 COORDINATOR = str(Path(sys.executable).with_name("coordinator"))
-
-
-def _env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COORDINATOR_")}
-    env["COORDINATOR_DATA_DIR"] = str(data_dir)
-    env.update(extra)
-    return env
 
 
 class Served:

@@ -9,15 +9,19 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from coordinator.client.lease import AsyncLease, LeaseLost
+from coordinator.client.blocking_lease import Lease
+from coordinator.client.lease import LeaseLost
 from coordinator.client.sync import Coordinator
-from coordinator.errors import CoordinatorError, PassComplete
+from coordinator.errors import CoordinatorError, NoFreeKey, PassComplete
 from coordinator.validation import CHECKPOINT_BYTES_MAX
 
 POLL_SECONDS = 0.1
+# How long `run --loop` waits for a key at a time when --wait is not given.
+LOOP_WAIT_SECONDS = 30
 NOT_FOUND = 127  # the statuses a shell gives these failures
 NOT_EXECUTABLE = 126
 
@@ -61,7 +65,7 @@ def run_job(
     *,
     wait_seconds: float = 0,
     lease_seconds: int | None = None,
-    announce: Callable[[AsyncLease], None] = lambda _lease: None,
+    announce: Callable[[Lease], None] = lambda _lease: None,
 ) -> int:
     """Acquire a key, run `command` with it in its environment, release it; the exit status.
 
@@ -73,7 +77,97 @@ def run_job(
     What the command writes to $BATCH_CHECKPOINT_FILE is saved as the key's checkpoint.
     """
     check_runnable(command)
-    status, ran = 0, False
+    try:
+        return _run_once(
+            coordinator,
+            process_name,
+            machine,
+            command,
+            wait_seconds=wait_seconds,
+            lease_seconds=lease_seconds,
+            announce=announce,
+        ).status
+    except PassComplete as error:
+        # A fleet of `run --wait` loops drains a `once` pass, then stops.
+        print(f"coordinator: {error} Nothing to run.", file=sys.stderr)
+        return 0
+
+
+def run_loop(
+    coordinator: Coordinator,
+    process_name: str,
+    machine: str,
+    command: Sequence[str],
+    *,
+    wait_seconds: float = 0,
+    lease_seconds: int | None = None,
+    announce: Callable[[Lease], None] = lambda _lease: None,
+) -> int:
+    """`run --loop`: run the command under key after key, in one process, until the pass of a
+    `once` process is complete (exit 0).
+
+    A command that fails releases its key `failed` and the loop goes on: the process's
+    max_attempts and backoff decide what becomes of the key. When no key is free, the loop
+    waits (`wait_seconds`, else LOOP_WAIT_SECONDS at a time) and asks again, so a `rotate`
+    process is worked until the loop is stopped. SIGINT or SIGTERM stop the command (passed on
+    to it) and then the loop, with 128 + the signal's number. Other failures raise, as in
+    run_job: AllQuarantined, say, or a service that stays unreachable.
+    """
+    check_runnable(command)
+    ran = failed = 0
+    while True:
+        try:
+            outcome = _run_once(
+                coordinator,
+                process_name,
+                machine,
+                command,
+                wait_seconds=wait_seconds or LOOP_WAIT_SECONDS,
+                lease_seconds=lease_seconds,
+                announce=announce,
+            )
+        except NoFreeKey:
+            continue  # every key is held or backing off: ask again
+        except PassComplete as error:
+            print(f"coordinator: {error} Ran {_keys(ran)}, {failed} failed.", file=sys.stderr)
+            return 0
+        ran += 1
+        failed += outcome.status != 0
+        if outcome.signal is not None:
+            print(
+                f"coordinator: stopped by {signal.Signals(outcome.signal).name} after"
+                f" {_keys(ran)}, {failed} failed",
+                file=sys.stderr,
+            )
+            return 128 + outcome.signal
+
+
+def _keys(count: int) -> str:
+    return f"{count} key" if count == 1 else f"{count} keys"
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """How one command under one lease ended: its exit status, and the signal (SIGINT or
+    SIGTERM) this process was sent meanwhile, if any."""
+
+    status: int
+    signal: int | None = None
+
+
+def _run_once(
+    coordinator: Coordinator,
+    process_name: str,
+    machine: str,
+    command: Sequence[str],
+    *,
+    wait_seconds: float,
+    lease_seconds: int | None,
+    announce: Callable[[Lease], None],
+) -> _Outcome:
+    """One grant, one command, one release. Failures of the grant raise; a failure to end the
+    lease after the command ran is said on stderr (its expiry frees the key)."""
+    outcome, ran = _Outcome(0), False
     with tempfile.TemporaryDirectory(prefix="coordinator-run-") as folder:
         checkpoint_file = Path(folder) / "checkpoint"
         checkpoint_file.touch()
@@ -82,22 +176,16 @@ def run_job(
                 lease.save_checkpoints_from(_CheckpointFile(checkpoint_file).read)
                 announce(lease)
                 ran = True
-                status = _supervise(lease, process_name, command, checkpoint_file)
-                if status != 0:
+                outcome = _supervise(lease, process_name, command, checkpoint_file)
+                if outcome.status != 0:
                     lease.fail()
-        except PassComplete as error:
-            if ran:
-                raise  # not from the grant: cannot happen, but never hidden
-            # A fleet of `run --wait` loops drains a `once` pass, then stops.
-            print(f"coordinator: {error} Nothing to run.", file=sys.stderr)
-            return 0
         except CoordinatorError as error:
             if not ran:
                 raise
             # The command ran; ending its lease failed. Its expiry frees the key.
             print(f"coordinator: {error}", file=sys.stderr)
-            return status or 1
-    return status
+            return _Outcome(outcome.status or 1, outcome.signal)
+    return outcome
 
 
 class _CheckpointFile:
@@ -131,8 +219,8 @@ class _CheckpointFile:
 
 
 def _supervise(
-    lease: AsyncLease, process_name: str, command: Sequence[str], checkpoint_file: Path
-) -> int:
+    lease: Lease, process_name: str, command: Sequence[str], checkpoint_file: Path
+) -> _Outcome:
     """Run the command under the lease; its exit status (128 + N if killed by signal N)."""
     env = {
         **os.environ,
@@ -146,8 +234,10 @@ def _supervise(
     }
     child: subprocess.Popen[bytes] | None = None
     pending: list[int] = []
+    received: list[int] = []
 
     def forward(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
         if child is None:
             pending.append(signum)  # arrived while the command was starting: passed on below
         else:
@@ -163,7 +253,8 @@ def _supervise(
             child = subprocess.Popen(list(command), env=env, start_new_session=True)  # noqa: S603
         except OSError as error:  # checked before the lease, but it may have changed since
             print(f"coordinator: cannot run {command[0]}: {error.strerror}", file=sys.stderr)
-            return NOT_EXECUTABLE if isinstance(error, PermissionError) else NOT_FOUND
+            status = NOT_EXECUTABLE if isinstance(error, PermissionError) else NOT_FOUND
+            return _Outcome(status, received[0] if received else None)
         for signum in pending:
             child.send_signal(signum)
         while True:
@@ -181,10 +272,10 @@ def _supervise(
     if lease.lost and not stopping:
         _report_lost(lease, f"{command[0]} finished without it, so its work does not count")
     status = code if code >= 0 else 128 - code
-    return status or (1 if lease.lost else 0)
+    return _Outcome(status or (1 if lease.lost else 0), received[0] if received else None)
 
 
-def _report_lost(lease: AsyncLease, then: str) -> None:
+def _report_lost(lease: Lease, then: str) -> None:
     """The one line that says the lease was lost, why, and what follows."""
     try:
         lease.check()

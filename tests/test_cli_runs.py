@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import orjson
 import pytest
 
 from tests import test_cli
-from tests.test_cli import API, Cli, Server, assert_error, stop, table
+from tests.test_cli import API, TRAPPING_CHILD, Cli, Server, assert_error, stop, table
 
 # test_cli's fixtures: a `coordinator serve` for this module, the CLI on either transport.
 server, cli, name = test_cli.server, test_cli.cli, test_cli.name
@@ -189,3 +190,71 @@ def test_run_exits_0_at_once_when_the_pass_is_complete(cli: Cli, server: Server,
     [line] = result.stderr.splitlines()
     assert line.startswith("coordinator: ")
     assert "is complete" in line
+
+
+def test_run_loop_works_key_after_key_until_the_pass_is_complete(
+    cli: Cli, server: Server, name: str, tmp_path: Path
+) -> None:
+    _register(server, name, 5, mode="once", max_attempts=1)
+    ran = tmp_path / "ran"
+    script = 'echo "$BATCH_KEY" >> "$1"; [ "$BATCH_KEY" -ne 2 ]'
+    result = cli("run", name, "--loop", "--", "sh", "-c", script, "sh", str(ran))
+    assert result.returncode == 0, result.stderr
+    *holding, summary = result.stderr.splitlines()
+    assert len(holding) == 5, result.stderr
+    assert all(line.startswith("coordinator: holding key") for line in holding)
+    assert "is complete" in summary
+    assert summary.endswith("Ran 5 keys, 1 failed."), summary
+    assert sorted(int(key) for key in ran.read_text().split()) == [0, 1, 2, 3, 4]
+    assert [_key(server, name, key)["state"] for key in range(5)] == [
+        "done", "done", "quarantined", "done", "done"
+    ]  # fmt: skip
+
+
+def test_run_loop_waits_while_the_last_key_is_held(
+    cli: Cli, server: Server, name: str, tmp_path: Path
+) -> None:
+    _register(server, name, 2, mode="once")
+    held = server.acquire(name)
+    running = cli.start("run", name, "--loop", "--wait", "1", "--", "true")
+    try:
+        deadline = time.monotonic() + 20
+        while _key(server, name, 1 - held["key"])["state"] != "done":
+            assert running.poll() is None, running.communicate()
+            assert time.monotonic() < deadline, "the loop never ran the free key"
+            time.sleep(0.05)
+        time.sleep(2.5)  # more than two of the loop's one-second waits go by
+        assert running.poll() is None, running.communicate()
+        response = server.api.delete(f"{API}/process/batch_keys/{held['external_id']}")
+        assert response.status_code == 200, response.text
+        _, err = running.communicate(timeout=15)
+    finally:
+        stop(running)
+    assert running.returncode == 0, err
+    assert err.splitlines()[-1].endswith("Ran 1 key, 0 failed."), err
+
+
+def test_ctrl_c_stops_the_loop_after_its_command(
+    cli: Cli, server: Server, name: str, tmp_path: Path
+) -> None:
+    _register(server, name, 3)  # rotate: the loop would go on for ever
+    ready, marker = tmp_path / "ready", tmp_path / "trapped"
+    running = cli.start(
+        "run", name, "--loop", "--", "sh", "-c", TRAPPING_CHILD, "sh", str(ready), str(marker)
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not ready.exists():
+            assert running.poll() is None, running.communicate()
+            assert time.monotonic() < deadline, "the command never started"
+            time.sleep(0.02)
+        running.send_signal(signal.SIGINT)
+        _, err = running.communicate(timeout=15)
+    finally:
+        stop(running)
+    assert running.returncode == 130, err
+    key = int(marker.read_text())  # the command was told, and said which key it held
+    assert err.splitlines()[-1] == "coordinator: stopped by SIGINT after 1 key, 1 failed"
+    released = _key(server, name, key)
+    assert released["state"] == "free"
+    assert released["attempts"] == 1  # released `failed`, not left to expire

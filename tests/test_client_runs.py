@@ -16,6 +16,7 @@ from coordinator.client import (
     AsyncRedisCoordinator,
     Coordinator,
     HttpCoordinator,
+    LeaseLost,
     PassComplete,
     RedisCoordinator,
     StoreUnavailable,
@@ -131,6 +132,25 @@ def test_renew_saves_keeps_and_clears_the_checkpoint(coordinator: Coordinator) -
     again = coordinator.acquire(name, "m")
     assert again.checkpoint == "row 40"
     coordinator.renew(again.external_id or "", checkpoint=None)
+    assert coordinator.key(name, 0).checkpoint is None
+
+
+def test_a_blocking_lease_saves_a_checkpoint_for_the_next_holder(coordinator: Coordinator) -> None:
+    name = _name()
+    coordinator.register(name, 1)
+    with pytest.raises(RuntimeError, match="crash"), coordinator.lease(name, "first") as lease:
+        assert lease.previous_checkpoint is None
+        lease.checkpoint("row 40")  # blocks until saved: the API shows it at once
+        assert coordinator.key(name, 0).checkpoint == "row 40"
+        raise RuntimeError("crash")
+    with coordinator.lease(name, "second") as lease:
+        assert lease.previous_checkpoint == "row 40"
+        assert lease.async_lease.previous_checkpoint == "row 40"
+    assert coordinator.key(name, 0).checkpoint is None  # the completed release cleared it
+    with pytest.raises(LeaseLost), coordinator.lease(name, "third") as lease:  # ends lost
+        coordinator.revoke(lease.external_id)
+        with pytest.raises(LeaseLost):
+            lease.checkpoint("too late")
     assert coordinator.key(name, 0).checkpoint is None
 
 

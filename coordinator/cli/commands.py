@@ -14,11 +14,11 @@ import orjson
 
 from coordinator import output
 from coordinator.cli import listing, passes, transport
-from coordinator.client.lease import AsyncLease
+from coordinator.client.blocking_lease import Lease
 from coordinator.client.sync import Coordinator
 from coordinator.config import ConfigError
 from coordinator.models import BatchKey, Process
-from coordinator.run import run_job
+from coordinator.run import run_job, run_loop
 
 Result = Process | BatchKey | list[Process]
 # One call per command (`process` commands by their action).
@@ -55,7 +55,7 @@ def client_command(args: argparse.Namespace) -> int:
         if args.command in _PRINTERS:
             return _PRINTERS[args.command](coordinator, args)
         if args.command == "run":
-            return run_job(
+            return (run_loop if args.loop else run_job)(
                 coordinator,
                 args.name,
                 args.machine,
@@ -76,7 +76,7 @@ def client_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _announce(lease: AsyncLease, *, as_json: bool) -> None:
+def _announce(lease: Lease, *, as_json: bool) -> None:
     """`run`'s one line on stderr: the key it holds, before the command starts."""
     if as_json:
         line = _json({**lease.batch_key.to_json(), "key_set_size": lease.key_set_size})

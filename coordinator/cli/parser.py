@@ -318,10 +318,18 @@ def _add_run(commands: Commands[Parser]) -> None:
         " key it holds is printed on stderr first. BATCH_CHECKPOINT holds the key's saved"
         " checkpoint (empty if none); what the command writes to the file BATCH_CHECKPOINT_FILE"
         " names is saved as the checkpoint at each renewal and at a failed exit. A `once`"
-        " process whose pass is complete exits 0 at once: nothing to run.",
+        " process whose pass is complete exits 0 at once: nothing to run. With --loop, one"
+        " `run` works key after key until the pass is complete.",
     )
     run.add_argument("name", metavar="NAME", help="the process name")
     _add_lease_request(run)
+    run.add_argument(
+        "--loop",
+        action="store_true",
+        help="run the command under key after key until the pass of a `once` process is"
+        " complete (exit 0) or Ctrl-C; a failed command releases its key `failed` and the loop"
+        " goes on; when no key is free, wait (--wait, else 30 s at a time) and ask again",
+    )
     # Not REMAINDER: that would swallow the options after NAME (main() splits off `-- ...`).
     run.add_argument(
         "command_rest",

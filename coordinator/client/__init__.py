@@ -14,6 +14,7 @@ with RedisCoordinator("redis://127.0.0.1:6379/0") as coordinator:
 """
 
 from coordinator.client.base import AsyncCoordinator
+from coordinator.client.blocking_lease import Lease
 from coordinator.client.direct import AsyncRedisCoordinator
 from coordinator.client.http import AsyncHttpCoordinator
 from coordinator.client.lease import AsyncLease, LeaseLost
@@ -44,6 +45,7 @@ __all__ = [
     "CoordinatorError",
     "HttpCoordinator",
     "InvalidField",
+    "Lease",
     "LeaseGone",
     "LeaseLost",
     "NoFreeKey",

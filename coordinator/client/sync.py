@@ -13,9 +13,9 @@ from types import TracebackType
 from typing import Any, TypeVar, cast
 
 from coordinator.client.base import AsyncCoordinator
+from coordinator.client.blocking_lease import LeaseContext
 from coordinator.client.direct import AsyncRedisCoordinator
 from coordinator.client.http import AsyncHttpCoordinator
-from coordinator.client.lease import AsyncLease
 from coordinator.models import BatchKey, Event, Pass, Process
 from coordinator.validation import UNSET, Unset
 
@@ -57,28 +57,6 @@ async def _outcome(coroutine: Coroutine[Any, Any, T]) -> tuple[T | None, Excepti
         return await coroutine, None
     except Exception as error:  # noqa: BLE001 - handed to the caller's thread, raised there
         return None, error
-
-
-class LeaseContext:
-    """`with coordinator.lease(...) as lease:`; `lease` is the held AsyncLease."""
-
-    def __init__(self, portal: _Portal, lease: AsyncLease) -> None:
-        self._portal = portal
-        self._lease = lease
-
-    def __repr__(self) -> str:
-        return repr(self._lease)
-
-    def __enter__(self) -> AsyncLease:
-        return self._portal.call(self._lease.__aenter__())
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._portal.call(self._lease.__aexit__(exc_type, exc, tb))
 
 
 class Coordinator:

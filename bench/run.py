@@ -12,6 +12,8 @@ only) serves every measurement. Prints a table and writes bench/results.json.
 3. Keys 0-47 of 64 held all along: ours vs one redis-py Lock per key tried in turn.
 4. Size: mean acquire + release latency at 1,000,000 keys vs 10 keys, and used_memory per
    key after each of the million keys was granted and completed once.
+5. Batch-run options: Valkey's time in the scripts (and its process CPU) per grant + release
+   with every option on, vs a process with none (bench/script_cost.py).
 
 CPU: each side's utime + stime over each window (servers with their workers, Valkey, the load
 generator), and what other processes on the machine took meanwhile.
@@ -37,7 +39,7 @@ from typing import Any
 import psutil
 import redis
 
-from bench import direct, http_load, size
+from bench import direct, http_load, script_cost, size
 from bench.cpu import CpuWindow, machine_busy_seconds
 from coordinator.embedded import EmbeddedValkey, free_port
 
@@ -47,12 +49,14 @@ RESULTS = Path(__file__).resolve().parent / "results.json"
 # Commands clients send; INFO commandstats also counts those the scripts run inside EVALSHA.
 TOP_LEVEL = ("evalsha", "ping", "blpop")
 
+FIGURES = ("http", "direct", "held", "size", "options")
 TARGETS = {
     "http_ratio": (">=", 0.8),
     "direct_ratio": (">=", 0.8),
     "vs_hand_rolled": (">=", 10.0),
     "size_ratio": ("<=", 1.3),
     "bytes_per_key": ("<=", 200.0),
+    "options_cost_ratio": ("<=", 1.3),
     "http_non_2xx": ("==", 0),
 }
 
@@ -74,6 +78,8 @@ class Plan:
     size_keys: int
     latency_cycles: int
     latency_rounds: int
+    options_rounds: int
+    options_seconds: float
 
 
 FULL = Plan(
@@ -90,6 +96,8 @@ FULL = Plan(
     size_keys=1_000_000,
     latency_cycles=3000,
     latency_rounds=3,
+    options_rounds=4,
+    options_seconds=3,
 )
 QUICK = Plan(
     workers=1,
@@ -105,6 +113,8 @@ QUICK = Plan(
     size_keys=50_000,
     latency_cycles=500,
     latency_rounds=1,
+    options_rounds=1,
+    options_seconds=2,
 )
 
 
@@ -373,6 +383,24 @@ def size_figure(url: str, valkey_pid: int, plan: Plan) -> dict[str, Any]:
     return asyncio.run(measure())
 
 
+# 5. Batch-run options ----------------------------------------------------------------------
+
+
+def options_figure(url: str, valkey_pid: int, plan: Plan) -> dict[str, Any]:
+    """Valkey's cost per cycle with every batch-run option on vs none."""
+    runs = asyncio.run(
+        script_cost.measure(
+            url,
+            valkey_pid,
+            tasks=16,
+            warmup=plan.direct_warmup,
+            duration=plan.options_seconds,
+            rounds=plan.options_rounds,
+        )
+    )
+    return script_cost.summary(runs)
+
+
 # Output --------------------------------------------------------------------------------
 
 
@@ -391,7 +419,10 @@ def _cpu_rows(name: str, cpu: dict[str, Any]) -> list[str]:
 
 def render(results: dict[str, Any]) -> str:
     """The table."""
-    env, h, d, k, s = (results[x] for x in ("environment", "http", "direct", "held", "size"))
+    env, h, d, k, s, o = (
+        results[x] for x in ("environment", "http", "direct", "held", "size", "options")
+    )
+    worst = max(("rotate", "once"), key=lambda v: o[v]["script_ratio"])
     wide = "{:<44} {:>16} {:>22} {:>8} {:>9} {:>6}"
     lines = [
         "Batch Process Coordinator benchmark",
@@ -484,6 +515,23 @@ def render(results: dict[str, Any]) -> str:
             "",
             target_text("bytes_per_key"),
             verdict("bytes_per_key", s["bytes_per_key"]),
+        ),
+        wide.format(
+            f"5 Valkey script us per cycle, options ({worst})",
+            f"{o[worst]['script_us_per_cycle']:.1f}",
+            f"{o['plain']['script_us_per_cycle']:.1f} no options",
+            f"{o['ratio']:.2f}",
+            target_text("options_cost_ratio"),
+            verdict("options_cost_ratio", o["ratio"]),
+        ),
+        wide.format(
+            "  Valkey CPU us per cycle, rotate / once",
+            f"{o['rotate']['valkey_cpu_us_per_cycle']:.1f} /"
+            f" {o['once']['valkey_cpu_us_per_cycle']:.1f}",
+            f"{o['plain']['valkey_cpu_us_per_cycle']:.1f} no options",
+            f"{o['cpu_ratio']:.2f}",
+            "",
+            "",
         ),
         "",
         "Valkey commands sent per cycle (commands run inside scripts not shown): "
@@ -579,7 +627,7 @@ def main() -> None:
         help="uvicorn workers for both HTTP servers (default 1)",
     )
     parser.add_argument("--quick", action="store_true", help="short smoke run (not the figures)")
-    parser.add_argument("--only", nargs="*", choices=("http", "direct", "held", "size"))
+    parser.add_argument("--only", nargs="*", choices=FIGURES)
     parser.add_argument("--out", type=Path, help="default bench/results.json (--quick: in /tmp)")
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
@@ -598,12 +646,13 @@ def main() -> None:
             )
             log(f"Valkey pid {valkey_pid} on {valkey.url}")
             results: dict[str, Any] = {"environment": _environment(valkey), "plan": plan.__dict__}
-            only = set(args.only or ("http", "direct", "held", "size"))
+            only = set(args.only or FIGURES)
             steps = (
                 ("http", lambda: http_figure(valkey, valkey_pid, plan, work)),
                 ("direct", lambda: direct_figure(valkey.url, valkey_pid, plan)),
                 ("held", lambda: held_figure(valkey.url, valkey_pid, plan)),
                 ("size", lambda: size_figure(valkey.url, valkey_pid, plan)),
+                ("options", lambda: options_figure(valkey.url, valkey_pid, plan)),
             )
             for name, step in steps:
                 if name in only:
@@ -611,7 +660,7 @@ def main() -> None:
                     results[name] = step()
     results["wall_seconds"] = time.perf_counter() - started
     results["targets"] = {name: {"op": op, "value": value} for name, (op, value) in TARGETS.items()}
-    if only == {"http", "direct", "held", "size"}:
+    if only == set(FIGURES):
         results["verdicts"] = {
             "http_ratio": verdict("http_ratio", results["http"]["ratio"]),
             "http_non_2xx": verdict("http_non_2xx", results["http"]["non_2xx"]),
@@ -619,6 +668,7 @@ def main() -> None:
             "vs_hand_rolled": verdict("vs_hand_rolled", results["held"]["ratio"]),
             "size_ratio": verdict("size_ratio", results["size"]["ratio"]),
             "bytes_per_key": verdict("bytes_per_key", results["size"]["bytes_per_key"]),
+            "options_cost_ratio": verdict("options_cost_ratio", results["options"]["ratio"]),
         }
         table = render(results)
         results["table"] = table

@@ -3,7 +3,8 @@
 The page has no build step and loads nothing from elsewhere: its CSS and JavaScript are inline,
 allowed by a per-response nonce, and it talks only to this service's own API. It is served
 without a token; the page asks for one and sends it with every API call. Its register form
-starts from this server's own defaults, filled in when the page is served.
+starts from this server's own defaults and bounds (coordinator/validation.py's for the batch-run
+options), filled in when the page is served.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from importlib import resources
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
+from coordinator import validation
 from coordinator.store import Limits, Store
 
 _NONCE_PLACEHOLDER = "__CSP_NONCE__"
@@ -38,7 +40,8 @@ def content_security_policy(nonce: str) -> str:
 
 
 def page(nonce: str, limits: Limits) -> str:
-    """The page with its nonce, and the register form's defaults: the store's `limits`."""
+    """The page with its nonce, and the register form's defaults: the store's `limits`, and
+    the batch-run options' bounds."""
     # The size a registration without `key_set_size` gets (Store.register caps the default).
     default_size = min(limits.default_key_set_size, limits.max_key_set_size)
     filled = {
@@ -46,6 +49,8 @@ def page(nonce: str, limits: Limits) -> str:
         "__DEFAULT_KEY_SET_SIZE__": str(default_size),
         "__MAX_KEY_SET_SIZE__": str(limits.max_key_set_size),
         "__DEFAULT_LEASE_SECONDS__": str(limits.default_lease_seconds),
+        "__MAX_ATTEMPTS_MAX__": str(validation.MAX_ATTEMPTS_MAX),
+        "__RETRY_BACKOFF_SECONDS_MAX__": str(validation.RETRY_BACKOFF_SECONDS_MAX),
     }
     text = _PAGE
     for placeholder, value in filled.items():

@@ -10,6 +10,7 @@ dashboard.png.
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, expect, sync_playwright
 
 from coordinator.auth import new_token
+from coordinator.validation import MAX_ATTEMPTS_MAX, MODES, RETRY_BACKOFF_SECONDS_MAX
 from tests.test_serve import _env, serving
 
 pytestmark = pytest.mark.slow
@@ -42,6 +44,9 @@ LAUNCH_ARGS = [
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 KEYS = "/api/v1/process/batch_keys"
+PROCESS = "/api/v1/process"
+# The key states only a batch run has, and how the page words them (STATE_TEXT in index.html).
+RUN_STATES = {"done": "done in this pass", "backoff": "in backoff", "quarantined": "quarantined"}
 # The page refreshes every 2 s; a loaded CI machine gets some slack over Playwright's 5 s.
 expect.set_options(timeout=10_000)
 
@@ -118,6 +123,23 @@ def _grant(api: httpx.Client, name: str, machine: str, **fields: Any) -> dict[st
     return granted
 
 
+def _release(
+    api: httpx.Client, lease: dict[str, Any], outcome: str = "completed"
+) -> dict[str, Any]:
+    """End a lease; `outcome="failed"` is a release whose work did not complete."""
+    response = api.delete(f"{KEYS}/{lease['external_id']}", params={"outcome": outcome})
+    assert response.status_code == 200, response.text
+    released: dict[str, Any] = response.json()
+    return released
+
+
+def _process(api: httpx.Client, name: str) -> dict[str, Any]:
+    response = api.get(f"{PROCESS}/{name}")
+    assert response.status_code == 200, response.text
+    process: dict[str, Any] = response.json()
+    return process
+
+
 def _open(page: Page, base: str, name: str) -> None:
     """Load the dashboard and pick the process from its list, as an operator would."""
     page.goto(f"{base}/")
@@ -138,11 +160,62 @@ def _time(text: str) -> datetime:
 
 def _state(key: dict[str, Any], lease_seconds: int, now: datetime) -> str:
     """The page's own rule (classify() in index.html) applied to a key of the API's listing:
-    a held key is expiring with under 10 % of its process's lease left."""
+    a held key is expiring with under 10 % of its process's lease left; a batch run's done,
+    backoff (until its retry_at) and quarantined keys are shown as such."""
     if key["external_id"] is not None:
         left = (_time(key["expires_at"]) - now).total_seconds()
         return "expiring" if left < 0.1 * lease_seconds else "held"
+    backoff_over = key["state"] == "backoff" and _time(key["retry_at"]) <= now
+    if key["state"] in RUN_STATES and not backoff_over:
+        return str(key["state"])
     return "free" if key["last_completed_at"] is not None else "never"
+
+
+def _shown_states(page: Page) -> dict[str, str]:
+    """Every cell of the grid: key number -> the state it shows."""
+    shown: dict[str, str] = page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll("#grid [data-key]")]
+            .map(cell => [cell.dataset.key, cell.dataset.state]))"""
+    )
+    return shown
+
+
+def _states_agree(page: Page, api: httpx.Client, name: str, lease_seconds: int) -> list[Any]:
+    """Until every cell shows what the page's rule makes of the API's listing (the page
+    refreshes every 2 s), at most 10 s; returns the listing they agreed on."""
+    deadline = time.monotonic() + 10
+    while True:
+        listing: list[Any] = api.get(f"{KEYS}/{name}").json()
+        expected = {str(k["key"]): _state(k, lease_seconds, datetime.now(UTC)) for k in listing}
+        shown = _shown_states(page)
+        if shown == expected or time.monotonic() > deadline:
+            assert shown == expected
+            return listing
+        page.wait_for_timeout(250)
+
+
+def _overflowing(page: Page) -> list[str]:
+    """The controls that do not fit the window's width."""
+    overflowing: list[str] = page.evaluate(
+        """() => [...document.querySelectorAll("button, input, select, table, progress, #grid")]
+            .filter(e => e.offsetParent !== null
+                         && e.getBoundingClientRect().right > window.innerWidth + 0.5)
+            .map(e => e.id || e.textContent.trim() || e.tagName)"""
+    )
+    return overflowing
+
+
+def _answer_next_dialog(page: Page, questions: list[str], *, accept: bool) -> None:
+    """Answer the page's next confirm(), noting its question."""
+
+    def on_dialog(dialog: Dialog) -> None:
+        questions.append(dialog.message)
+        if accept:
+            dialog.accept()
+        else:
+            dialog.dismiss()
+
+    page.once("dialog", on_dialog)
 
 
 class _Inputs(HTMLParser):
@@ -270,7 +343,12 @@ def test_register_and_delete_through_the_page(page: Page, base: str, api: httpx.
     expect(page.locator("#grid [data-key]")).to_have_count(6)
     expect(page.locator('#grid [data-state="never"]')).to_have_count(6)
     expect(page.locator("#process-meta")).to_have_text("6 keys · lease 10 min")
+    # Registered without batch-run options: no pass, no batch-run states (though it has a pass).
+    expect(page.locator("#run")).to_be_hidden()
+    for state in RUN_STATES:
+        expect(page.locator(f'#legend [data-legend="{state}"]')).to_be_hidden()
     listed = {p["process_name"]: p for p in api.get("/api/v1/process").json()}
+    assert listed[name]["pass"]["number"] == 1
     assert listed[name]["key_set_size"] == 6
     assert listed[name]["lease_seconds"] == 600
 
@@ -356,13 +434,10 @@ def test_counts_match_the_apis_listing(page: Page, base: str, api: httpx.Client)
     page.goto(f"{base}/#process={name}")
     expect(page.locator("#process-heading")).to_have_text(name)
     expect(page.locator("#process-meta")).to_have_text("12 keys · lease 16 min 40 s")
+    expect(page.locator("#run")).to_be_hidden()  # not a batch run, though a key failed
     for state in ("free", "never", "held", "expiring"):
         expect(page.locator(f'#legend [data-count="{state}"]')).to_have_text(str(counts[state]))
-    shown = page.evaluate(
-        """() => Object.fromEntries([...document.querySelectorAll("#grid [data-key]")]
-            .map(cell => [cell.dataset.key, cell.dataset.state]))"""
-    )
-    assert shown == {str(key): state for key, state in states.items()}
+    assert _shown_states(page) == {str(key): state for key, state in states.items()}
     held = [key for key in listing if key["external_id"] is not None]
     expect(page.locator("#held-body tr")).to_have_count(len(held))
     for key in held:
@@ -383,6 +458,227 @@ def test_counts_match_the_apis_listing(page: Page, base: str, api: httpx.Client)
     expect(page.locator("#process-heading")).to_have_text(name)
 
 
+def test_batch_run_pass_key_states_retry_and_next_pass(
+    page: Page, base: str, api: httpx.Client
+) -> None:
+    """A `once` process with done, backoff, quarantined, held and free keys, made by real
+    grants and releases: the pass, its progress and every cell agree with the API, and the
+    page's Retry and Start next pass do what the API then reports."""
+    name = _name("sweep")
+    lease = 3600
+    # With max_attempts 2 a key is quarantined at its second failure in a row, and backs off
+    # `backoff` s after its first: the test waits that long, once. Key 3, failed last, stays in
+    # backoff as long while the page is checked.
+    backoff = 15
+    _register(
+        api,
+        name,
+        6,
+        lease_seconds=lease,
+        mode="once",
+        max_attempts=2,
+        retry_backoff_seconds=backoff,
+    )
+    leases = [_grant(api, name, f"worker-{n}") for n in range(5)]  # keys 0-4; 5 stays free
+    assert [granted["key"] for granted in leases] == [0, 1, 2, 3, 4]
+    for done in leases[:2]:  # keys 0 and 1: done in this pass
+        assert _release(api, done)["state"] == "done"
+    failed = _release(api, leases[2], "failed")  # key 2: its first failure
+    assert (failed["state"], failed["attempts"]) == ("backoff", 1)
+    deadline = time.monotonic() + backoff + 30
+    while api.get(f"{PROCESS}/{name}/keys/2").json()["state"] == "backoff":
+        assert time.monotonic() < deadline, "key 2's backoff did not end"
+        time.sleep(0.25)
+    again = _grant(api, name, "worker-5")  # key 2 again: first in line of the free keys
+    assert again["key"] == 2
+    quarantined = _release(api, again, "failed")
+    assert (quarantined["state"], quarantined["attempts"]) == ("quarantined", 2)
+    backing_off = _release(api, leases[3], "failed")  # key 3: in backoff for `backoff` s
+    assert backing_off["state"] == "backoff"
+    process = _process(api, name)
+
+    _open(page, base, name)
+    listing = _states_agree(page, api, name, lease)
+    expected = {"done": 2, "quarantined": 1, "backoff": 1, "held": 1, "free": 1}
+    assert Counter(k["state"] for k in listing) == expected
+    for state in RUN_STATES:
+        expect(page.locator(f'#legend [data-legend="{state}"]')).to_be_visible()
+        expect(page.locator(f'#legend [data-count="{state}"]')).to_have_text(
+            str(sum(k["state"] == state for k in listing))
+        )
+    # Not colour alone: each batch-run cell says its state, attempts and when a backoff ends.
+    for key in listing:
+        if key["state"] not in RUN_STATES:
+            continue
+        label = (
+            f"Key {key['key']}, {RUN_STATES[key['state']]}, failed attempts {key['attempts']} of 2"
+        )
+        if key["state"] == "backoff":
+            at = page.evaluate(
+                "ms => new Date(ms).toLocaleTimeString('en-GB')",
+                int(_time(key["retry_at"]).timestamp() * 1000),
+            )
+            label += f", retry at {at}"
+            expect(page.locator(f"#key-{key['key']}")).to_have_attribute(
+                "title",
+                re.compile(
+                    rf"^Key {key['key']}: in backoff\nfailed attempts {key['attempts']} of 2\n"
+                    rf"retry at {at} \(in \d+ s\)\nnever completed$"
+                ),
+            )
+        expect(page.locator(f"#key-{key['key']}")).to_have_attribute("aria-label", label)
+
+    # The pass: its number, and a progress bar of done + quarantined of all keys.
+    run = process["pass"]
+    size = process["key_set_size"]
+    assert process["mode"] == "once"
+    expect(page.locator("#pass-number")).to_have_text(str(run["number"]))
+    expect(page.locator("#pass-state")).to_have_text(
+        "complete" if run["completed_at"] else "in progress"
+    )
+    bar = page.get_by_role("progressbar", name=f"Pass {run['number']}")
+    reached = min(run["keys_done"] + run["keys_quarantined"], size)
+    expect(bar).to_have_js_property("max", size)
+    expect(bar).to_have_js_property("value", reached)
+    expect(page.locator("#pass-counts")).to_have_text(
+        f"{run['keys_done']} done + {run['keys_quarantined']} quarantined of {size} keys"
+        f" ({100 * reached // size} %)"
+    )
+    facts = page.locator("#run-facts")
+    expect(facts.locator('[data-fact="Mode"]')).to_contain_text(process["mode"])
+    expect(facts.locator('[data-fact="Max attempts"]')).to_contain_text(
+        str(process["max_attempts"])
+    )
+    expect(facts.locator('[data-fact="Retry backoff"]')).to_contain_text(
+        f"{process['retry_backoff_seconds']} s"
+    )
+    expect(page.locator("#process-meta")).to_have_text(
+        f"6 keys · lease 1 h · once · pass {run['number']}"
+    )
+
+    # Retry on the quarantined key: the API then reports it free, its attempts reset.
+    key = next(k["key"] for k in listing if k["state"] == "quarantined")
+    page.locator(f"#key-{key}").click()
+    detail = page.locator("#key-detail")
+    expect(detail).to_contain_text(f"Key {key}")
+    expect(detail).to_contain_text("quarantined")
+    detail.get_by_role("button", name=f"Retry key {key}").click()
+    expect(page.locator("#notice")).to_contain_text(f"Key {key} of “{name}” can be granted again")
+    retried = api.get(f"{PROCESS}/{name}/keys/{key}").json()
+    assert (retried["state"], retried["attempts"]) == ("free", 0)
+    expect(page.locator(f"#key-{key}")).to_have_attribute(
+        "data-state", _state(retried, lease, datetime.now(UTC))
+    )
+    expect(detail.locator("button[data-retry]")).to_have_count(0)
+    run = _process(api, name)["pass"]
+    expect(bar).to_have_js_property("value", min(run["keys_done"] + run["keys_quarantined"], size))
+
+    # Start next pass asks first: dismissing the question changes nothing.
+    questions: list[str] = []
+    _answer_next_dialog(page, questions, accept=False)
+    page.get_by_role("button", name="Start next pass…").click()
+    _wait_for_refresh(page)
+    assert len(questions) == 1
+    assert f"Start pass {run['number'] + 1} of “{name}”?" in questions[0]
+    assert _process(api, name)["pass"]["number"] == run["number"]
+    _answer_next_dialog(page, questions, accept=True)
+    page.get_by_role("button", name="Start next pass…").click()
+    expect(page.locator("#pass-number")).to_have_text(str(run["number"] + 1))
+    expect(page.locator("#notice")).to_contain_text(f"Started pass {run['number'] + 1}")
+    assert len(questions) == 2
+    after = _process(api, name)["pass"]
+    assert after["number"] == run["number"] + 1
+    assert after["keys_done"] == 0
+    bar = page.get_by_role("progressbar", name=f"Pass {after['number']}")
+    expect(bar).to_have_js_property(
+        "value", min(after["keys_done"] + after["keys_quarantined"], size)
+    )
+    # Every key grantable again (done, backoff lifted) but the held one, as the API says.
+    listing = _states_agree(page, api, name, lease)
+    assert {k["state"] for k in listing} == {"free", "held"}
+
+
+def test_register_form_registers_a_batch_run(
+    browser: Browser, page: Page, base: str, api: httpx.Client
+) -> None:
+    """The form's batch-run fields start from the defaults of a registration without them,
+    are bounded by the server's own limits, and register what they say; the pass shows as
+    complete once every key is done or quarantined."""
+    name = _name("sweep")
+    page.goto(f"{base}/ui")
+    form = page.locator("#register-form")
+    mode = form.get_by_label("Mode")
+    attempts = form.get_by_label("Max attempts")
+    backoff = form.get_by_label("Retry backoff seconds")
+    expect(mode).to_have_value("rotate")
+    expect(attempts).to_have_value("")
+    expect(backoff).to_have_value("0")
+    assert mode.locator("option").evaluate_all("options => options.map(o => o.value)") == list(
+        MODES
+    )
+    expect(attempts).to_have_attribute("max", str(MAX_ATTEMPTS_MAX))
+    expect(backoff).to_have_attribute("max", str(RETRY_BACKOFF_SECONDS_MAX))
+    form.get_by_label("Name").fill(name)
+    form.get_by_label("Keys").fill("3")
+    mode.select_option("once")
+    attempts.fill("1")
+    backoff.fill("45")
+    form.get_by_role("button", name="Register").click()
+
+    expect(page.locator("#process-heading")).to_have_text(name)
+    process = _process(api, name)
+    assert (process["key_set_size"], process["mode"]) == (3, "once")
+    assert (process["max_attempts"], process["retry_backoff_seconds"]) == (1, 45)
+    expect(page.locator("#run")).to_be_visible()
+    expect(page.locator("#pass-number")).to_have_text(str(process["pass"]["number"]))
+    expect(page.locator("#pass-state")).to_have_text("in progress")
+    facts = page.locator("#run-facts")
+    expect(facts.locator('[data-fact="Mode"]')).to_have_text("once: each key is done once per pass")
+    expect(facts.locator('[data-fact="Max attempts"]')).to_have_text(
+        "1, then the key is quarantined"
+    )
+    expect(facts.locator('[data-fact="Retry backoff"]')).to_have_text(
+        "45 s, doubled after each failure"
+    )
+    expect(facts.locator('[data-fact="Completed"]')).to_have_text("not yet")
+    # The form is reset to its defaults.
+    expect(mode).to_have_value("rotate")
+    expect(attempts).to_have_value("")
+    expect(backoff).to_have_value("0")
+
+    # Two keys done and one failed once, so quarantined: the pass is complete.
+    leases = [_grant(api, name, f"worker-{n}") for n in range(3)]
+    _release(api, leases[0])
+    _release(api, leases[1])
+    assert _release(api, leases[2], "failed")["state"] == "quarantined"
+    run = _process(api, name)["pass"]
+    assert run["completed_at"] is not None
+    expect(page.locator("#pass-state")).to_have_text("complete")
+    expect(facts.locator('[data-fact="Completed"]')).not_to_have_text("not yet")
+    bar = page.get_by_role("progressbar", name=f"Pass {run['number']}")
+    expect(bar).to_have_js_property("value", run["keys_done"] + run["keys_quarantined"])
+    expect(bar).to_have_js_property("max", 3)
+    expect(page.locator("#process-list button", has_text=name).locator(".meta")).to_have_text(
+        f"3 keys · lease 1 h · once · pass {run['number']} complete"
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#key-2").click()
+    expect(page.locator("#key-detail")).to_contain_text("Failed attempts1 of 1")
+    page.mouse.move(0, 0)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=ARTIFACTS / "dashboard-batch-run.png")
+
+    # At phone width the pass, its button and the form's new fields fit.
+    phone = Tab(browser, viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=2)
+    _open(phone.page, base, name)
+    expect(phone.page.locator("#pass-state")).to_have_text("complete")
+    phone.page.locator("#register summary").click()  # folded on a phone
+    expect(phone.page.locator("#register-form").get_by_label("Mode")).to_be_visible()
+    assert _overflowing(phone.page) == []
+    phone.page.screenshot(path=ARTIFACTS / "dashboard-batch-run-phone.png", full_page=True)
+    phone.close()
+
+
 def test_tokens_are_sent_and_refusals_shown(browser: Browser, tmp_path: Path) -> None:
     admin, admin_line = new_token("admin")
     worker, worker_line = new_token("worker")
@@ -390,6 +686,7 @@ def test_tokens_are_sent_and_refusals_shown(browser: Browser, tmp_path: Path) ->
     with serving(env) as served, httpx.Client(base_url=served.base) as api:
         api.headers["Authorization"] = f"Bearer {admin}"
         _register(api, "guarded", 4)
+        _register(api, "guarded-run", 2, mode="once")
         held = _grant(api, "guarded", "worker-9")
         tab = Tab(browser, viewport=DESKTOP)
         page = tab.page
@@ -409,6 +706,18 @@ def test_tokens_are_sent_and_refusals_shown(browser: Browser, tmp_path: Path) ->
         page.locator(f'button[data-revoke="{held["external_id"]}"]').first.click()
         expect(page.locator("#error-detail")).to_have_text("This needs an admin token.")
         assert api.get(f"{KEYS}/guarded").json()[0]["external_id"] == held["external_id"]
+        # ... nor start a pass: the same refusal, the pass stays.
+        page.get_by_role("button", name="Dismiss the error").click()
+        expect(page.locator("#error")).to_be_hidden()
+        page.locator('#process-list button[data-process="guarded-run"]').click()
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.get_by_role("button", name="Start next pass…").click()
+        expect(page.locator("#error-title")).to_have_text(
+            "Could not start a pass of “guarded-run”:"
+        )
+        expect(page.locator("#error-detail")).to_have_text("This needs an admin token.")
+        assert api.get(f"{PROCESS}/guarded-run").json()["pass"]["number"] == 1
+        page.locator('#process-list button[data-process="guarded"]').click()
 
         page.get_by_label("API token").fill(admin)
         page.get_by_role("button", name="Use token").click()
@@ -456,13 +765,7 @@ def test_screenshots_at_desktop_and_phone_width(browser: Browser, tmp_path: Path
         assert widths[0] <= widths[1], f"horizontal scroll at phone width: {widths}"
         assert widths[1] == PHONE["width"]
         # Every control is on screen, none cut off at the right edge.
-        overflowing = page.evaluate(
-            """() => [...document.querySelectorAll("button, input, table, #grid")]
-                .filter(e => e.offsetParent !== null
-                             && e.getBoundingClientRect().right > window.innerWidth + 0.5)
-                .map(e => e.id || e.textContent.trim() || e.tagName)"""
-        )
-        assert overflowing == []
+        assert _overflowing(page) == []
         page.screenshot(path=ARTIFACTS / "dashboard-phone.png")
         phone.close()
 

@@ -24,6 +24,7 @@ from coordinator.errors import (
     UnknownLease,
     UnknownProcess,
 )
+from coordinator.pipeline import AutoPipeline
 
 if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
@@ -88,16 +89,43 @@ class Scripts:
         }
         self.replica_acks = replica_acks
         self.replica_timeout_ms = replica_timeout_ms
+        # Calls share one connection, written once per loop turn (coordinator.pipeline),
+        # where the server allows it; a WAIT after each change would hold up every call
+        # behind it on a shared connection, so replicated deployments keep the pool.
+        self._pipeline = None if replica_acks else AutoPipeline.for_client(redis)
+
+    @property
+    def pipelined(self) -> bool:
+        """Whether script calls go through the auto-pipelined connection."""
+        return self._pipeline is not None
 
     async def call(self, name: str, keys: list[str], args: list[str | int]) -> list[Any]:
         """Run one script and return its reply (a list whose first element is a Status)."""
-        if self.replica_acks and name not in READ_ONLY:
+        if self._pipeline is not None:
+            reply = await self._call_pipelined(self._pipeline, name, keys, args)
+        elif self.replica_acks and name not in READ_ONLY:
             reply = await self._call_replicated(name, keys, args)
         else:
             reply = await self._scripts[name](keys=keys, args=args)
         if not isinstance(reply, list) or not reply:
             raise UnexpectedReply(f"script {name} answered {reply!r}")
         return reply
+
+    async def _call_pipelined(
+        self, pipeline: AutoPipeline, name: str, keys: list[str], args: list[str | int]
+    ) -> Any:  # noqa: ANN401 - a script reply
+        """EVALSHA on the shared connection; on NOSCRIPT, load the script and send it again."""
+        script = self._scripts[name]
+        try:
+            return await pipeline.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self._redis.script_load(script.script)
+            return await pipeline.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    async def aclose(self) -> None:
+        """Give the shared connection back to the pool (the client is its owner's to close)."""
+        if self._pipeline is not None:
+            await self._pipeline.aclose()
 
     async def _call_replicated(self, name: str, keys: list[str], args: list[str | int]) -> Any:  # noqa: ANN401 - a script reply
         """EVALSHA then WAIT on the same connection: answer once replicas hold the change."""

@@ -82,8 +82,10 @@ class Store(BatchRuns):
         self._pass_readers = asyncio.Semaphore(PASS_READERS)
 
     async def aclose(self) -> None:
-        """Stop the waiters' listeners; waiting grants answer StoreUnavailable."""
+        """Stop the waiters' listeners (waiting grants answer StoreUnavailable) and close the
+        scripts' shared connection."""
         await self.waiters.aclose()
+        await self.scripts.aclose()
 
     async def register(
         self,

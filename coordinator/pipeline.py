@@ -1,0 +1,155 @@
+"""Auto-pipelining: the scripts' calls from concurrent requests share one connection and one
+write per turn of the event loop.
+
+With a connection pool, each script call checks a connection out, writes its command, waits
+for its reply and checks the connection back in; under load, much of the time a request
+spends in Python is that bookkeeping, and every call is a write and a read of its own. Here,
+every call made during one turn of the event loop is packed into one buffer and written at
+once on one connection taken from the client's own pool; the replies come back in order and
+are handed to their callers as they are read. Redis runs a connection's commands one after
+another, so each script call stays exactly as atomic as before; only the round trips are
+shared. This is what ioredis (`enableAutoPipelining`), Lettuce and valkey-glide do.
+
+The connection is redis-py's (so AUTH, SELECT, TLS and Sentinel discovery are its), read with
+its own `read_response`: error replies raise redis-py's exceptions, a reply slower than the
+socket timeout raises its TimeoutError and drops the connection, and every call still in
+flight on a dropped connection raises ConnectionError (the store answers 503); the next call
+takes a new connection. Closing the client closes this connection with the rest of its pool.
+A cluster and fakeredis keep redis-py's one-call-per-connection path (`for_client`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+Arg = str | int
+
+
+def pack(args: tuple[Arg, ...]) -> bytes:
+    """One command in RESP: an array of bulk strings."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg.encode() if isinstance(arg, str) else b"%d" % arg
+        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+class AutoPipeline:
+    """Sends commands on one pooled connection, every command of one loop turn in one write."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+        self._connection: AbstractConnection | None = None
+        self._buffer: list[bytes] = []
+        self._queued: list[asyncio.Future[Any]] = []
+        self._waiting: deque[asyncio.Future[Any]] = deque()  # sent, in reply order
+        self._writer: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    @classmethod
+    def for_client(cls, redis: object) -> AutoPipeline | None:
+        """A pipeline on the pool of `redis`, or None for a client it cannot serve: a cluster
+        (a client per node) or anything but redis-py's own Redis class (fakeredis)."""
+        if not isinstance(redis, Redis) or type(redis).__module__.startswith("fakeredis"):
+            return None
+        if not redis.connection_pool.connection_kwargs.get("decode_responses"):
+            return None  # the store reads str replies
+        return cls(redis.connection_pool)
+
+    async def execute(self, *args: Arg) -> Any:  # noqa: ANN401 - a Redis reply
+        """Send one command; its reply, or redis-py's exception for an error reply."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._buffer.append(pack(args))
+        self._queued.append(future)
+        if self._writer is None:
+            # Started now, it runs after every task ready in this turn has queued its call.
+            self._writer = asyncio.create_task(self._write())
+        return await future
+
+    async def _write(self) -> None:
+        """Write what is queued, in one write per turn, until nothing is."""
+        try:
+            while self._buffer:
+                buffer, futures = self._buffer, self._queued
+                self._buffer, self._queued = [], []
+                connection = self._connection
+                try:
+                    connection = await self._connected()
+                    self._waiting.extend(futures)
+                    await connection.send_packed_command(b"".join(buffer), check_health=False)
+                except Exception as error:  # noqa: BLE001 - handed to every call it concerns
+                    await self._drop(connection, error, futures)
+                    continue
+                except BaseException:
+                    interrupted = RedisConnectionError("a pipelined write was interrupted")
+                    await self._drop(connection, interrupted, futures)
+                    raise
+                if self._reader is None:
+                    self._reader = asyncio.create_task(self._read())
+        finally:
+            self._writer = None
+
+    async def _read(self) -> None:
+        """Hand each reply to the call it answers, while any is awaited."""
+        try:
+            # Calls are awaited only on the current connection (see _drop).
+            while self._waiting and (connection := self._connection) is not None:
+                try:
+                    reply: Any = await connection.read_response()
+                except ResponseError as error:  # an error reply: the call's, not the stream's
+                    reply = error
+                except Exception as error:  # noqa: BLE001 - handed to every call in flight
+                    await self._drop(connection, error)
+                    continue
+                except BaseException:
+                    await self._drop(connection, RedisConnectionError("a read was interrupted"))
+                    raise
+                future = self._waiting.popleft()
+                if future.done():  # its caller was cancelled; the reply is not theirs to take
+                    continue
+                if isinstance(reply, ResponseError):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+        finally:
+            self._reader = None
+
+    async def _connected(self) -> AbstractConnection:
+        if self._connection is None:
+            self._connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]  # untyped in redis-py
+        return self._connection
+
+    async def _drop(
+        self,
+        connection: AbstractConnection | None,
+        error: Exception,
+        also: Sequence[asyncio.Future[Any]] = (),
+    ) -> None:
+        """`connection` failed: every call awaiting it (and `also`) raises `error`, and it
+        goes back to the pool closed. A connection dropped already has no calls left."""
+        current = connection is not None and connection is self._connection
+        pending = [*also, *self._waiting] if current else list(also)
+        if current:
+            self._waiting.clear()
+            self._connection = None
+        for future in pending:
+            if not future.done():
+                future.set_exception(error)
+        if current and connection is not None:
+            await connection.disconnect()
+            await self._pool.release(connection)
+
+    async def aclose(self) -> None:
+        """Give the connection back to the pool; calls still in flight raise ConnectionError."""
+        for task in (self._writer, self._reader):
+            if task is not None:
+                task.cancel()
+        await self._drop(self._connection, RedisConnectionError("the pipeline was closed"))

@@ -9,7 +9,9 @@ import importlib.util
 import logging
 import os
 import signal
+import socket
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from coordinator.auth import load_tokens
 from coordinator.cli import listen
@@ -18,6 +20,9 @@ from coordinator.connection import MEMORY_URL, connect
 from coordinator.datadir import DataDir, RunningServer
 from coordinator.embedded import EmbeddedValkey
 from coordinator.eviction import refuse_evicting
+
+if TYPE_CHECKING:
+    import uvicorn
 
 logger = logging.getLogger("coordinator")
 
@@ -106,9 +111,21 @@ def http_stack() -> str:
     return f"{loop} event loop, {parser} HTTP parser"
 
 
+def listening_socket(config: uvicorn.Config) -> socket.socket:
+    """The one socket `--workers N` processes accept from, bound as uvicorn.run binds it, with
+    TCP_NODELAY on: on Linux an accepted connection takes it from the listening socket, and
+    without it a small answer may wait for the client's delayed ACK (Nagle), which made two
+    workers slower than one."""
+    sock = config.bind_socket()
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 def _run_uvicorn(address: listen.Address, workers: int, settings: Settings) -> None:
     """Run the API until it is stopped: in this process, or in `workers` processes."""
     import uvicorn  # noqa: PLC0415 - only the server needs it
+    from uvicorn.supervisors import Multiprocess  # noqa: PLC0415
 
     logger.info("HTTP on %s", http_stack())
 
@@ -130,7 +147,7 @@ def _run_uvicorn(address: listen.Address, workers: int, settings: Settings) -> N
     from coordinator.metrics import multiprocess_directory  # noqa: PLC0415
 
     with multiprocess_directory(workers):
-        uvicorn.run(
+        config = uvicorn.Config(
             "coordinator.app:create_app",
             factory=True,
             host=address.host,
@@ -140,3 +157,5 @@ def _run_uvicorn(address: listen.Address, workers: int, settings: Settings) -> N
             access_log=False,  # coordinator.logs writes one JSON line per request
             proxy_headers=True,
         )
+        sock = listening_socket(config)
+        Multiprocess(config, sockets=[sock]).run()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import logging
 from collections.abc import Iterator
@@ -108,3 +110,32 @@ def test_serve_writes_json_lines_and_honours_the_level(tmp_path: Path) -> None:
                  "--log-level", "warning") as quiet:  # fmt: skip
         httpx.get(f"{quiet.base}{API}")
     assert not [x for x in quiet.log.splitlines() if x.startswith("{")]
+
+
+class _Writes(io.StringIO):
+    """A stream that counts its writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+async def test_request_lines_are_written_together_soon_after() -> None:
+    stream = _Writes()
+    writer = logs.LineWriter(stream)
+    for n in range(3):
+        writer.write(f'{{"n":{n}}}')
+    assert stream.getvalue() == ""  # queued, not yet written
+    await asyncio.sleep(logs.FLUSH_SECONDS * 4)
+    assert stream.getvalue() == '{"n":0}\n{"n":1}\n{"n":2}\n'
+    assert stream.writes == 1
+
+
+def test_outside_an_event_loop_a_line_is_written_at_once() -> None:
+    stream = _Writes()
+    logs.LineWriter(stream).write("now")
+    assert stream.getvalue() == "now\n"

@@ -99,11 +99,16 @@ def _sides(valkey_pid: int) -> dict[str, int]:
 async def direct_path(
     url: str, valkey_pid: int, *, tasks: int, warmup: float, duration: float, rounds: int
 ) -> tuple[list[TaskRun], list[TaskRun]]:
-    """Ours and the two-PING ceiling, interleaved `rounds` times on one client."""
+    """Ours and the two-PING ceiling, interleaved `rounds` times.
+
+    The ceiling PINGs on a client built as the coordinator builds its own (coordinator's
+    `connect`, default settings: a pool of 64) rather than on the coordinator's very pool, of
+    which the scripts' shared connection (coordinator.pipeline) keeps one: 64 tasks on 63
+    connections would measure the pool's queue."""
     coordinator = AsyncRedisCoordinator(url, prefix="bench-direct")
     name = "direct"
     await coordinator.register(name, 128)
-    redis = coordinator.store.redis
+    redis = connect(url, Settings())
     stats = Redis.from_url(url, decode_responses=True)
 
     async def ours() -> bool:
@@ -133,6 +138,7 @@ async def direct_path(
                 )
     finally:
         await coordinator.aclose()
+        await redis.aclose()
         await stats.aclose()
     return our_runs, ceiling_runs
 

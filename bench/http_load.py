@@ -80,9 +80,18 @@ def wrk_binary() -> str | None:
 
 
 def run_load(
-    url: str, process: str, connections: int, duration: float, out: Path, *, use_wrk: bool
+    url: str,
+    process: str,
+    connections: int,
+    duration: float,
+    out: Path,
+    *,
+    use_wrk: bool,
+    pin: str | None = None,
 ) -> LoadResult:
-    """One run of `connections` cycling connections for `duration` seconds; CPU from rusage."""
+    """One run of `connections` cycling connections for `duration` seconds; CPU from rusage.
+
+    `pin` (a CPU list, as taskset takes it) keeps the generator on those cores."""
     env = {**os.environ, "BENCH_PROCESS": process, "BENCH_OUT": str(out)}
     if use_wrk:
         wrk = wrk_binary()
@@ -117,6 +126,8 @@ def run_load(
             str(out),
         ]
         generator = "python-raw-socket"
+    if pin is not None and shutil.which("taskset"):
+        command = ["taskset", "-c", pin, *command]
     log = out.with_suffix(".log").open("wb")
     with log:
         child = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=log)  # noqa: S603

@@ -5,9 +5,11 @@
 One private Valkey (coordinator.embedded.EmbeddedValkey in a temporary directory, loopback
 only) serves every measurement. Prints a table and writes bench/results.json.
 
-1. HTTP: grant + release cycles/s of `coordinator serve` under wrk (64 threads x 1
-   connection each), vs a bare Starlette app on the same uvicorn stack doing one PING per
-   request (bench/ceiling_app.py); grant latency p50/p99; non-2xx answers (must be 0).
+1. HTTP: grant + release cycles/s of `coordinator serve` (at its defaults: request lines and
+   metrics on) under wrk (64 threads x 1 connection each), vs a bare Starlette app on the same
+   uvicorn stack doing one PING per request (bench/ceiling_app.py); non-2xx answers (must be
+   0). Then grant latency offered open loop at half that rate (bench/open_loop.py), and
+   `--workers 2` against 1 with wrk pinned to a core of its own.
 2. Direct: AsyncRedisCoordinator acquire + release with 64 tasks, vs two PINGs per cycle.
 3. Keys 0-47 of 64 held all along: ours vs one redis-py Lock per key tried in turn.
 4. Size: mean acquire + release latency at 1,000,000 keys vs 10 keys, and used_memory per
@@ -41,24 +43,12 @@ import redis
 
 from bench import direct, http_load, script_cost, size
 from bench.cpu import CpuWindow, machine_busy_seconds
+from bench.report import FIGURES, TARGETS, markdown, render, update_readme, verdict
 from coordinator.embedded import EmbeddedValkey, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results.json"
-
-# Commands clients send; INFO commandstats also counts those the scripts run inside EVALSHA.
-TOP_LEVEL = ("evalsha", "ping", "blpop")
-
-FIGURES = ("http", "direct", "held", "size", "options")
-TARGETS = {
-    "http_ratio": (">=", 0.8),
-    "direct_ratio": (">=", 0.8),
-    "vs_hand_rolled": (">=", 10.0),
-    "size_ratio": ("<=", 1.3),
-    "bytes_per_key": ("<=", 200.0),
-    "options_cost_ratio": ("<=", 1.3),
-    "http_non_2xx": ("==", 0),
-}
+README = ROOT / "README.md"
 
 
 @dataclass(frozen=True)
@@ -80,6 +70,8 @@ class Plan:
     latency_rounds: int
     options_rounds: int
     options_seconds: float
+    latency_seconds: float
+    workers_rounds: int
 
 
 FULL = Plan(
@@ -98,6 +90,8 @@ FULL = Plan(
     latency_rounds=3,
     options_rounds=4,
     options_seconds=3,
+    latency_seconds=10,
+    workers_rounds=3,
 )
 QUICK = Plan(
     workers=1,
@@ -115,6 +109,8 @@ QUICK = Plan(
     latency_rounds=1,
     options_rounds=1,
     options_seconds=2,
+    latency_seconds=3,
+    workers_rounds=1,
 )
 
 
@@ -129,23 +125,6 @@ def percentile(values: list[float], p: float) -> float:
     if not ordered:
         return math.nan
     return ordered[max(0, math.ceil(len(ordered) * p / 100) - 1)]
-
-
-def verdict(name: str, value: float) -> str:
-    """PASS or MISS against the fixed target."""
-    op, target = TARGETS[name]
-    ok = {">=": value >= target, "<=": value <= target, "==": value == target}[op]
-    return "PASS" if ok else "MISS"
-
-
-def target_text(name: str) -> str:
-    """The target as printed."""
-    op, target = TARGETS[name]
-    if name == "vs_hand_rolled":
-        return f"{op} {target:g}x"
-    if name == "bytes_per_key":
-        return f"{op} {target:g} B"
-    return f"{op} {target:g}"
 
 
 # 1. HTTP -------------------------------------------------------------------------------
@@ -170,7 +149,8 @@ def http_figure(valkey: EmbeddedValkey, valkey_pid: int, plan: Plan, work: Path)
             " is reported"
         )
     env = {**os.environ, "COORDINATOR_REDIS_URL": valkey.url}
-    flags = ["--workers", str(plan.workers), "--log-level", "warning"]
+    # Ours at its defaults: a JSON line per request (to its log file) and metrics counted.
+    flags = ["--workers", str(plan.workers)]
     python = str(ROOT / ".venv/bin/python")
     ours_port, ceiling_port = free_port(), free_port()
     ours = http_load.Server(
@@ -180,7 +160,16 @@ def http_figure(valkey: EmbeddedValkey, valkey_pid: int, plan: Plan, work: Path)
         work / "serve.log",
     )
     ceiling = http_load.Server(
-        [python, "-m", "bench.ceiling_app", "--port", str(ceiling_port), *flags],
+        [
+            python,
+            "-m",
+            "bench.ceiling_app",
+            "--port",
+            str(ceiling_port),
+            *flags,
+            "--log-level",
+            "warning",
+        ],
         env,
         ceiling_port,
         work / "ceiling.log",
@@ -262,6 +251,95 @@ def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
         for name, n in after.items()
         if name != "info" and n > before.get(name, 0)
     }
+
+
+# 1b. Latency at half the saturating rate, open loop ---------------------------------------
+
+
+def _serve(valkey: EmbeddedValkey, workers: int, work: Path, name: str) -> http_load.Server:
+    port = free_port()
+    command = [str(ROOT / ".venv/bin/python"), "-m", "coordinator.cli", "serve", "--port",
+               str(port), "--workers", str(workers)]  # fmt: skip
+    env = {**os.environ, "COORDINATOR_REDIS_URL": valkey.url}
+    return http_load.Server(command, env, port, work / f"{name}.log")
+
+
+def latency_figure(
+    valkey: EmbeddedValkey, valkey_pid: int, saturating: float, plan: Plan, work: Path
+) -> dict[str, Any]:
+    """Grants offered at a constant rate (bench/open_loop.py): at half of `saturating`
+    cycles/s on 16 connections, and at 200/s from one connection in sequence."""
+    out: dict[str, Any] = {"saturating_cycles_per_second": saturating}
+    with _serve(valkey, 1, work, "latency") as server:
+        for label, rate, connections in (
+            ("half", saturating / 2, 16),
+            ("sequential", 200.0, 1),
+        ):
+            process = f"latency-{label}"
+            _register(server.url, process, 128)
+            report = work / f"{process}.json"
+            window = CpuWindow({"server": server.pid, "valkey": valkey_pid}).start()
+            command = [str(ROOT / ".venv/bin/python"), "-m", "bench.open_loop", "--url",
+                       server.url, "--process", process, "--rate", f"{rate:.0f}",
+                       "--duration", f"{plan.latency_seconds:g}", "--connections",
+                       str(connections), "--out", str(report)]  # fmt: skip
+            child = subprocess.Popen(command, cwd=ROOT)  # noqa: S603 - our own command line
+            _, status, usage = os.wait4(child.pid, 0)
+            window.stop({"load generator": usage.ru_utime + usage.ru_stime})
+            if os.waitstatus_to_exitcode(status) != 0:
+                raise RuntimeError(f"bench.open_loop failed: {command}")
+            out[label] = {**json.loads(report.read_text()), "cpu": window.to_json()}
+            log(
+                f"latency {label}: {rate:,.0f} grants/s offered, p50"
+                f" {out[label]['p50_ms']:.2f} ms, p99 {out[label]['p99_ms']:.2f} ms,"
+                f" p99.9 {out[label]['p999_ms']:.2f} ms"
+            )
+    return out
+
+
+# 1c. One worker process or two, the load generator pinned to a core of its own ---------------
+
+
+def workers_figure(
+    valkey: EmbeddedValkey, valkey_pid: int, plan: Plan, work: Path
+) -> dict[str, Any]:
+    """`serve --workers 1` vs `--workers 2`, wrk on the last core (taskset), rounds alternating."""
+    cores = os.cpu_count() or 1
+    pin = str(cores - 1) if cores > 1 else None
+    runs: dict[int, list[tuple[http_load.LoadResult, CpuWindow]]] = {1: [], 2: []}
+    servers = {n: _serve(valkey, n, work, f"workers-{n}") for n in (1, 2)}
+    with servers[1], servers[2]:
+        for round_ in range(-1, plan.workers_rounds):
+            for workers, server in servers.items():
+                process = f"workers-{workers}-{round_ + 1}"
+                _register(server.url, process, 2 * plan.connections)
+                window = CpuWindow({"server": server.pid, "valkey": valkey_pid}).start()
+                result = http_load.run_load(
+                    server.url,
+                    process,
+                    plan.connections,
+                    plan.http_warmup if round_ < 0 else plan.http_seconds,
+                    work / f"{process}.txt",
+                    use_wrk=http_load.wrk_binary() is not None,
+                    pin=pin,
+                )
+                window.stop({"load generator": result.cpu_seconds})
+                if round_ >= 0:
+                    runs[workers].append((result, window))
+                rate = result.cycles / result.duration_s
+                log(f"workers {workers} round {round_ + 1}: {rate:,.0f} cycles/s")
+    out: dict[str, Any] = {"load_generator_core": pin, "cores": cores}
+    for workers, worker_runs in runs.items():
+        cycles = sum(r.cycles for r, _ in worker_runs)
+        seconds = sum(r.duration_s for r, _ in worker_runs)
+        out[str(workers)] = {
+            "cycles_per_second": cycles / seconds,
+            "per_round_cycles_per_second": [r.cycles / r.duration_s for r, _ in worker_runs],
+            "non_2xx": sum(r.non_2xx for r, _ in worker_runs),
+            "cpu": CpuWindow.merge([w for _, w in worker_runs]),
+        }
+    out["ratio"] = out["2"]["cycles_per_second"] / out["1"]["cycles_per_second"]
+    return out
 
 
 # 2 and 3. Direct ---------------------------------------------------------------------------
@@ -401,189 +479,6 @@ def options_figure(url: str, valkey_pid: int, plan: Plan) -> dict[str, Any]:
     return script_cost.summary(runs)
 
 
-# Output --------------------------------------------------------------------------------
-
-
-def _cpu_rows(name: str, cpu: dict[str, Any]) -> list[str]:
-    rows = []
-    for side, seconds in cpu["cpu_seconds"].items():
-        rows.append(f"  {name:<28} {side:<34} {seconds:>7.1f} s {cpu['cores'][side]:>6.2f}")
-        name = ""
-    rows.append(
-        f"  {'':<28} {'other processes on the machine':<34}"
-        f" {cpu['other_processes_cpu_seconds']:>7.1f} s"
-        f" {cpu['other_processes_cores']:>6.2f}"
-    )
-    return rows
-
-
-def render(results: dict[str, Any]) -> str:
-    """The table."""
-    env, h, d, k, s, o = (
-        results[x] for x in ("environment", "http", "direct", "held", "size", "options")
-    )
-    worst = max(("rotate", "once"), key=lambda v: o[v]["script_ratio"])
-    wide = "{:<44} {:>16} {:>22} {:>8} {:>9} {:>6}"
-    lines = [
-        "Batch Process Coordinator benchmark",
-        f"  {env['cpus']} cores ({env['cpu_model']}; other processes kept"
-        f" {env['background_cores_before_start']:.2f} cores busy just before the run),"
-        f" Valkey {env['valkey_version']} (embedded,"
-        f" loopback, appendonly everysec), Python {env['python']}, redis-py {env['redis_py']}",
-        f"  HTTP: `coordinator serve --workers {h['workers']} --log-level warning` vs"
-        f" bench/ceiling_app.py with the same uvicorn.run arguments; load: {h['generator']}"
-        f" -t{h['connections']} -c{h['connections']}",
-        "",
-        wide.format("figure", "ours", "ceiling / theirs", "ratio", "target", "result"),
-        "-" * 110,
-        wide.format(
-            f"1 HTTP cycles/s ({h['connections']} connections)",
-            f"{h['ours']['cycles_per_second']:,.0f}",
-            f"{h['ceiling']['cycles_per_second']:,.0f} bare app",
-            f"{h['ratio']:.2f}",
-            target_text("http_ratio"),
-            verdict("http_ratio", h["ratio"]),
-        ),
-        wide.format(
-            "  grant latency p50 / p99 (ms)",
-            f"{h['ours']['grant_p50_ms']:.1f} / {h['ours']['grant_p99_ms']:.1f}",
-            f"{h['ceiling']['grant_p50_ms']:.1f} / {h['ceiling']['grant_p99_ms']:.1f}",
-            "",
-            "",
-            "",
-        ),
-        wide.format(
-            "  non-2xx answers (grant + release)",
-            f"{h['non_2xx']}",
-            f"{h['ceiling']['grant_non_2xx'] + h['ceiling']['release_non_2xx']}",
-            "",
-            target_text("http_non_2xx"),
-            verdict("http_non_2xx", h["non_2xx"]),
-        ),
-        wide.format(
-            "  cycles per server CPU-second (no target)",
-            f"{h['ours']['cycles_per_server_cpu_second']:,.0f}",
-            f"{h['ceiling']['cycles_per_server_cpu_second']:,.0f}",
-            f"{h['ratio_per_server_cpu_second']:.2f}",
-            "",
-            "",
-        ),
-        wide.format(
-            "2 direct cycles/s (64 tasks)",
-            f"{d['ours']['cycles_per_second']:,.0f}",
-            f"{d['ceiling']['cycles_per_second']:,.0f} 2xPING",
-            f"{d['ratio']:.2f}",
-            target_text("direct_ratio"),
-            verdict("direct_ratio", d["ratio"]),
-        ),
-        wide.format(
-            "  cycles per client CPU-second (no target)",
-            f"{d['ours']['cycles_per_client_cpu_second']:,.0f}",
-            f"{d['ceiling']['cycles_per_client_cpu_second']:,.0f}",
-            f"{d['ratio_per_client_cpu_second']:.2f}",
-            "",
-            "",
-        ),
-        wide.format(
-            "3 cycles/s, 48 of 64 keys held (64 tasks)",
-            f"{k['ours']['cycles_per_second']:,.0f}",
-            f"{k['theirs']['cycles_per_second']:,.0f} Lock/key",
-            f"{k['ratio']:.1f}x",
-            target_text("vs_hand_rolled"),
-            verdict("vs_hand_rolled", k["ratio"]),
-        ),
-        wide.format(
-            f"4 mean acquire+release us, {s['keys']:,} vs 10 keys",
-            f"{s['million']['mean_cycle_us']:.0f}",
-            f"{s['ten']['mean_cycle_us']:.0f} at 10 keys",
-            f"{s['ratio']:.2f}",
-            target_text("size_ratio"),
-            verdict("size_ratio", s["ratio"]),
-        ),
-        wide.format(
-            "  median (us) / Valkey us per EVALSHA",
-            f"{s['million']['median_cycle_us']:.0f} / {s['million']['valkey_us_per_evalsha']:.1f}",
-            f"{s['ten']['median_cycle_us']:.0f} / {s['ten']['valkey_us_per_evalsha']:.1f}",
-            f"{s['median_ratio']:.2f}",
-            "",
-            "",
-        ),
-        wide.format(
-            f"  Redis memory per key at {s['keys']:,} keys",
-            f"{s['bytes_per_key']:.1f} B",
-            "",
-            "",
-            target_text("bytes_per_key"),
-            verdict("bytes_per_key", s["bytes_per_key"]),
-        ),
-        wide.format(
-            f"5 Valkey script us per cycle, options ({worst})",
-            f"{o[worst]['script_us_per_cycle']:.1f}",
-            f"{o['plain']['script_us_per_cycle']:.1f} no options",
-            f"{o['ratio']:.2f}",
-            target_text("options_cost_ratio"),
-            verdict("options_cost_ratio", o["ratio"]),
-        ),
-        wide.format(
-            "  Valkey CPU us per cycle, rotate / once",
-            f"{o['rotate']['valkey_cpu_us_per_cycle']:.1f} /"
-            f" {o['once']['valkey_cpu_us_per_cycle']:.1f}",
-            f"{o['plain']['valkey_cpu_us_per_cycle']:.1f} no options",
-            f"{o['cpu_ratio']:.2f}",
-            "",
-            "",
-        ),
-        "",
-        "Valkey commands sent per cycle (commands run inside scripts not shown): "
-        + "; ".join(
-            f"{name}: " + ", ".join(f"{c} {n:g}" for c, n in per.items() if c in shown)
-            for name, per, shown in (
-                ("1 ours", h["ours"]["redis_commands_per_cycle"], TOP_LEVEL),
-                ("1 bare app", h["ceiling"]["redis_commands_per_cycle"], TOP_LEVEL),
-                ("2 ours", d["ours"]["redis_commands_per_cycle"], TOP_LEVEL),
-                ("2 ceiling", d["ceiling"]["redis_commands_per_cycle"], TOP_LEVEL),
-                ("3 ours", k["ours"]["redis_commands_per_cycle"], TOP_LEVEL),
-                ("3 Lock per key", k["theirs"]["redis_commands_per_cycle"], (*TOP_LEVEL, "set")),
-            )
-        )
-        + ".",
-        "Hand-rolled variants (3): "
-        + "; ".join(
-            f"{v['label']}: {v['cycles_per_second']:,.0f} cycles/s,"
-            f" {v['counters']['lock_attempts'] / max(1, v['cycles']):.0f} Lock attempts"
-            " per cycle"
-            for v in k["theirs_variants"]
-        )
-        + ". Ours waits with wait_seconds=10 (BLPOP);"
-        f" {k['ours']['counters']['no_free_key_after_wait']} waits ended without a key.",
-        f"Fill: {s['keys']:,} keys granted + completed in {s['fill_seconds']:.1f} s (pipelined"
-        f" EVALSHA); used_memory {s['used_memory_before']:,} -> {s['used_memory_after']:,};"
-        f" free zset MEMORY USAGE {s['free_zset_memory_usage_bytes_per_key']:.1f} B/key.",
-        "",
-        "CPU per window (CPU seconds; cores = CPU seconds / wall seconds; the machine has"
-        f" {env['cpus']})",
-        f"  {'measurement':<28} {'side':<34} {'cpu':>9} {'cores':>6}",
-    ]
-    server = f"server (uvicorn, {h['workers']} worker{'s' if h['workers'] > 1 else ''})"
-    for label, cpu in (
-        ("1 HTTP ours", h["ours"]["cpu"]),
-        ("1 HTTP ceiling (bare app)", h["ceiling"]["cpu"]),
-        ("2 direct ours", d["ours"]["cpu"]),
-        ("2 direct ceiling (2xPING)", d["ceiling"]["cpu"]),
-        ("3 held: ours", k["ours"]["cpu"]),
-        ("3 held: Lock per key (best)", k["theirs"]["cpu"]),
-        (f"4 fill of {s['keys']:,} keys", s["fill_cpu"]),
-    ):
-        renamed = dict(cpu)
-        renamed["cpu_seconds"] = {
-            server if n == "server" else n: v for n, v in cpu["cpu_seconds"].items()
-        }
-        renamed["cores"] = {server if n == "server" else n: v for n, v in cpu["cores"].items()}
-        lines += _cpu_rows(label, renamed)
-    lines.append(f"Total wall time {results['wall_seconds']:.0f} s.")
-    return "\n".join(lines)
-
-
 def _environment(valkey: EmbeddedValkey) -> dict[str, Any]:
     client = redis.Redis(port=valkey.port)
     info = client.info("server")
@@ -647,8 +542,21 @@ def main() -> None:
             log(f"Valkey pid {valkey_pid} on {valkey.url}")
             results: dict[str, Any] = {"environment": _environment(valkey), "plan": plan.__dict__}
             only = set(args.only or FIGURES)
+            if "latency" in only and "http" not in only:
+                parser.error("--only latency needs http too: its rate is half of http's")
             steps = (
                 ("http", lambda: http_figure(valkey, valkey_pid, plan, work)),
+                (
+                    "latency",
+                    lambda: latency_figure(
+                        valkey,
+                        valkey_pid,
+                        results["http"]["ours"]["cycles_per_second"],
+                        plan,
+                        work,
+                    ),
+                ),
+                ("workers", lambda: workers_figure(valkey, valkey_pid, plan, work)),
                 ("direct", lambda: direct_figure(valkey.url, valkey_pid, plan)),
                 ("held", lambda: held_figure(valkey.url, valkey_pid, plan)),
                 ("size", lambda: size_figure(valkey.url, valkey_pid, plan)),
@@ -669,10 +577,15 @@ def main() -> None:
             "size_ratio": verdict("size_ratio", results["size"]["ratio"]),
             "bytes_per_key": verdict("bytes_per_key", results["size"]["bytes_per_key"]),
             "options_cost_ratio": verdict("options_cost_ratio", results["options"]["ratio"]),
+            "latency_p50_ms": verdict("latency_p50_ms", results["latency"]["half"]["p50_ms"]),
+            "latency_p99_ms": verdict("latency_p99_ms", results["latency"]["half"]["p99_ms"]),
         }
         table = render(results)
         results["table"] = table
         print(table)
+        if not args.quick and args.out is None:
+            README.write_text(update_readme(README.read_text(), markdown(results)))
+            log(f"updated the table in {README}")
     else:
         print(json.dumps({k: results[k] for k in only}, indent=2, default=str))
     out_path.write_text(json.dumps(results, indent=2, default=str) + "\n")

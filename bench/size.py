@@ -24,9 +24,11 @@ from bench.cpu import CpuWindow
 from coordinator.client import AsyncRedisCoordinator
 from coordinator.keys import ProcessKeys
 from coordinator.scripts import sources
+from coordinator.store import Limits
 
-_GRANTED = re.compile(rb"\*8\r\n:0\r\n:-?\d+\r\n:(\d+)\r\n")
-_RELEASED = re.compile(rb"\*6\r\n:0\r\n")
+# grant.lua's and release.lua's replies (coordinator.store reads the same fields).
+_GRANTED = re.compile(rb"\*12\r\n:0\r\n:-?\d+\r\n:(\d+)\r\n")
+_RELEASED = re.compile(rb"\*9\r\n:0\r\n")
 _ERROR = re.compile(rb"(^|\r\n)-[A-Z]")  # an error reply; negative integers are ":-5"
 
 
@@ -61,15 +63,16 @@ async def _fill_worker(url: str, k: ProcessKeys, keys: int, batch: int) -> None:
     src = sources()
     grant_sha = hashlib.sha1(src["grant"].encode()).hexdigest()  # noqa: S324 - Redis's script id
     release_sha = hashlib.sha1(src["release"].encode()).hexdigest()  # noqa: S324
-    grant = _command(
-        "EVALSHA", grant_sha, 6, k.meta, k.free, k.held, k.leases, k.tokens, k.fence, "fill", 0
+    cap = Limits().events_cap
+    # The arguments Store.grant and Store.release send: machine, lease_ms (0: the process's),
+    # events cap, holder, request id; token, outcome, events cap, holder.
+    grant_keys, release_keys = k.of("grant"), k.of("release")
+    grant = _command("EVALSHA", grant_sha, len(grant_keys), *grant_keys, "fill", 0, cap, "", "")
+    # release: the token filled in per lease.
+    head = b"*%d\r\n" % (3 + len(release_keys) + 4) + b"".join(
+        _bulk(a) for a in ("EVALSHA", release_sha, len(release_keys), *release_keys)
     )
-    # release: EVALSHA sha 6 <6 keys> <token> completed, the token filled in per lease.
-    head = b"*11\r\n" + b"".join(
-        _bulk(a)
-        for a in ("EVALSHA", release_sha, 6, k.free, k.held, k.leases, k.tokens, k.fence, k.freed)
-    )
-    tail = _bulk("completed")
+    tail = _bulk("completed") + _bulk(cap) + _bulk("")
     try:
         done = 0
         while done < keys:

@@ -96,7 +96,8 @@ def _outcome(operation: str, status: int, query_string: bytes) -> str:
         if operation == "renew":
             return "renewed"
         # A 200 means the outcome parameter was valid; Starlette reads its last value.
-        outcomes = [v for k, v in parse_qsl(query_string.decode("latin-1")) if k == "outcome"]
+        query = query_string.decode("latin-1") if query_string else ""
+        outcomes = [v for k, v in parse_qsl(query) if k == "outcome"]
         return outcomes[-1] if outcomes else "completed"
     if status == 404:
         return "unknown_process" if operation == "grant" else "unknown_lease"
@@ -168,6 +169,8 @@ class Metrics:
             for outcome in outcomes:
                 self.operations[operation].labels(outcome)
         self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        # The labelled children, looked up once: `labels()` per request is a lock and a dict.
+        self._outcomes: dict[tuple[str, str], Counter] = {}
 
     def observe(self, scope: Scope, status: int, seconds: float) -> None:
         """Count one answered request (the middleware calls this)."""
@@ -187,7 +190,12 @@ class Metrics:
         operation = OPERATIONS.get((method, template))
         if operation is not None:
             outcome = _outcome(operation, status, scope.get("query_string", b""))
-            self.operations[operation].labels(outcome).inc()
+            counter = self._outcomes.get((operation, outcome))
+            if counter is None:  # bounded: OUTCOMES and the failure names above
+                counter = self._outcomes[operation, outcome] = self.operations[operation].labels(
+                    outcome
+                )
+            counter.inc()
             if outcome == "no_free_key":
                 self.no_free_key.inc()
 

@@ -35,11 +35,21 @@ Arg = str | int
 
 def pack(args: tuple[Arg, ...]) -> bytes:
     """One command in RESP: an array of bulk strings."""
-    parts = [b"*%d\r\n" % len(args)]
+    return b"*%d\r\n" % len(args) + _bulks(args)
+
+
+def _bulks(args: tuple[Arg, ...] | list[Arg]) -> bytes:
+    parts = []
     for arg in args:
         data = arg.encode() if isinstance(arg, str) else b"%d" % arg
         parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(parts)
+
+
+# Packed `EVALSHA sha numkeys keys...` heads, by script and keys: a process's keys are the
+# same on every call, so only the arguments are packed each time. Bounded: cleared when full.
+_HEADS: dict[tuple[str, tuple[str, ...]], bytes] = {}
+_HEADS_MAX = 10_000
 
 
 class AutoPipeline:
@@ -66,8 +76,21 @@ class AutoPipeline:
 
     async def execute(self, *args: Arg) -> Any:  # noqa: ANN401 - a Redis reply
         """Send one command; its reply, or redis-py's exception for an error reply."""
+        return await self._send(pack(args))
+
+    async def evalsha(self, sha: str, keys: list[str], args: list[Arg]) -> Any:  # noqa: ANN401 - a script reply
+        """EVALSHA `sha` on `keys` with `args`; its reply, or redis-py's exception."""
+        head_key = (sha, tuple(keys))
+        head = _HEADS.get(head_key)
+        if head is None:
+            if len(_HEADS) >= _HEADS_MAX:
+                _HEADS.clear()
+            head = _HEADS[head_key] = _bulks(("EVALSHA", sha, len(keys), *keys))
+        return await self._send(b"*%d\r\n" % (3 + len(keys) + len(args)) + head + _bulks(args))
+
+    async def _send(self, command: bytes) -> Any:  # noqa: ANN401 - a Redis reply
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._buffer.append(pack(args))
+        self._buffer.append(command)
         self._queued.append(future)
         if self._writer is None:
             # Started now, it runs after every task ready in this turn has queued its call.

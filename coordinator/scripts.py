@@ -117,10 +117,10 @@ class Scripts:
         """EVALSHA on the shared connection; on NOSCRIPT, load the script and send it again."""
         script = self._scripts[name]
         try:
-            return await pipeline.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await pipeline.evalsha(script.sha, keys, args)
         except NoScriptError:
             await self._redis.script_load(script.script)
-            return await pipeline.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await pipeline.evalsha(script.sha, keys, args)
 
     async def aclose(self) -> None:
         """Give the shared connection back to the pool (the client is its owner's to close)."""

@@ -8,6 +8,7 @@ per-lease index: the id names its process, and the token tells a live lease, an 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 
@@ -17,18 +18,29 @@ MAX_TOKEN = (1 << TOKEN_BITS) - 1
 _LOW_62 = (1 << 62) - 1
 
 
+@functools.lru_cache(maxsize=4096)
 def process_id(name: str) -> int:
-    """The 64-bit id of a process name: the leading bits of its SHA-256."""
+    """The 64-bit id of a process name: the leading bits of its SHA-256 (cached: every grant
+    of a process hashes the same name)."""
     digest = hashlib.sha256(name.encode()).digest()
     return int.from_bytes(digest[: PROCESS_ID_BITS // 8], "big")
 
 
 def compose(name: str, token: int) -> uuid.UUID:
     """The external id of the lease with fencing `token` on process `name`."""
+    return uuid.UUID(int=_value(name, token))
+
+
+def external_id(name: str, token: int) -> str:
+    """`str(compose(name, token))`, formatted without building the UUID object."""
+    h = f"{_value(name, token):032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _value(name: str, token: int) -> int:
     payload = (process_id(name) << TOKEN_BITS) | token  # 122 bits
     high, low = payload >> 62, payload & _LOW_62  # 60 and 62 bits
-    value = (high >> 12) << 80 | 0x8 << 76 | (high & 0xFFF) << 64 | 0b10 << 62 | low
-    return uuid.UUID(int=value)
+    return (high >> 12) << 80 | 0x8 << 76 | (high & 0xFFF) << 64 | 0b10 << 62 | low
 
 
 def parse(external_id: str) -> tuple[int, int] | None:

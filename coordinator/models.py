@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from coordinator.lease_id import compose
+from coordinator.lease_id import external_id
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NAIVE_EPOCH = datetime(1970, 1, 1)  # UTC by construction: see rfc3339
@@ -177,7 +177,7 @@ class Event:
             "process_name": self.process_name,
             "key": self.key,
             "machine": self.machine,
-            "external_id": str(compose(self.process_name, token)) if token else None,
+            "external_id": external_id(self.process_name, token) if token else None,
             "fencing_token": token,
             "at": rfc3339(self.at_us),
         }

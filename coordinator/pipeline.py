@@ -11,16 +11,20 @@ another, so each script call stays exactly as atomic as before; only the round t
 shared. This is what ioredis (`enableAutoPipelining`), Lettuce and valkey-glide do.
 
 The connection is redis-py's (so AUTH, SELECT, TLS and Sentinel discovery are its), read with
-its own `read_response`: error replies raise redis-py's exceptions, a reply slower than the
-socket timeout raises its TimeoutError and drops the connection, and every call still in
-flight on a dropped connection raises ConnectionError (the store answers 503); the next call
-takes a new connection. Closing the client closes this connection with the rest of its pool.
-A cluster and fakeredis keep redis-py's one-call-per-connection path (`for_client`).
+its own `read_response`: error replies raise redis-py's exceptions. When the oldest call in
+flight has waited longer than the client's socket timeout, the connection is dropped and its
+calls raise redis-py's TimeoutError (one timer for the connection, not a timeout per reply);
+every call in flight on a connection that fails raises ConnectionError (the store answers 503
+either way); the next call takes a new connection. Closing the client closes this
+connection with the rest of its pool. A cluster and fakeredis keep redis-py's
+one-call-per-connection path (`for_client`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -29,6 +33,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Arg = str | int
 
@@ -60,7 +65,11 @@ class AutoPipeline:
         self._connection: AbstractConnection | None = None
         self._buffer: list[bytes] = []
         self._queued: list[asyncio.Future[Any]] = []
-        self._waiting: deque[asyncio.Future[Any]] = deque()  # sent, in reply order
+        # Sent, in reply order, with when they were sent.
+        self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self._timeout: float | None = pool.connection_kwargs.get("socket_timeout")
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._dropping: asyncio.Future[None] | None = None  # a drop the watchdog started
         self._writer: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
 
@@ -106,7 +115,8 @@ class AutoPipeline:
                 connection = self._connection
                 try:
                     connection = await self._connected()
-                    self._waiting.extend(futures)
+                    sent = time.monotonic()
+                    self._waiting.extend((future, sent) for future in futures)
                     await connection.send_packed_command(b"".join(buffer), check_health=False)
                 except Exception as error:  # noqa: BLE001 - handed to every call it concerns
                     await self._drop(connection, error, futures)
@@ -117,6 +127,10 @@ class AutoPipeline:
                     raise
                 if self._reader is None:
                     self._reader = asyncio.create_task(self._read())
+                if self._timeout is not None and self._watchdog is None:
+                    self._watchdog = asyncio.get_running_loop().call_later(
+                        self._timeout, self._check, connection
+                    )
         finally:
             self._writer = None
 
@@ -126,7 +140,8 @@ class AutoPipeline:
             # Calls are awaited only on the current connection (see _drop).
             while self._waiting and (connection := self._connection) is not None:
                 try:
-                    reply: Any = await connection.read_response()
+                    # No timeout per reply (a context each): _check times the oldest call.
+                    reply: Any = await connection.read_response(timeout=math.inf)
                 except ResponseError as error:  # an error reply: the call's, not the stream's
                     reply = error
                 except Exception as error:  # noqa: BLE001 - handed to every call in flight
@@ -135,7 +150,7 @@ class AutoPipeline:
                 except BaseException:
                     await self._drop(connection, RedisConnectionError("a read was interrupted"))
                     raise
-                future = self._waiting.popleft()
+                future, _ = self._waiting.popleft()
                 if future.done():  # its caller was cancelled; the reply is not theirs to take
                     continue
                 if isinstance(reply, ResponseError):
@@ -144,6 +159,21 @@ class AutoPipeline:
                     future.set_result(reply)
         finally:
             self._reader = None
+
+    def _check(self, connection: AbstractConnection) -> None:
+        """Drop `connection` if its oldest call has waited past the timeout; else look again
+        when it would have."""
+        self._watchdog = None
+        if connection is not self._connection or not self._waiting or self._timeout is None:
+            return
+        waited = time.monotonic() - self._waiting[0][1]
+        if waited >= self._timeout:
+            late = RedisTimeoutError(f"Redis did not answer within {self._timeout:g} s")
+            self._dropping = asyncio.ensure_future(self._drop(connection, late))
+            return
+        self._watchdog = asyncio.get_running_loop().call_later(
+            self._timeout - waited, self._check, connection
+        )
 
     async def _connected(self) -> AbstractConnection:
         if self._connection is None:
@@ -159,10 +189,13 @@ class AutoPipeline:
         """`connection` failed: every call awaiting it (and `also`) raises `error`, and it
         goes back to the pool closed. A connection dropped already has no calls left."""
         current = connection is not None and connection is self._connection
-        pending = [*also, *self._waiting] if current else list(also)
+        pending = [*also, *(future for future, _ in self._waiting)] if current else list(also)
         if current:
             self._waiting.clear()
             self._connection = None
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                self._watchdog = None
         for future in pending:
             if not future.done():
                 future.set_exception(error)

@@ -21,7 +21,7 @@ def batch_key_of(name: str, row: list[Any], *, with_checkpoint: bool = False) ->
         name,
         int(key),
         utc(completed(int(last))),
-        str(lease_id.compose(name, token)) if held else None,
+        lease_id.external_id(name, token) if held else None,
         machine if held else None,
         utc(int(started)) if held else None,
         utc(int(expires)) if held else None,

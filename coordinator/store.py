@@ -302,7 +302,7 @@ class Store(BatchRuns):
             process_name=name,
             key=key,
             last_completed_at=utc(completed(last)),
-            external_id=str(lease_id.compose(name, token)),
+            external_id=lease_id.external_id(name, token),
             # A replayed grant is the earlier lease: its machine is the one it was granted to.
             machine=machine,
             started_at=utc(started),

@@ -20,6 +20,11 @@ def test_compose_parse_round_trip(name, token):
     assert lease_id.parse(str(external_id)) == (lease_id.process_id(name), token)
 
 
+@given(name=names, token=st.integers(min_value=1, max_value=lease_id.MAX_TOKEN))
+def test_the_formatted_id_is_the_uuids_text(name, token):
+    assert lease_id.external_id(name, token) == str(lease_id.compose(name, token))
+
+
 @given(name=names, token=tokens)
 def test_ids_are_version_8_rfc_variant(name, token):
     external_id = lease_id.compose(name, token)

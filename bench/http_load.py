@@ -212,11 +212,35 @@ _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)", re.IGNORECASE)
 _EXTERNAL_ID = re.compile(rb'"external_id":"([^"]+)"')
 
 
-async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+async def response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One HTTP/1.1 response: its status and body."""
     head = await reader.readuntil(b"\r\n\r\n")
     length = _CONTENT_LENGTH.search(head)
     body = await reader.readexactly(int(length.group(1))) if length else b""
     return int(head[9:12]), body
+
+
+def grant_request(host: str, process: str, machine: str) -> bytes:
+    """The bytes of one grant request (POST .../batch_keys) on a keep-alive connection."""
+    body = b'{"process_name":"%s","machine":"%s"}' % (process.encode(), machine.encode())
+    return (
+        b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s"
+    ) % (GRANT_PATH.encode(), host.encode(), len(body), body)
+
+
+async def release(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, granted: bytes
+) -> str:
+    """Release the lease whose grant answered `granted`: "released", "release_bad" (not 200),
+    or "unparsed" (no external_id in the grant's body, nothing sent)."""
+    found = _EXTERNAL_ID.search(granted)
+    if found is None:
+        return "unparsed"
+    path = b"%s/%s" % (GRANT_PATH.encode(), found.group(1))
+    writer.write(b"DELETE %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path, host.encode()))
+    status, _ = await response(reader)
+    return "released" if status == 200 else "release_bad"
 
 
 async def _connection(
@@ -229,29 +253,19 @@ async def _connection(
     latencies: list[float],
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
-    body = b'{"process_name":"%s","machine":"python"}' % process.encode()
-    grant = (
-        b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%s"
-    ) % (GRANT_PATH.encode(), host.encode(), len(body), body)
+    grant = grant_request(host, process, "python")
     try:
         while time.perf_counter() < deadline:
             sent = time.perf_counter()
             writer.write(grant)
-            status, answer = await _response(reader)
+            status, answer = await response(reader)
             if status != 201:
                 counts["grant_bad"] += 1
                 continue
             latencies.append((time.perf_counter() - sent) * 1e6)
             counts["grants"] += 1
-            found = _EXTERNAL_ID.search(answer)
-            if found is None:
-                counts["unparsed"] += 1
-                continue
-            path = b"%s/%s" % (GRANT_PATH.encode(), found.group(1))
-            writer.write(b"DELETE %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path, host.encode()))
-            status, _ = await _response(reader)
-            counts["cycles" if status == 200 else "release_bad"] += 1
+            outcome = await release(reader, writer, host, answer)
+            counts["cycles" if outcome == "released" else outcome] += 1
     finally:
         writer.close()
 

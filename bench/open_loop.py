@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench.http_load import _EXTERNAL_ID, GRANT_PATH, _response
+from bench.http_load import grant_request, release, response
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -43,30 +43,19 @@ async def _connection(
     counts: dict[str, int],
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
-    body = b'{"process_name":"%s","machine":"open-loop"}' % process.encode()
-    grant = (
-        b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%s"
-    ) % (GRANT_PATH.encode(), host.encode(), len(body), body)
+    grant = grant_request(host, process, "open-loop")
     try:
         while (at := await due.get()) is not None:
             sent = time.perf_counter()
             writer.write(grant)
-            status, answer = await _response(reader)
+            status, answer = await response(reader)
             done = time.perf_counter()
             if status != 201:
                 counts["grant_bad"] += 1
                 continue
             latencies.append((done - at) * 1e6)
             service.append((done - sent) * 1e6)
-            found = _EXTERNAL_ID.search(answer)
-            if found is None:
-                counts["unparsed"] += 1
-                continue
-            path = b"%s/%s" % (GRANT_PATH.encode(), found.group(1))
-            writer.write(b"DELETE %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path, host.encode()))
-            status, _ = await _response(reader)
-            counts["released" if status == 200 else "release_bad"] += 1
+            counts[await release(reader, writer, host, answer)] += 1
     finally:
         writer.close()
 

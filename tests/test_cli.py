@@ -56,6 +56,16 @@ TRAPPING_CHILD = (
 )
 
 
+def wait_until_started(run: subprocess.Popen[str], ready: Path, timeout: float = 15) -> None:
+    """Wait until the command under `run` has made the file `ready` (TRAPPING_CHILD makes it
+    once its trap is set); fail if `run` ends first or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        assert run.poll() is None, run.communicate()
+        assert time.monotonic() < deadline, "the command never started"
+        time.sleep(0.02)
+
+
 def _clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COORDINATOR_")}
     env.update(extra)
@@ -458,11 +468,7 @@ def test_run_forwards_a_signal_to_the_command(
     ready, marker = tmp_path / "ready", tmp_path / "trapped"
     run = cli.start("run", name, "--", "sh", "-c", TRAPPING_CHILD, "sh", str(ready), str(marker))
     try:
-        deadline = time.monotonic() + 15
-        while not ready.exists():
-            assert run.poll() is None, run.communicate()
-            assert time.monotonic() < deadline, "the command never started"
-            time.sleep(0.02)
+        wait_until_started(run, ready)
         assert server.keys(name)[0]["external_id"] is not None
         # Only `coordinator run` is signalled: the command is in a session of its own.
         run.send_signal(signum)
@@ -483,11 +489,7 @@ def test_run_stops_the_command_when_its_lease_is_lost(
     ready, marker = tmp_path / "ready", tmp_path / "trapped"
     run = cli.start("run", name, "--", "sh", "-c", TRAPPING_CHILD, "sh", str(ready), str(marker))
     try:
-        deadline = time.monotonic() + 15
-        while not ready.exists():
-            assert run.poll() is None, run.communicate()
-            assert time.monotonic() < deadline, "the command never started"
-            time.sleep(0.02)
+        wait_until_started(run, ready)
         cli.ok("process", "delete", name)  # ends every lease of the process
         _, stderr = run.communicate(timeout=15)
     finally:

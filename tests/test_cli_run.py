@@ -4,14 +4,13 @@ first, and a lost lease is reported once."""
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import orjson
 import pytest
 
 from tests import test_cli
-from tests.test_cli import TRAPPING_CHILD, Cli, Server, assert_error, stop
+from tests.test_cli import TRAPPING_CHILD, Cli, Server, assert_error, stop, wait_until_started
 
 # test_cli's fixtures: a `coordinator serve` for this module, the CLI on either transport.
 server, cli, name = test_cli.server, test_cli.cli, test_cli.name
@@ -67,11 +66,7 @@ def test_a_lost_lease_is_reported_once(cli: Cli, server: Server, name: str, tmp_
     ready, marker = tmp_path / "ready", tmp_path / "trapped"
     run = cli.start("run", name, "--", "sh", "-c", TRAPPING_CHILD, "sh", str(ready), str(marker))
     try:
-        deadline = time.monotonic() + 15
-        while not ready.exists():
-            assert run.poll() is None, run.communicate()
-            assert time.monotonic() < deadline, "the command never started"
-            time.sleep(0.02)
+        wait_until_started(run, ready)
         cli.ok("process", "delete", name)  # ends every lease of the process
         _, stderr = run.communicate(timeout=15)
     finally:

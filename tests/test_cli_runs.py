@@ -12,7 +12,16 @@ import orjson
 import pytest
 
 from tests import test_cli
-from tests.test_cli import API, TRAPPING_CHILD, Cli, Server, assert_error, stop, table
+from tests.test_cli import (
+    API,
+    TRAPPING_CHILD,
+    Cli,
+    Server,
+    assert_error,
+    stop,
+    table,
+    wait_until_started,
+)
 
 # test_cli's fixtures: a `coordinator serve` for this module, the CLI on either transport.
 server, cli, name = test_cli.server, test_cli.cli, test_cli.name
@@ -243,11 +252,7 @@ def test_ctrl_c_stops_the_loop_after_its_command(
         "run", name, "--loop", "--", "sh", "-c", TRAPPING_CHILD, "sh", str(ready), str(marker)
     )
     try:
-        deadline = time.monotonic() + 15
-        while not ready.exists():
-            assert running.poll() is None, running.communicate()
-            assert time.monotonic() < deadline, "the command never started"
-            time.sleep(0.02)
+        wait_until_started(running, ready)
         running.send_signal(signal.SIGINT)
         _, err = running.communicate(timeout=15)
     finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -15,44 +14,18 @@ from coordinator.client import (
     AsyncHttpCoordinator,
     AsyncRedisCoordinator,
     Coordinator,
-    HttpCoordinator,
     LeaseLost,
     PassComplete,
-    RedisCoordinator,
     StoreUnavailable,
     UnknownPass,
 )
 from coordinator.embedded import EmbeddedValkey
 from coordinator.models import BatchKey
-from tests.test_serve import _env, serving
+from tests import test_client
 
-PREFIX = f"clientruns{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-def server(valkey: EmbeddedValkey, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`coordinator serve` on the session Valkey, under this module's prefix."""
-    env = _env(
-        tmp_path_factory.mktemp("serve") / "data",
-        COORDINATOR_REDIS_URL=valkey.url,
-        COORDINATOR_KEY_PREFIX=PREFIX,
-    )
-    with serving(env) as served:
-        yield served.base
-
-
-@pytest.fixture(params=["http", "redis"])
-def coordinator(
-    request: pytest.FixtureRequest, server: str, valkey: EmbeddedValkey
-) -> Iterator[Coordinator]:
-    """The blocking client over each transport; both see the same Redis state."""
-    client: Coordinator
-    if request.param == "http":
-        client = HttpCoordinator(server)
-    else:
-        client = RedisCoordinator(valkey.url, prefix=PREFIX)
-    with client:
-        yield client
+# test_client's fixtures: a `coordinator serve` for this module, the blocking client over
+# each transport, on the session Valkey under test_client's prefix.
+server, coordinator, PREFIX = test_client.server, test_client.coordinator, test_client.PREFIX
 
 
 def _name() -> str:

@@ -21,7 +21,7 @@ from coordinator.cli.parser import UsageError, build_parser
 from coordinator.config import ConfigError
 from coordinator.embedded import EmbeddedError
 from coordinator.errors import CoordinatorError
-from coordinator.run import CommandNotRunnable
+from coordinator.cli.run import CommandNotRunnable
 
 USAGE = 2  # a bad option or setting
 INTERRUPTED = 130  # 128 + SIGINT: how a shell reports a command stopped by Ctrl-C

@@ -1,7 +1,7 @@
 """The commands that call the service: one client call each, then one document printed.
 
 `keys` and `events` stream instead (coordinator.cli.listing); `pass` and `key` are batch
-runs' (coordinator.cli.passes); `run` holds a key while a command runs (coordinator.run).
+runs' (coordinator.cli.passes); `run` holds a key while a command runs (coordinator.cli.run).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from coordinator.client.blocking_lease import Lease
 from coordinator.client.sync import Coordinator
 from coordinator.config import ConfigError
 from coordinator.models import BatchKey, Process
-from coordinator.run import run_job, run_loop
+from coordinator.cli.run import run_job, run_loop
 
 Result = Process | BatchKey | list[Process]
 # One call per command (`process` commands by their action).

@@ -42,6 +42,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from coordinator import validation
 from coordinator.auth import Forbidden, Principal, TokenTable
 from coordinator.stats import ProcessStats, process_stats
 from coordinator.store import Store
@@ -80,7 +81,7 @@ _FAILURES = {
 OUTCOMES = {
     "grant": ("granted", "no_free_key", "unknown_process"),
     "renew": ("renewed", "unknown_lease", "lease_gone"),
-    "release": ("completed", "failed", "unknown_lease", "lease_gone"),
+    "release": (*validation.OUTCOMES, "unknown_lease", "lease_gone"),
 }
 
 
@@ -146,8 +147,9 @@ class Metrics:
             ),
             "release": Counter(
                 "coordinator_releases",
-                "Releases (DELETE .../batch_keys/{external_id}) by outcome: completed, failed,"
-                " unknown_lease, lease_gone, unauthorized, forbidden, rejected,"
+                "Releases (DELETE .../batch_keys/{external_id}) by outcome: "
+                + ", ".join(validation.OUTCOMES)
+                + ", unknown_lease, lease_gone, unauthorized, forbidden, rejected,"
                 " store_unavailable, error.",
                 ["outcome"],
                 registry=self.registry,

@@ -8,6 +8,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from coordinator.lease_id import external_id
+from coordinator.validation import OUTCOMES
+
+# Every kind of entry the scripts write to a process's history, in the order of a key's life
+# and then a pass's; the OpenAPI enum is this list and tests/test_interrupted.py ties it to lua/.
+EVENT_TYPES = (
+    "registered",
+    "granted",
+    "renewed",
+    *(f"released-{outcome}" for outcome in OUTCOMES),
+    "revoked",
+    "expired",
+    "quarantined",
+    "retried",
+    "pass-started",
+    "pass-completed",
+    "deleted",
+)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NAIVE_EPOCH = datetime(1970, 1, 1)  # UTC by construction: see rfc3339

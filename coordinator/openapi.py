@@ -7,6 +7,7 @@ from typing import Any
 
 from coordinator import __version__, validation
 from coordinator.errors import RETRY_AFTER_MAX_SECONDS
+from coordinator.models import EVENT_TYPES
 from coordinator.problems import MEDIA_TYPE, PROBLEMS
 
 JSON = "application/json"
@@ -238,18 +239,7 @@ _SCHEMAS: dict[str, Schema] = {
         ],
         "properties": {
             "id": {"type": "string"},
-            "type": {
-                "enum": [
-                    "registered",
-                    "granted",
-                    "renewed",
-                    "released-completed",
-                    "released-failed",
-                    "expired",
-                    "revoked",
-                    "deleted",
-                ]
-            },
+            "type": {"enum": list(EVENT_TYPES)},
             "process_name": _PROCESS_NAME,
             "key": {"type": ["integer", "null"]},
             "machine": {"type": ["string", "null"]},

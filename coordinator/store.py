@@ -357,7 +357,9 @@ class Store(BatchRuns):
     async def release(
         self, external_id: str, outcome: str = "completed", holder: str = ""
     ) -> BatchKey:
-        """End a live lease; `completed` stamps the key's completion, `failed` does not.
+        """End a live lease; `completed` stamps the key's completion, `failed` counts an
+        attempt, `interrupted` (the work was stopped) gives the key back as it was: at its old
+        place, no attempt counted, its checkpoint kept.
 
         `holder` is checked as by `renew`.
         """
@@ -366,7 +368,7 @@ class Store(BatchRuns):
     async def revoke(self, external_id: str) -> BatchKey:
         """End a live lease now, as an administrator: no completion stamped, the holder's next
         renew or release answers LeaseGone."""
-        return await self._end(external_id, "revoked")
+        return await self._end(external_id, validation.REVOKED)
 
     async def events(self, name: str, after: str = "-", limit: int = 100) -> list[Event]:
         """The process's history after stream id `after`, oldest first (kept after a delete)."""

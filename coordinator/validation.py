@@ -11,7 +11,12 @@ PROCESS_NAME_MAX = 128
 MACHINE_MAX = 256
 LEASE_SECONDS_MAX = 86_400
 WAIT_SECONDS_MAX = 60
-OUTCOMES = ("completed", "failed")
+# How a worker ends its lease (DELETE .../batch_keys/<id>?outcome=): `completed` stamps the
+# key's completion, `failed` counts an attempt, `interrupted` (a stop, a deploy) gives the key
+# back as it was. Each is recorded as the event `released-<outcome>` (models.EVENT_TYPES).
+OUTCOMES = ("completed", "failed", "interrupted")
+# An administrator's end of a lease (Store.revoke): as `failed`, recorded as `revoked`.
+REVOKED = "revoked"
 # Bounds the Lua scripts enforce themselves, for direct callers that skip this module (each
 # script declares the same numbers; tests/test_script_bounds.py ties the two).
 KEY_SET_SIZE_LIMIT = 1 << 40  # the largest maximum a deployment may configure
@@ -107,7 +112,8 @@ def key(value: object) -> int:
 def outcome(value: object) -> str:
     """How the work on a released key ended."""
     if value not in OUTCOMES:
-        raise InvalidField("outcome", "must be 'completed' or 'failed'")
+        *others, last = (f"'{o}'" for o in OUTCOMES)
+        raise InvalidField("outcome", f"must be {', '.join(others)} or {last}")
     return str(value)
 
 

@@ -13,8 +13,10 @@
 -- KEYS[10] parked zset   (optional) keys in backoff -> retry_at_us; quarantined -> +inf
 -- KEYS[11] passes hash   (optional) pass number -> "started_us|completed_us|done|quarantined"
 -- ARGV[1] token    the lease's fencing token (decoded from its external_id)
--- ARGV[2] outcome  "completed" (last completion becomes now), "failed" (keeps its old place)
---                  or "revoked" (as failed, by an administrator)
+-- ARGV[2] outcome  "completed" (last completion becomes now), "failed" (keeps its old place,
+--                  counts an attempt), "interrupted" (the work was stopped, not failed: back
+--                  at its old place, no attempt counted, checkpoint kept) or "revoked" (as
+--                  failed, by an administrator)
 -- ARGV[3] events_cap  (optional, default 10000) entries the stream keeps, 1 to 10000000
 -- ARGV[4] holder   (optional, default '') the caller's id as passed to grant.lua; '' skips
 --                  the check (administrators, trusted direct workers)
@@ -28,9 +30,10 @@
 --         {7}  the lease is held by another holder; nothing changed
 --
 -- A completion counts towards the current pass (keys_done) the first time the key is done in
--- it; the release that makes every key done or quarantined completes the pass. A lease ended
--- any other way (failed, revoked, or found expired here) counts an attempt and may quarantine
--- the key or hold it back for its backoff. Without KEYS 8-11 (callers older than batch runs)
+-- it; the release that makes every key done or quarantined completes the pass. An interrupted
+-- lease changes nothing but the lease: the key is free again at its old staleness score. A
+-- lease ended any other way (failed, revoked, or found expired here, whatever the outcome)
+-- counts an attempt and may quarantine the key or hold it back for its backoff. Without KEYS 8-11 (callers older than batch runs)
 -- the key simply returns to the free set, as before.
 -- Times are microseconds from Redis TIME; a lease whose expires_us <= now has ended.
 local free, held, leases, tokens, fence, freed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -43,7 +46,11 @@ local holder = ARGV[4] or ''
 local EVENTS_CAP_MAX = 10000000
 local HOLDER_MAX = 64
 
-if outcome ~= 'completed' and outcome ~= 'failed' and outcome ~= 'revoked' then
+-- The outcomes a release may name, each with the history entry it writes (the Python side
+-- declares them in coordinator/validation.py and models.py; a test ties the three).
+local EVENT_OF = {completed = 'released-completed', failed = 'released-failed',
+  interrupted = 'released-interrupted', revoked = 'revoked'}
+if not EVENT_OF[outcome] then
   return {6, 'outcome'}
 end
 if not events_cap or events_cap < 1 or events_cap > EVENTS_CAP_MAX
@@ -197,11 +204,22 @@ if outcome == 'completed' then
   if keyinfo then
     redis.call('HDEL', keyinfo, 'a:' .. key, 'c:' .. key)
   end
-  record('released-completed', key, ARGV[1], machine, now_us)
+  record(EVENT_OF[outcome], key, ARGV[1], machine, now_us)
   complete_pass_if_due(now_us)
   state = once and 'done' or 'free'
+elseif outcome == 'interrupted' then
+  -- A stop is not a failure: the key goes back where it was, its attempts and checkpoint
+  -- as they were, and is not parked (no backoff, no quarantine).
+  redis.call('ZADD', free, last, key)
+  if keyinfo then
+    local e, n = string.match(redis.call('HGET', keyinfo, 'a:' .. key) or '', '^(%d+):(%d+)$')
+    if e and e == (redis.call('HGET', meta, 'epoch') or '0') then
+      attempts = tonumber(n)
+    end
+  end
+  record(EVENT_OF[outcome], key, ARGV[1], machine, now_us)
 else
-  record(outcome == 'revoked' and 'revoked' or 'released-failed', key, ARGV[1], machine, now_us)
+  record(EVENT_OF[outcome], key, ARGV[1], machine, now_us)
   attempts, state, retry_at = park(key, last, now_us)
 end
 return {0, tonumber(key), token, tonumber(started), tonumber(last), machine, attempts, state,

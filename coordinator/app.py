@@ -201,7 +201,7 @@ async def renew_batch_key(request: Request) -> Response:
 
 
 async def release_batch_key(request: Request) -> Response:
-    """DELETE /api/v1/process/batch_keys/<external_id>[?outcome=completed|failed]."""
+    """DELETE /api/v1/process/batch_keys/<external_id>[?outcome=completed|failed|interrupted]."""
     caller = _caller(request)
     outcome = validation.outcome(request.query_params.get("outcome", "completed"))
     external_id = request.path_params["external_id"]

@@ -259,7 +259,8 @@ def test_ctrl_c_stops_the_loop_after_its_command(
         stop(running)
     assert running.returncode == 130, err
     key = int(marker.read_text())  # the command was told, and said which key it held
-    assert err.splitlines()[-1] == "coordinator: stopped by SIGINT after 1 key, 1 failed"
+    last = "coordinator: stopped by SIGINT after 1 key, 0 failed, 1 interrupted"
+    assert err.splitlines()[-1] == last
     released = _key(server, name, key)
     assert released["state"] == "free"
-    assert released["attempts"] == 1  # released `failed`, not left to expire
+    assert released["attempts"] == 0  # released `interrupted`: no attempt, not left to expire

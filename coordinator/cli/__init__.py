@@ -2,8 +2,9 @@
 
 `parser` holds every command and option (`service_options` those of the commands that call
 the service, `values` their checks); `serve` runs the API; `commands` and `listing` call it,
-through `transport`, in the words of `messages`; `completion` prints shell completion. `main`
-runs one command and turns every failure into one line on stderr and an exit status.
+through `transport`, in the words of `messages`; `run` holds a key while a command runs;
+`completion` prints shell completion. `main` runs one command and turns every failure into
+one line on stderr and an exit status (`statuses`).
 """
 
 from __future__ import annotations
@@ -16,16 +17,14 @@ import warnings
 from collections.abc import Sequence
 
 from coordinator.auth import TOKEN_PREFIX, new_token
-from coordinator.cli import commands, completion, messages, serve, service_options
+from coordinator.cli import commands, completion, messages, serve, service_options, statuses
 from coordinator.cli.parser import UsageError, build_parser
+from coordinator.cli.run import CommandNotRunnable
+from coordinator.cli.stop import Stopped
 from coordinator.config import ConfigError
 from coordinator.embedded import EmbeddedError
-from coordinator.errors import CoordinatorError
-from coordinator.cli.run import CommandNotRunnable
+from coordinator.errors import CoordinatorError, StoreUnavailable
 
-USAGE = 2  # a bad option or setting
-INTERRUPTED = 130  # 128 + SIGINT: how a shell reports a command stopped by Ctrl-C
-BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader went away (`coordinator keys x | head`)
 # The commands that do not call the service, so take none of its options.
 LOCAL_COMMANDS = ("serve", "token", "completion")
 
@@ -35,16 +34,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return _run(argv)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         # Ctrl-C may land between making a call's coroutine and handing it to the client's
         # loop: it is then never awaited, and Python would say so at exit. The command was
         # stopped on purpose; nothing is lost by not saying it.
         warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
-        return INTERRUPTED
+        if isinstance(interrupt, Stopped):  # `run`'s SIGINT or SIGTERM, before its command ran
+            return statuses.SIGNALLED + interrupt.signum
+        return statuses.INTERRUPTED
     except BrokenPipeError:
         # The flush at exit would fail again: send what is left nowhere.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return BROKEN_PIPE
+        return statuses.BROKEN_PIPE
     except (UsageError, ConfigError, EmbeddedError, CommandNotRunnable, CoordinatorError) as error:
         line, status = _failure(error)
         print(f"coordinator: {_redact(line, argv)}", file=sys.stderr)
@@ -54,12 +55,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _failure(error: Exception) -> tuple[str, int]:
     """The one line a failure prints, and the exit status it ends with."""
     if isinstance(error, UsageError):
-        return f"{error} (see `{error.prog} --help`)", USAGE
+        return f"{error} (see `{error.prog} --help`)", statuses.USAGE
     if isinstance(error, CommandNotRunnable):
         return str(error), error.status
+    if isinstance(error, StoreUnavailable):  # not refused: try again later
+        return messages.describe(error), statuses.UNAVAILABLE
     if isinstance(error, CoordinatorError):
-        return messages.describe(error), 1
-    return str(error), USAGE
+        return messages.describe(error), statuses.REFUSED
+    return str(error), statuses.USAGE
 
 
 def _run(argv: list[str]) -> int:
@@ -89,7 +92,8 @@ def _run(argv: list[str]) -> int:
 
 def _refuse_client_options(args: argparse.Namespace) -> None:
     for name in service_options.NAMES:
-        if getattr(args, name, None):
+        given = getattr(args, name, None)
+        if given is not None and given is not False:  # `--outage-budget 0` was given too
             flag = "--" + name.replace("_", "-")
             raise UsageError(
                 f"{flag} is an option of the commands that call the service, not of"

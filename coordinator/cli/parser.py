@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import socket
+import textwrap
 from typing import NoReturn
 
 from coordinator import __version__
-from coordinator.cli import service_options, values
+from coordinator.cli import service_options, statuses, values
 from coordinator.cli.service_options import DEFAULT_URL
 
 SHELLS = ("bash", "zsh", "fish")
@@ -15,8 +16,9 @@ KEY_STATES = ("held", "free", "never")
 MODES = ("rotate", "once")
 
 EPILOG = f"""\
-The options --url, --token, --redis-url, --direct, --prefix and --json go before or after
-the command: `coordinator --json process list` is `coordinator process list --json`.
+The options --url, --token, --redis-url, --direct, --prefix, --outage-budget and --json go
+before or after the command: `coordinator --json process list` is `coordinator process list
+--json`.
 
 Where the commands find the service: --url (COORDINATOR_URL), else the `coordinator serve`
 running on COORDINATOR_DATA_DIR (./.coordinator-data), else {DEFAULT_URL}. With
@@ -25,10 +27,7 @@ running on COORDINATOR_DATA_DIR (./.coordinator-data), else {DEFAULT_URL}. With
 --json: a command that answers once prints one JSON document, in the API's shapes; a command
 that streams (keys, events) prints JSON Lines, one object per line, as it reads them.
 
-Exit status: 0 done; 1 the service refused (one line says why), or the pass `pass wait`
-waited for completed with quarantined keys; 2 a bad option or setting; 3 `pass wait --timeout`
-passed; 126 or 127 `run`'s command cannot be run or is not found; 130 interrupted (Ctrl-C);
-otherwise `run` exits with its command's status.
+{textwrap.fill(statuses.summary(), 94)}
 
 Completion: eval "$(coordinator completion bash)" in ~/.bashrc (zsh likewise;
 fish: coordinator completion fish | source).
@@ -250,14 +249,18 @@ def _add_pass(commands: Commands[Parser]) -> None:
         actions,
         "wait",
         "wait for the current pass to complete",
-        "Wait for the current pass to complete and print it: exit 0 when every key was done,"
-        " 1 when it completed with quarantined keys, 3 when --timeout passed first.",
+        "Wait for the current pass to complete and print it: exit"
+        f" {statuses.OK} when every key was done, {statuses.QUARANTINED} when it completed with"
+        f" quarantined keys, {statuses.TIMED_OUT} when --timeout passed first,"
+        f" {statuses.UNAVAILABLE} when the service stayed unreachable for the whole outage"
+        " budget (--outage-budget).",
     )
     wait.add_argument("name", metavar="NAME", help="the process name")
     wait.add_argument(
         "--timeout",
         type=values.seconds,
-        help="give up after this many seconds, with exit status 3 (default: wait for ever)",
+        help=f"give up after this many seconds, with exit status {statuses.TIMED_OUT}"
+        " (default: wait for ever)",
     )
 
 
@@ -314,12 +317,16 @@ def _add_run(commands: Commands[Parser]) -> None:
         "hold a key while a command runs",
         "Acquire a key, run COMMAND with BATCH_KEY, KEY_SET_SIZE, FENCING_TOKEN, EXTERNAL_ID"
         " and PROCESS_NAME in its environment, renew the lease while it runs, release it"
-        " `completed` on exit 0 and `failed` otherwise; exit with the command's status. The"
-        " key it holds is printed on stderr first. BATCH_CHECKPOINT holds the key's saved"
-        " checkpoint (empty if none); what the command writes to the file BATCH_CHECKPOINT_FILE"
-        " names is saved as the checkpoint at each renewal and at a failed exit. A `once`"
-        " process whose pass is complete exits 0 at once: nothing to run. With --loop, one"
-        " `run` works key after key until the pass is complete.",
+        " `completed` on exit 0 and `failed` otherwise; exit with the command's status."
+        " SIGINT or SIGTERM is passed to the command, and its key is then released"
+        " `interrupted` (no attempt counted, checkpoint kept); if `run` is killed, its"
+        " command is killed with it (Linux). An unreachable service is retried for the"
+        f" outage budget, then `run` exits {statuses.UNAVAILABLE}. The key it holds is printed"
+        " on stderr first. BATCH_CHECKPOINT holds the key's saved checkpoint (empty if"
+        " none); what the command writes to the file BATCH_CHECKPOINT_FILE names is saved as"
+        " the checkpoint at each renewal and at a failed exit. A `once` process whose pass is"
+        " complete exits 0 at once: nothing to run. With --loop, one `run` works key after"
+        " key until the pass is complete.",
     )
     run.add_argument("name", metavar="NAME", help="the process name")
     _add_lease_request(run)
@@ -327,8 +334,9 @@ def _add_run(commands: Commands[Parser]) -> None:
         "--loop",
         action="store_true",
         help="run the command under key after key until the pass of a `once` process is"
-        " complete (exit 0) or Ctrl-C; a failed command releases its key `failed` and the loop"
-        " goes on; when no key is free, wait (--wait, else 30 s at a time) and ask again",
+        " complete (exit 0) or SIGINT/SIGTERM (128 + N); a failed command releases its key"
+        " `failed` and the loop goes on; when no key is free, wait (--wait, else 30 s at a"
+        " time) and ask again",
     )
     # Not REMAINDER: that would swallow the options after NAME (main() splits off `-- ...`).
     run.add_argument(

@@ -8,12 +8,10 @@ import sys
 import time
 
 from coordinator import output
+from coordinator.cli import statuses
 from coordinator.client.sync import Coordinator
 from coordinator.models import BatchKey, Pass
 from coordinator.validation import WAIT_SECONDS_MAX
-
-QUARANTINED = 1  # `pass wait`: the pass completed, but with keys quarantined
-TIMED_OUT = 3  # `pass wait --timeout` passed first
 
 
 def pass_command(coordinator: Coordinator, args: argparse.Namespace) -> int:
@@ -45,21 +43,26 @@ def key_command(coordinator: Coordinator, args: argparse.Namespace) -> int:
 
 
 def _wait(coordinator: Coordinator, name: str, timeout: float | None, *, as_json: bool) -> int:
-    """Wait for the current pass to complete, one bounded server-side wait at a time."""
-    deadline = math.inf if timeout is None else time.monotonic() + timeout
+    """Wait for the current pass to complete, one bounded server-side wait at a time.
+
+    An outage of the service is ridden out by the client, call by call, up to its outage
+    budget; past it, OutageTooLong ends the command with statuses.UNAVAILABLE."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     current = _current(coordinator, name)
     while not current.complete:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            _print_pass(name, current, as_json=as_json)
-            print(
-                f"coordinator: pass {current.number} of {name} is not complete after"
-                f" {timeout:g} s ({current.keys_done} keys done)",
-                file=sys.stderr,
-            )
-            return TIMED_OUT
-        # Whole seconds, as the API takes them; the last wait rounds up, by under a second.
-        wait = min(WAIT_SECONDS_MAX, max(1, math.ceil(left)))
+        wait = WAIT_SECONDS_MAX
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                _print_pass(name, current, as_json=as_json)
+                print(
+                    f"coordinator: pass {current.number} of {name} is not complete after"
+                    f" {timeout:g} s ({current.keys_done} keys done)",
+                    file=sys.stderr,
+                )
+                return statuses.TIMED_OUT
+            # Whole seconds, as the API takes them; the last wait rounds up, by under a second.
+            wait = min(WAIT_SECONDS_MAX, max(1, math.ceil(left)))
         current = coordinator.pass_info(name, current.number, wait)
     _print_pass(name, current, as_json=as_json)
     if current.keys_quarantined:
@@ -68,8 +71,8 @@ def _wait(coordinator: Coordinator, name: str, timeout: float | None, *, as_json
             f" {current.keys_quarantined} keys quarantined (see `coordinator keys {name}`)",
             file=sys.stderr,
         )
-        return QUARANTINED
-    return 0
+        return statuses.QUARANTINED
+    return statuses.OK
 
 
 def _current(coordinator: Coordinator, name: str) -> Pass:

@@ -11,19 +11,18 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
+from coordinator.cli import child, statuses
+from coordinator.cli.checkpoint_file import CheckpointFile
+from coordinator.cli.stop import Stopped, StopSignals
 from coordinator.client.blocking_lease import Lease
 from coordinator.client.lease import LeaseLost
 from coordinator.client.sync import Coordinator
-from coordinator.errors import CoordinatorError, NoFreeKey, PassComplete
-from coordinator.validation import CHECKPOINT_BYTES_MAX
+from coordinator.errors import CoordinatorError, NoFreeKey, PassComplete, StoreUnavailable
 
 POLL_SECONDS = 0.1
 # How long `run --loop` waits for a key at a time when --wait is not given.
 LOOP_WAIT_SECONDS = 30
-NOT_FOUND = 127  # the statuses a shell gives these failures
-NOT_EXECUTABLE = 126
 
 
 class CommandNotRunnable(Exception):
@@ -48,12 +47,14 @@ def check_runnable(command: Sequence[str]) -> None:
     present = [c for c in candidates if c.exists()]
     if not present:
         found = "no such file" if "/" in program else "command not found"
-        raise CommandNotRunnable(f"cannot run {program}: {found}", NOT_FOUND)
+        raise CommandNotRunnable(f"cannot run {program}: {found}", statuses.NOT_FOUND)
     if present[0].is_dir():
-        raise CommandNotRunnable(f"cannot run {program}: it is a directory", NOT_EXECUTABLE)
+        raise CommandNotRunnable(
+            f"cannot run {program}: it is a directory", statuses.NOT_EXECUTABLE
+        )
     if not os.access(present[0], os.X_OK):
         raise CommandNotRunnable(
-            f"cannot run {program}: permission denied (not executable)", NOT_EXECUTABLE
+            f"cannot run {program}: permission denied (not executable)", statuses.NOT_EXECUTABLE
         )
 
 
@@ -72,25 +73,33 @@ def run_job(
     The command is checked first (CommandNotRunnable), so no key is taken for one that cannot
     run; a failure to acquire raises, except PassComplete: nothing is left to do, exit 0.
     `announce` is told the lease once it is held. Exit 0 releases `completed`, anything else
-    `failed`. SIGINT and SIGTERM are passed to the command. If the lease is lost while the
-    command runs, the command is stopped (SIGTERM): another worker may already hold the key.
-    What the command writes to $BATCH_CHECKPOINT_FILE is saved as the key's checkpoint.
+    `failed`. SIGINT and SIGTERM are passed to the command, and its key is then released
+    `interrupted` whatever it exits with; before it runs they end `run` at once (128 + N).
+    If the lease is lost while the command runs, the command is stopped (SIGTERM): another
+    worker may already hold the key. What the command writes to $BATCH_CHECKPOINT_FILE is
+    saved as the key's checkpoint.
     """
     check_runnable(command)
-    try:
-        return _run_once(
-            coordinator,
-            process_name,
-            machine,
-            command,
-            wait_seconds=wait_seconds,
-            lease_seconds=lease_seconds,
-            announce=announce,
-        ).status
-    except PassComplete as error:
-        # A fleet of `run --wait` loops drains a `once` pass, then stops.
-        print(f"coordinator: {error} Nothing to run.", file=sys.stderr)
-        return 0
+    with StopSignals() as stop:
+        try:
+            outcome = _run_once(
+                coordinator,
+                stop,
+                process_name,
+                machine,
+                command,
+                wait_seconds=wait_seconds,
+                lease_seconds=lease_seconds,
+                announce=announce,
+            )
+        except PassComplete as error:
+            # A fleet of `run --wait` loops drains a `once` pass, then stops.
+            print(f"coordinator: {error} Nothing to run.", file=sys.stderr)
+            return statuses.OK
+    if outcome.interrupted and outcome.status == 0 and stop.received is not None:
+        # Its key was not completed: a 0 would tell a supervisor the work was done.
+        return statuses.SIGNALLED + stop.received
+    return outcome.status
 
 
 def run_loop(
@@ -110,36 +119,44 @@ def run_loop(
     max_attempts and backoff decide what becomes of the key. When no key is free, the loop
     waits (`wait_seconds`, else LOOP_WAIT_SECONDS at a time) and asks again, so a `rotate`
     process is worked until the loop is stopped. SIGINT or SIGTERM stop the command (passed on
-    to it) and then the loop, with 128 + the signal's number. Other failures raise, as in
-    run_job: AllQuarantined, say, or a service that stays unreachable.
+    to it; its key is released `interrupted`) and then the loop, with 128 + the signal's
+    number. An outage of the service is ridden out by the client, up to its outage budget;
+    other failures raise, as in run_job: AllQuarantined, say, or an outage past the budget.
     """
     check_runnable(command)
-    ran = failed = 0
-    while True:
+    ran = failed = interrupted = 0
+    with StopSignals() as stop:
         try:
-            outcome = _run_once(
-                coordinator,
-                process_name,
-                machine,
-                command,
-                wait_seconds=wait_seconds or LOOP_WAIT_SECONDS,
-                lease_seconds=lease_seconds,
-                announce=announce,
-            )
-        except NoFreeKey:
-            continue  # every key is held or backing off: ask again
-        except PassComplete as error:
-            print(f"coordinator: {error} Ran {_keys(ran)}, {failed} failed.", file=sys.stderr)
-            return 0
-        ran += 1
-        failed += outcome.status != 0
-        if outcome.signal is not None:
-            print(
-                f"coordinator: stopped by {signal.Signals(outcome.signal).name} after"
-                f" {_keys(ran)}, {failed} failed",
-                file=sys.stderr,
-            )
-            return 128 + outcome.signal
+            while stop.received is None:
+                try:
+                    outcome = _run_once(
+                        coordinator,
+                        stop,
+                        process_name,
+                        machine,
+                        command,
+                        wait_seconds=wait_seconds or LOOP_WAIT_SECONDS,
+                        lease_seconds=lease_seconds,
+                        announce=announce,
+                    )
+                except NoFreeKey:
+                    continue  # every key is held or backing off: ask again
+                except PassComplete as error:
+                    done = f"Ran {_keys(ran)}, {failed} failed."
+                    print(f"coordinator: {error} {done}", file=sys.stderr)
+                    return statuses.OK
+                ran += 1
+                interrupted += outcome.interrupted
+                failed += outcome.status != 0 and not outcome.interrupted
+        except Stopped:
+            pass  # while waiting for a key, or between two: nothing was held
+    assert stop.received is not None  # the loop ends only when stopped, or returns
+    print(
+        f"coordinator: stopped by {signal.Signals(stop.received).name} after {_keys(ran)},"
+        f" {failed} failed, {interrupted} interrupted",
+        file=sys.stderr,
+    )
+    return statuses.SIGNALLED + stop.received
 
 
 def _keys(count: int) -> str:
@@ -148,15 +165,16 @@ def _keys(count: int) -> str:
 
 @dataclass(frozen=True)
 class _Outcome:
-    """How one command under one lease ended: its exit status, and the signal (SIGINT or
-    SIGTERM) this process was sent meanwhile, if any."""
+    """How one command under one lease ended: its exit status, and whether SIGINT or SIGTERM
+    interrupted it (its key is then released `interrupted`)."""
 
     status: int
-    signal: int | None = None
+    interrupted: bool = False
 
 
 def _run_once(
     coordinator: Coordinator,
+    stop: StopSignals,
     process_name: str,
     machine: str,
     command: Sequence[str],
@@ -165,63 +183,49 @@ def _run_once(
     lease_seconds: int | None,
     announce: Callable[[Lease], None],
 ) -> _Outcome:
-    """One grant, one command, one release. Failures of the grant raise; a failure to end the
-    lease after the command ran is said on stderr (its expiry frees the key)."""
+    """One grant, one command, one release. Failures of the grant raise, and so does an outage
+    past the budget; another failure to end the lease after the command ran is said on stderr
+    (its expiry frees the key)."""
     outcome, ran = _Outcome(0), False
     with tempfile.TemporaryDirectory(prefix="coordinator-run-") as folder:
         checkpoint_file = Path(folder) / "checkpoint"
         checkpoint_file.touch()
         try:
             with coordinator.lease(process_name, machine, lease_seconds, wait_seconds) as lease:
-                lease.save_checkpoints_from(_CheckpointFile(checkpoint_file).read)
+                # From here to the end of the release a signal is noted, not raised: the grant
+                # is given up if stopped, the release never is.
+                stop.holding = True
+                lease.save_checkpoints_from(CheckpointFile(checkpoint_file).read)
                 announce(lease)
                 ran = True
-                outcome = _supervise(lease, process_name, command, checkpoint_file)
-                if outcome.status != 0:
+                outcome = _supervise(lease, stop, process_name, command, checkpoint_file)
+                if outcome.interrupted:
+                    lease.interrupt()
+                elif outcome.status != 0:
                     lease.fail()
+        except StoreUnavailable:
+            raise  # the client rode the outage out for its whole budget: `run` ends with 75
         except CoordinatorError as error:
             if not ran:
                 raise
             # The command ran; ending its lease failed. Its expiry frees the key.
             print(f"coordinator: {error}", file=sys.stderr)
-            return _Outcome(outcome.status or 1, outcome.signal)
+            return _Outcome(outcome.status or 1, outcome.interrupted)
+        finally:
+            stop.holding = False
     return outcome
 
 
-class _CheckpointFile:
-    """The command's checkpoint file, read at each renewal: its text, or None to send none."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._warned = False
-
-    def read(self) -> str | None:
-        """The file's text; None when empty, gone, or unusable (said once on stderr)."""
-        try:
-            data = self._path.read_bytes()
-        except OSError:  # the command removed it: nothing to save
-            return None
-        if not data:
-            return None
-        if len(data) <= CHECKPOINT_BYTES_MAX:
-            try:
-                return data.decode()
-            except UnicodeDecodeError:
-                pass
-        if not self._warned:
-            self._warned = True
-            print(
-                f"coordinator: $BATCH_CHECKPOINT_FILE must hold at most {CHECKPOINT_BYTES_MAX}"
-                " bytes of UTF-8 text; the checkpoint is not saved while it does not",
-                file=sys.stderr,
-            )
-        return None
-
-
 def _supervise(
-    lease: Lease, process_name: str, command: Sequence[str], checkpoint_file: Path
+    lease: Lease,
+    stop: StopSignals,
+    process_name: str,
+    command: Sequence[str],
+    checkpoint_file: Path,
 ) -> _Outcome:
     """Run the command under the lease; its exit status (128 + N if killed by signal N)."""
+    if stop.received is not None:  # stopped while the key was being granted: never start
+        return _Outcome(statuses.SIGNALLED + stop.received, interrupted=True)
     env = {
         **os.environ,
         "BATCH_CHECKPOINT": lease.previous_checkpoint or "",
@@ -232,47 +236,28 @@ def _supervise(
         "EXTERNAL_ID": lease.external_id,
         "PROCESS_NAME": process_name,
     }
-    child: subprocess.Popen[bytes] | None = None
-    pending: list[int] = []
-    received: list[int] = []
-
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        received.append(signum)
-        if child is None:
-            pending.append(signum)  # arrived while the command was starting: passed on below
-        else:
-            child.send_signal(signum)
-
-    # Handlers before the command starts: a signal that arrives once it runs (it may already
-    # have told the world so) must reach it, not kill this process and leave it orphaned.
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    stopping = False
     try:
-        try:
-            # A session of its own: only the signals passed on here reach the command.
-            child = subprocess.Popen(list(command), env=env, start_new_session=True)  # noqa: S603
-        except OSError as error:  # checked before the lease, but it may have changed since
-            print(f"coordinator: cannot run {command[0]}: {error.strerror}", file=sys.stderr)
-            status = NOT_EXECUTABLE if isinstance(error, PermissionError) else NOT_FOUND
-            return _Outcome(status, received[0] if received else None)
-        for signum in pending:
-            child.send_signal(signum)
+        command_process = child.start(command, env)
+    except OSError as error:  # checked before the lease, but it may have changed since
+        print(f"coordinator: cannot run {command[0]}: {error.strerror}", file=sys.stderr)
+        refused = isinstance(error, PermissionError)
+        status = statuses.NOT_EXECUTABLE if refused else statuses.NOT_FOUND
+        return _Outcome(status, interrupted=stop.received is not None)
+    stopping = False
+    with stop.running(command_process):
         while True:
             try:
-                code = child.wait(POLL_SECONDS)
+                code = command_process.wait(POLL_SECONDS)
                 break
             except subprocess.TimeoutExpired:
                 if lease.lost and not stopping:
                     stopping = True
                     _report_lost(lease, f"stopping {command[0]}")
-                    child.terminate()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+                    command_process.terminate()
     if lease.lost and not stopping:
         _report_lost(lease, f"{command[0]} finished without it, so its work does not count")
-    status = code if code >= 0 else 128 - code
-    return _Outcome(status or (1 if lease.lost else 0), received[0] if received else None)
+    status = code if code >= 0 else statuses.SIGNALLED - code
+    return _Outcome(status or (1 if lease.lost else 0), interrupted=stop.received is not None)
 
 
 def _report_lost(lease: Lease, then: str) -> None:

@@ -1,16 +1,19 @@
 """The options of the commands that call the service (--url, --token, --redis-url, --direct,
---prefix, --json): accepted before the command (`coordinator --json keys x`) and after it
-(`coordinator keys x --json`), where they win."""
+--prefix, --outage-budget, --json): accepted before the command (`coordinator --json keys x`)
+and after it (`coordinator keys x --json`), where they win."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from coordinator.cli import values
+from coordinator.client.outage import OUTAGE_BUDGET_ENV, OUTAGE_BUDGET_SECONDS
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_PREFIX = "bpc"
 # Their `args` attributes.
-NAMES = ("url", "token", "redis_url", "direct", "prefix", "json")
+NAMES = ("url", "token", "redis_url", "direct", "prefix", "outage_budget", "json")
 
 
 def add(parser: argparse.ArgumentParser, *, at_top: bool) -> None:
@@ -46,6 +49,14 @@ def add(parser: argparse.ArgumentParser, *, at_top: bool) -> None:
         default=none,
         help="key prefix with --redis-url or --direct (COORDINATOR_KEY_PREFIX; else the"
         f" running server's with --direct; else {DEFAULT_PREFIX})",
+    )
+    group.add_argument(
+        "--outage-budget",
+        type=values.seconds,
+        default=none,
+        metavar="SECONDS",
+        help="ride out an unreachable service (refused, reset, timed out, 503) for this long,"
+        f" retrying, then exit 75 ({OUTAGE_BUDGET_ENV}; default {OUTAGE_BUDGET_SECONDS:g})",
     )
     group.add_argument(
         "--json",

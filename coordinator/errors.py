@@ -158,6 +158,20 @@ class ServiceUnreachable(StoreUnavailable):
     code = "service_unreachable"
 
 
+class OutageTooLong(StoreUnavailable):
+    """A client retried a transient failure for its whole outage budget and gave up."""
+
+    code = "outage_too_long"
+
+    def __init__(self, where: str, budget_seconds: float, last_error: BaseException) -> None:
+        super().__init__(
+            f"{where} stayed unreachable for {budget_seconds:g} s (the outage budget; set"
+            f" COORDINATOR_OUTAGE_BUDGET_SECONDS or --outage-budget): {last_error}"
+        )
+        self.budget_seconds = budget_seconds
+        self.last_error = last_error
+
+
 class UnexpectedReply(CoordinatorError):
     """A script answered with a status code this version does not know."""
 

@@ -14,13 +14,14 @@ import orjson
 
 from coordinator import output
 from coordinator.cli import listing, passes, transport
+from coordinator.cli.run import run_job, run_loop
 from coordinator.client.blocking_lease import Lease
 from coordinator.client.sync import Coordinator
 from coordinator.config import ConfigError
 from coordinator.models import BatchKey, Process
-from coordinator.cli.run import run_job, run_loop
 
-Result = Process | BatchKey | list[Process]
+# None: a release retried through an outage found its lease already ended by an earlier try.
+Result = Process | BatchKey | list[Process] | None
 # One call per command (`process` commands by their action).
 _CALLS: dict[str, Callable[[Coordinator, argparse.Namespace], Result]] = {
     "list": lambda c, a: c.processes(),
@@ -94,6 +95,9 @@ def _json(document: dict[str, object]) -> str:
 
 
 def _render(result: Result, *, as_json: bool) -> str:
+    if result is None:
+        ended = "the lease had already ended: an earlier attempt of the release took effect"
+        return "null" if as_json else ended
     if as_json:
         return output.as_json(result)
     if isinstance(result, Process):

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
+import logging
+import math
 import socket
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
+from typing import TypeVar
 
 from coordinator.client.lease import AsyncLease
-from coordinator.errors import StoreUnavailable
+from coordinator.client.outage import OutageLog, Retrying, outage_budget
+from coordinator.errors import CoordinatorError, LeaseGone, StoreUnavailable
 from coordinator.models import BatchKey, Event, Pass, Process
 from coordinator.validation import UNSET, Unset
 
-# A grant that failed transiently (its answer may have been lost) is sent again with the same
-# request_id this many times, after 0.1 s, 0.2 s, 0.4 s: the server answers the lease it
-# already granted, if any, rather than a second key.
-ACQUIRE_RETRIES = 3
-ACQUIRE_RETRY_FIRST_SECONDS = 0.1
+T = TypeVar("T")
+logger = logging.getLogger("coordinator.client")
 
 
 def default_machine() -> str:
@@ -28,7 +28,18 @@ def default_machine() -> str:
 
 
 class AsyncCoordinator(ABC):
-    """Register processes and lease their keys, over HTTP or directly on Redis."""
+    """Register processes and lease their keys, over HTTP or directly on Redis.
+
+    The calls a worker lives by (acquire, renew, release, process, pass_info) ride out an
+    outage of the service: a transient failure (StoreUnavailable) is retried with backoff for
+    up to the outage budget, then raises OutageTooLong. The others fail at once, so an
+    operator's listing or change says straight away that the service is away.
+    """
+
+    def __init__(self, where: str, outage_budget_seconds: float | None = None) -> None:
+        """`where` names the service in log lines ("the service at URL"); the budget is
+        `outage_budget_seconds`, else COORDINATOR_OUTAGE_BUDGET_SECONDS, else 300 s."""
+        self.outages = OutageLog(where, outage_budget(outage_budget_seconds))
 
     @abstractmethod
     async def register(
@@ -51,9 +62,13 @@ class AsyncCoordinator(ABC):
     async def processes(self) -> list[Process]:
         """Every registered process, by name."""
 
-    @abstractmethod
     async def process(self, name: str) -> Process:
         """One registered process; raises UnknownProcess."""
+        return await self._riding_outages(lambda: self._process(name))
+
+    @abstractmethod
+    async def _process(self, name: str) -> Process:
+        """One request for a process."""
 
     @abstractmethod
     async def unregister(self, name: str) -> Process:
@@ -88,22 +103,35 @@ class AsyncCoordinator(ABC):
         """Lease the stalest free key, waiting up to `wait_seconds` for one to free.
 
         `machine` (recorded with the lease) defaults to this host's name. The grant carries
-        `request_id` (a new uuid4 when None); a transient failure (StoreUnavailable) is retried
-        with the same id a few times, so a grant whose answer was lost never takes two keys.
+        `request_id` (a new uuid4 when None); a transient failure is retried with the same
+        id for the outage budget, so a grant whose answer was lost never takes two keys.
         """
         machine = default_machine() if machine is None else machine
         request_id = uuid.uuid4().hex if request_id is None else request_id
         deadline = time.monotonic() + wait_seconds
-        for retry in range(ACQUIRE_RETRIES + 1):
+        retrying = Retrying(self.outages)
+        while True:
             # A retry waits only for what is left of the caller's wait.
             left = max(0.0, deadline - time.monotonic()) if wait_seconds else 0
             try:
-                return await self._grant(name, machine, lease_seconds, left, request_id)
-            except StoreUnavailable:
-                if retry == ACQUIRE_RETRIES:
+                key = await self._grant(name, machine, lease_seconds, left, request_id)
+            except LeaseGone:
+                if not retrying.retried:
                     raise
-            await asyncio.sleep(ACQUIRE_RETRY_FIRST_SECONDS * 2**retry)
-        raise AssertionError("unreachable: the last retry returns or raises")
+                # An earlier attempt was granted, its answer lost, and that lease is already
+                # over (expired while we retried, say): it holds nothing, so ask anew.
+                retrying.answered()
+                logger.info("the lost grant %s had already ended; granting again", request_id)
+                request_id = uuid.uuid4().hex
+                continue
+            except StoreUnavailable as error:
+                await retrying.after(error)
+                continue
+            except CoordinatorError:  # a definite answer (no free key, say): the service is back
+                retrying.answered()
+                raise
+            retrying.answered()
+            return key
 
     @abstractmethod
     async def _grant(
@@ -116,19 +144,69 @@ class AsyncCoordinator(ABC):
     ) -> BatchKey:
         """One grant request; `replayed` when it answered an earlier lease of `request_id`."""
 
-    @abstractmethod
     async def renew(
         self,
         external_id: str,
         lease_seconds: int | None = None,
         checkpoint: str | Unset | None = UNSET,
+        *,
+        retry: bool = True,
     ) -> BatchKey:
         """Extend a live lease from now; a `checkpoint` string is saved with the key for its
-        next holder (None clears it, left out keeps it)."""
+        next holder (None clears it, left out keeps it).
+
+        Sending it twice is harmless, so a transient failure is retried for the outage budget;
+        `retry=False` sends it once (a lease's renewer keeps its own schedule and deadline).
+        """
+        if not retry:
+            return await self._renew(external_id, lease_seconds, checkpoint)
+        return await self._riding_outages(
+            lambda: self._renew(external_id, lease_seconds, checkpoint)
+        )
 
     @abstractmethod
-    async def release(self, external_id: str, outcome: str = "completed") -> BatchKey:
-        """End a live lease as `completed` or `failed`."""
+    async def _renew(
+        self, external_id: str, lease_seconds: int | None, checkpoint: str | Unset | None
+    ) -> BatchKey:
+        """One renewal request."""
+
+    async def release(
+        self, external_id: str, outcome: str = "completed", *, retry: bool = True
+    ) -> BatchKey | None:
+        """End a live lease as `completed`, `failed` or `interrupted`; the key as released.
+
+        Retried until answered (within the outage budget; `retry=False` sends it once). None
+        when a retry finds the lease already ended: an earlier attempt, whose answer was
+        lost, took effect (or the lease ran out meanwhile). LeaseGone if the first did.
+        """
+        if not retry:
+            return await self._release(external_id, outcome)
+        retrying = Retrying(self.outages)
+        while True:
+            try:
+                key = await self._release(external_id, outcome)
+            except LeaseGone:
+                if not retrying.retried:
+                    raise
+                retrying.answered()
+                logger.info(
+                    "lease %s had ended when its release was retried: an earlier attempt"
+                    " took effect, or the lease ran out meanwhile",
+                    external_id,
+                )
+                return None
+            except StoreUnavailable as error:
+                await retrying.after(error)
+                continue
+            except CoordinatorError:  # a definite answer (not the holder, say): the service is back
+                retrying.answered()
+                raise
+            retrying.answered()
+            return key
+
+    @abstractmethod
+    async def _release(self, external_id: str, outcome: str) -> BatchKey:
+        """One release request."""
 
     @abstractmethod
     async def revoke(self, external_id: str) -> BatchKey:
@@ -138,10 +216,20 @@ class AsyncCoordinator(ABC):
     async def start_pass(self, name: str) -> Process:
         """Start the next pass now (admin); returns the process with its new pass."""
 
-    @abstractmethod
     async def pass_info(self, name: str, number: int, wait_seconds: int = 0) -> Pass:
         """Pass `number`; for the current pass, wait up to `wait_seconds` (0-60) for it to
-        complete. Raises UnknownPass for a pass never started or forgotten."""
+        complete. Raises UnknownPass for a pass never started or forgotten.
+
+        A retried wait waits only for what is left of `wait_seconds`.
+        """
+        deadline = time.monotonic() + wait_seconds
+        return await self._riding_outages(
+            lambda: self._pass_info(name, number, max(0, math.ceil(deadline - time.monotonic())))
+        )
+
+    @abstractmethod
+    async def _pass_info(self, name: str, number: int, wait_seconds: int) -> Pass:
+        """One request for a pass."""
 
     @abstractmethod
     async def retry_key(self, name: str, key: int) -> BatchKey:
@@ -158,6 +246,21 @@ class AsyncCoordinator(ABC):
     @abstractmethod
     async def aclose(self) -> None:
         """Close connections."""
+
+    async def _riding_outages(self, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()`, sent again after each transient failure until the outage budget is spent."""
+        retrying = Retrying(self.outages)
+        while True:
+            try:
+                result = await call()
+            except StoreUnavailable as error:
+                await retrying.after(error)
+                continue
+            except CoordinatorError:  # a definite answer: the service is back
+                retrying.answered()
+                raise
+            retrying.answered()
+            return result
 
     def lease(
         self,

@@ -7,6 +7,7 @@ run on the client's event-loop thread, and the one call that talks to the servic
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
@@ -15,6 +16,7 @@ from coordinator.client.lease import AsyncLease
 from coordinator.models import BatchKey
 
 T = TypeVar("T")
+logger = logging.getLogger("coordinator.client")
 
 
 class Portal(Protocol):
@@ -88,6 +90,10 @@ class Lease:
         """Release as `failed` when the block ends, without raising to say so."""
         self.async_lease.fail()
 
+    def interrupt(self) -> None:
+        """Release as `interrupted` when the block ends: no attempt counted, checkpoint kept."""
+        self.async_lease.interrupt()
+
     def owns(self, row_id: int) -> bool:
         """Whether row `row_id` is this worker's to process."""
         return self.async_lease.owns(row_id)
@@ -108,7 +114,7 @@ class LeaseContext:
         return repr(self._lease)
 
     def __enter__(self) -> Lease:
-        self._portal.call(self._lease.__aenter__())
+        self._call_to_release(self._lease.__aenter__())
         return Lease(self._portal, self._lease)
 
     def __exit__(
@@ -117,4 +123,15 @@ class LeaseContext:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._portal.call(self._lease.__aexit__(exc_type, exc, tb))
+        self._call_to_release(self._lease.__aexit__(exc_type, exc, tb))
+
+    def _call_to_release(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        """Run a step of the lease; a Ctrl-C meanwhile cuts it short, but a release it began
+        is still waited for (a second Ctrl-C leaves it to the lease's expiry)."""
+        try:
+            self._portal.call(coroutine)
+        except KeyboardInterrupt:
+            if self._lease.releasing:
+                logger.warning("releasing the lease before stopping; Ctrl-C again not to wait")
+                self._portal.call(self._lease.released())
+            raise

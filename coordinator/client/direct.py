@@ -5,17 +5,26 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from coordinator.client.base import AsyncCoordinator
+from coordinator.client.outage import without_credentials
 from coordinator.config import Settings
 from coordinator.connection import connect
 from coordinator.models import BatchKey, Event, Pass, Process
 from coordinator.store import Limits, Store
-from coordinator.validation import UNSET, Unset
+from coordinator.validation import Unset
 
 
 class AsyncRedisCoordinator(AsyncCoordinator):
     """A trusted worker's client: the same `Store` the HTTP API runs, on `redis_url`."""
 
-    def __init__(self, redis_url: str, prefix: str = "bpc", limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        prefix: str = "bpc",
+        limits: Limits | None = None,
+        outage_budget_seconds: float | None = None,
+    ) -> None:
+        """`outage_budget_seconds`: how long a worker's call rides out an outage (README)."""
+        super().__init__(f"Redis at {without_credentials(redis_url)}", outage_budget_seconds)
         self._redis = connect(redis_url, Settings())
         self.store = Store(self._redis, prefix=prefix, limits=limits)
 
@@ -39,7 +48,7 @@ class AsyncRedisCoordinator(AsyncCoordinator):
         """Every registered process, by name."""
         return await self.store.processes()
 
-    async def process(self, name: str) -> Process:
+    async def _process(self, name: str) -> Process:
         """One registered process; raises UnknownProcess."""
         return await self.store.process(name)
 
@@ -76,29 +85,26 @@ class AsyncRedisCoordinator(AsyncCoordinator):
             name, machine, lease_seconds, wait_seconds, request_id=request_id
         )
 
-    async def renew(
-        self,
-        external_id: str,
-        lease_seconds: int | None = None,
-        checkpoint: str | Unset | None = UNSET,
+    async def _renew(
+        self, external_id: str, lease_seconds: int | None, checkpoint: str | Unset | None
     ) -> BatchKey:
-        """Extend a live lease from now, saving `checkpoint` unless left out."""
+        """One renewal by the store, saving `checkpoint` unless left out."""
         return await self.store.renew(external_id, lease_seconds, checkpoint=checkpoint)
 
     async def start_pass(self, name: str) -> Process:
         """Start the next pass now (admin); returns the process with its new pass."""
         return await self.store.start_pass(name)
 
-    async def pass_info(self, name: str, number: int, wait_seconds: int = 0) -> Pass:
-        """Pass `number`; for the current pass, wait up to `wait_seconds` for it to complete."""
+    async def _pass_info(self, name: str, number: int, wait_seconds: int) -> Pass:
+        """Pass `number`, waiting up to `wait_seconds` for the current one to complete."""
         return await self.store.pass_info(name, number, wait_seconds)
 
     async def retry_key(self, name: str, key: int) -> BatchKey:
         """Lift a key's quarantine and backoff and reset its attempts (admin)."""
         return await self.store.retry_key(name, key)
 
-    async def release(self, external_id: str, outcome: str = "completed") -> BatchKey:
-        """End a live lease as `completed` or `failed`."""
+    async def _release(self, external_id: str, outcome: str) -> BatchKey:
+        """One release by the store."""
         return await self.store.release(external_id, outcome)
 
     async def revoke(self, external_id: str) -> BatchKey:

@@ -12,8 +12,9 @@ import orjson
 from coordinator import errors
 from coordinator.auth import Forbidden, Unauthorized
 from coordinator.client.base import AsyncCoordinator
+from coordinator.client.outage import without_credentials
 from coordinator.models import BatchKey, Event, Pass, Process
-from coordinator.validation import UNSET, Unset
+from coordinator.validation import Unset
 
 API = "/api/v1"
 KEYS_PAGE = 10_000  # keys per request of iter_keys: the most a page may hold
@@ -22,7 +23,8 @@ KEYS_PAGE = 10_000  # keys per request of iter_keys: the most a page may hold
 class AsyncHttpCoordinator(AsyncCoordinator):
     """Talks to `coordinator serve` at `base_url`; `token` is sent as a Bearer token.
 
-    `transport` replaces httpx's network transport (a proxy, mTLS, or an app in-process).
+    `transport` replaces httpx's network transport (a proxy, mTLS, or an app in-process);
+    `outage_budget_seconds` is how long a worker's call rides out an outage (README).
     """
 
     def __init__(
@@ -31,7 +33,9 @@ class AsyncHttpCoordinator(AsyncCoordinator):
         token: str | None = None,
         timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        outage_budget_seconds: float | None = None,
     ) -> None:
+        super().__init__(f"the service at {without_credentials(base_url)}", outage_budget_seconds)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers,
                                        timeout=timeout, transport=transport)  # fmt: skip
@@ -64,8 +68,8 @@ class AsyncHttpCoordinator(AsyncCoordinator):
         """Every registered process, by name."""
         return [Process.from_json(p) for p in await self._call("GET", f"{API}/process")]
 
-    async def process(self, name: str) -> Process:
-        """One registered process; raises UnknownProcess."""
+    async def _process(self, name: str) -> Process:
+        """One request for a process; raises UnknownProcess."""
         return Process.from_json(await self._call("GET", f"{API}/process/{name}", name=name))
 
     async def unregister(self, name: str) -> Process:
@@ -131,13 +135,10 @@ class AsyncHttpCoordinator(AsyncCoordinator):
         key = BatchKey.from_json(_json(response))
         return dataclasses.replace(key, replayed=response.status_code == httpx.codes.OK)
 
-    async def renew(
-        self,
-        external_id: str,
-        lease_seconds: int | None = None,
-        checkpoint: str | Unset | None = UNSET,
+    async def _renew(
+        self, external_id: str, lease_seconds: int | None, checkpoint: str | Unset | None
     ) -> BatchKey:
-        """Extend a live lease from now, saving `checkpoint` unless left out."""
+        """One renewal request, saving `checkpoint` unless left out."""
         body: dict[str, Any] = {} if lease_seconds is None else {"lease_seconds": lease_seconds}
         if not isinstance(checkpoint, Unset):
             body["checkpoint"] = checkpoint
@@ -151,8 +152,8 @@ class AsyncHttpCoordinator(AsyncCoordinator):
             await self._call("POST", f"{API}/process/{name}/passes", name=name)
         )
 
-    async def pass_info(self, name: str, number: int, wait_seconds: int = 0) -> Pass:
-        """Pass `number`; for the current pass, wait up to `wait_seconds` for it to complete."""
+    async def _pass_info(self, name: str, number: int, wait_seconds: int) -> Pass:
+        """One request for pass `number`, waiting up to `wait_seconds` for it to complete."""
         timeout = self._http.timeout.read or 0
         data = await self._call(
             "GET", f"{API}/process/{name}/passes/{number}", name=name, number=number,
@@ -166,8 +167,8 @@ class AsyncHttpCoordinator(AsyncCoordinator):
                                 name=name, key=key)  # fmt: skip
         return BatchKey.from_json(data)
 
-    async def release(self, external_id: str, outcome: str = "completed") -> BatchKey:
-        """End a live lease as `completed` or `failed`."""
+    async def _release(self, external_id: str, outcome: str) -> BatchKey:
+        """One release request."""
         data = await self._call("DELETE", f"{API}/process/batch_keys/{external_id}",
                                 external_id=external_id, params={"outcome": outcome})  # fmt: skip
         return BatchKey.from_json(data)

@@ -15,27 +15,21 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from coordinator.errors import LeaseGone, UnknownLease
-from coordinator.models import BatchKey, timestamp
+from coordinator.errors import InvalidField, LeaseGone, UnknownLease
+from coordinator.lease_margin import safety_margin
+from coordinator.models import BatchKey, Process, timestamp
 from coordinator.validation import UNSET, Unset
-
-if TYPE_CHECKING:
-    from coordinator.client.base import AsyncCoordinator
 
 logger = logging.getLogger("coordinator.client")
 
-# The margin covers the rate difference between this clock and the Redis server's over one
-# lease (NTP slews at most 0.05 %), small steps of the server's wall clock (Redis TIME), and a
-# pause (GC, a descheduled VM) between a passing check() and the write it guards. A tenth of
-# the lease, at least half a second, but never over a quarter: a 1 s lease renewed every third
-# must keep room for a slow round trip.
-MARGIN_FRACTION = 0.1
-MARGIN_FLOOR_SECONDS = 0.5
 # A failed renewal is retried after 0.1 s, doubling up to a tenth of the lease (at most 1 s).
 RETRY_FIRST_SECONDS = 0.1
 RETRY_MAX_SECONDS = 1.0
+# Leaving the block by these is an interruption, not a failure of the work: the key is
+# released `interrupted` (no attempt counted, checkpoint kept, back at its old place).
+INTERRUPTIONS = (KeyboardInterrupt, SystemExit, asyncio.CancelledError)
 
 
 class LeaseLost(LeaseGone):
@@ -46,23 +40,58 @@ class RenewalsFailed(TimeoutError):
     """No renewal succeeded before the lease's local deadline (the cause of a LeaseLost)."""
 
 
-def safety_margin(length: float) -> float:
-    """How long before a lease of `length` seconds expires it stops being believed held."""
-    return min(max(MARGIN_FLOOR_SECONDS, length * MARGIN_FRACTION), length / 4)
+class LeaseService(Protocol):
+    """What a lease needs of its client (AsyncCoordinator offers it)."""
+
+    async def acquire(
+        self, name: str, machine: str | None, lease_seconds: int | None, wait_seconds: float
+    ) -> BatchKey: ...
+
+    async def process(self, name: str) -> Process: ...
+
+    async def renew(
+        self,
+        external_id: str,
+        lease_seconds: int | None = None,
+        checkpoint: str | Unset | None = UNSET,
+        *,
+        retry: bool = True,
+    ) -> BatchKey: ...
+
+    async def release(
+        self, external_id: str, outcome: str = "completed", *, retry: bool = True
+    ) -> BatchKey | None: ...
+
+
+async def _unless_cancelled(leaving: asyncio.Future[None]) -> None:
+    """Wait for a release; a cancellation meanwhile (a second Ctrl-C, a task group giving up)
+    still goes up to the caller, but the release carries on and is sent."""
+    try:
+        await asyncio.shield(leaving)
+    except asyncio.CancelledError:
+        leaving.add_done_callback(_log_failure)  # nobody is left to raise it to
+        raise
+
+
+def _log_failure(leaving: asyncio.Future[None]) -> None:
+    if not leaving.cancelled() and leaving.exception() is not None:
+        logger.warning("a release whose caller was cancelled failed: %r", leaving.exception())
 
 
 class AsyncLease:
     """Holds one key of a process from `async with` to its end.
 
-    Renews every third of the lease; leaving the block normally releases `completed`,
-    leaving by an exception releases `failed`. If renewal finds the lease gone, or no renewal
-    succeeds before the lease's local deadline, `lost` turns true and `check()` (and leaving
-    the block) raises LeaseLost: never silently.
+    Renews every third of the lease. Leaving the block normally releases `completed`; by an
+    exception, or after `fail()`, `failed`; by KeyboardInterrupt, SystemExit, task
+    cancellation, or after `interrupt()`, `interrupted`. The release is sent even if the task
+    is cancelled meanwhile, and rides out an outage (the client's budget). If renewal finds
+    the lease gone, or no renewal succeeds before the lease's local deadline, `lost` turns
+    true and `check()` (and leaving the block) raises LeaseLost: never silently.
     """
 
     def __init__(
         self,
-        coordinator: AsyncCoordinator,
+        coordinator: LeaseService,
         name: str,
         machine: str,
         lease_seconds: int | None,
@@ -76,6 +105,8 @@ class AsyncLease:
         self._key_set_size = 0
         self._renewer: asyncio.Task[None] | None = None
         self._failed = False
+        self._interrupted = False
+        self._leaving: asyncio.Future[None] | None = None  # the release, once the block ends
         self._length = 0.0  # seconds, as granted; every renewal asks for the same
         self._renewed_at = 0.0  # monotonic instant the last successful request was sent
         # The blocking client reads `lost` on the caller's thread while the renewer, on the
@@ -124,15 +155,14 @@ class AsyncLease:
         should this one stop before completing (None clears it). Raises LeaseLost if the
         lease has ended."""
         self.check()
-        length = self._length
-        whole = int(length) if length.is_integer() and length >= 1 else None
-        sent = time.monotonic()
         try:
-            key = await self._coordinator.renew(self.external_id, whole, checkpoint=value)
+            await self._renew(value, ride_outage=True)
         except (LeaseGone, UnknownLease) as error:
             self._end(error)
             raise LeaseLost(self.external_id) from error
-        self._believe(sent, key)
+        except TimeoutError as error:  # the outage outlasted the lease: it is lost
+            self.check()
+            raise LeaseLost(self.external_id) from error
 
     def save_checkpoints_from(self, source: Callable[[], str | None]) -> None:
         """Send `source()` as the checkpoint with every renewal, and once more on leaving the
@@ -173,6 +203,11 @@ class AsyncLease:
         """Release as `failed` when the block ends, without raising to say so."""
         self._failed = True
 
+    def interrupt(self) -> None:
+        """Release as `interrupted` when the block ends (the work was stopped, not failed:
+        no attempt is counted and the checkpoint is kept), however the block ends."""
+        self._interrupted = True
+
     def owns(self, row_id: int) -> bool:
         """Whether row `row_id` is this worker's to process."""
         return row_id % self.key_set_size == self.key
@@ -193,7 +228,9 @@ class AsyncLease:
         try:
             self._key_set_size = (await self._coordinator.process(name)).key_set_size
         except BaseException:
-            await self._coordinator.release(self.external_id, "failed")
+            # No work was done on the key: it goes back where it was, at no attempt's cost.
+            self._leaving = asyncio.ensure_future(self._release_quietly("interrupted"))
+            await _unless_cancelled(self._leaving)
             raise
         # The deadline is still unset (infinite), so a renewal here sets it from its own send.
         renewed = False
@@ -213,38 +250,82 @@ class AsyncLease:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._interrupted or (exc_type is not None and issubclass(exc_type, INTERRUPTIONS)):
+            outcome = "interrupted"
+        elif exc_type is not None or self._failed:
+            outcome = "failed"
+        else:
+            outcome = "completed"
+        self._leaving = asyncio.ensure_future(self._leave(outcome))
+        await _unless_cancelled(self._leaving)
+
+    @property
+    def releasing(self) -> bool:
+        """Whether a release begun on leaving the block is still under way."""
+        return self._leaving is not None and not self._leaving.done()
+
+    async def released(self) -> None:
+        """Wait for the release started on leaving the block (after an interruption cut the
+        wait for it short); its errors were the block's to raise, so none are raised here."""
+        if self._leaving is not None:
+            await asyncio.wait([self._leaving])
+
+    async def _leave(self, outcome: str) -> None:
+        """Stop renewing, save the last checkpoint unless completed, release as `outcome`."""
         if self._renewer is not None:
             self._renewer.cancel()
             # wait() neither raises the renewer's CancelledError nor swallows our own.
             await asyncio.wait([self._renewer])
         lost = self.lost
-        # Work done after the lease stopped being believed held does not count.
-        completed = exc_type is None and not self._failed and not lost
-        if not completed and not lost:
+        finished = outcome == "completed"
+        if finished and lost:  # work done after the lease stopped being believed held
+            outcome = "failed"
+        if outcome != "completed" and not lost:
             await self._save_last_checkpoint()
         with self._lock:
-            self._held_until = math.inf  # the block is over: what it saw is final
+            deadline, self._held_until = self._held_until, math.inf  # what it saw is final
         self._left = True
         try:
-            await self._coordinator.release(
-                self.external_id, "completed" if completed else "failed"
-            )
+            # A lost lease is tried once: its expiry frees the key anyway.
+            ended_before = await self._release(outcome, retry=not lost) is None
         except (LeaseGone, UnknownLease) as error:
             self._end(error)
         except Exception as error:  # any failure: the lease is lost; its expiry frees the key
             if not lost:
                 raise
             logger.warning("releasing lost lease %s failed: %s", self.external_id, error)
-        if exc_type is None and not self._failed:
+        else:
+            if ended_before and time.monotonic() >= deadline:
+                # A retried release found the lease over, past the time it was believed
+                # held: it may have run out rather than been released by the lost attempt.
+                self._end(LeaseGone(self.external_id))
+        if finished:
             # The work finished, but not under a lease: someone must learn it did not count.
             self.check()
+
+    async def _release_quietly(self, outcome: str) -> None:
+        """Release as `outcome`, logging a failure: the caller is raising another error."""
+        try:
+            await self._release(outcome)
+        except Exception as error:  # noqa: BLE001 - the error that ended the block is the one raised; the key's expiry frees it
+            logger.warning("releasing lease %s failed: %r", self.external_id, error)
+
+    async def _release(self, outcome: str, *, retry: bool = True) -> BatchKey | None:
+        """Release as `outcome`; a server that predates `interrupted` is answered `failed`."""
+        try:
+            return await self._coordinator.release(self.external_id, outcome, retry=retry)
+        except InvalidField as error:
+            if outcome != "interrupted" or error.field != "outcome":
+                raise
+            logger.warning("the service does not know outcome interrupted: releasing failed")
+            return await self._coordinator.release(self.external_id, "failed", retry=retry)
 
     async def _save_last_checkpoint(self) -> None:
         """Before a release that keeps it, save the source's checkpoint one last time."""
         if self._checkpoint_source is None or self._checkpoint() is UNSET:
             return
         try:
-            await self._renew()
+            await self._renew(ride_outage=True)
         except Exception as error:  # noqa: BLE001 - the release follows whatever happens; the last renewal's checkpoint stays
             logger.warning("saving the checkpoint of lease %s failed: %r", self.external_id, error)
 
@@ -292,17 +373,23 @@ class AsyncLease:
             return False
         return True
 
-    async def _renew(self) -> None:
-        """One renewal, abandoned at the deadline: a reply after it could not save the lease."""
+    async def _renew(
+        self, checkpoint: str | Unset | None = UNSET, *, ride_outage: bool = False
+    ) -> None:
+        """A renewal (with the source's checkpoint unless given), abandoned at the deadline:
+        a reply after it could not save the lease. `ride_outage` retries transient failures
+        within it; else one request (the renewer retries on its own, sooner)."""
         length = self._length
         whole = int(length) if length.is_integer() and length >= 1 else None
         sent = time.monotonic()
         left = self._held_until - sent  # infinite on entering: then the client's own timeout
+        if isinstance(checkpoint, Unset):
+            checkpoint = self._checkpoint()
         async with asyncio.timeout(None if math.isinf(left) else max(0.0, left)):
             # Asking for the granted length, so the reply's expiry is known to be that length
             # from a moment after `sent` (None keeps the lease's own length, assumed the same).
             key = await self._coordinator.renew(
-                self.external_id, whole, checkpoint=self._checkpoint()
+                self.external_id, whole, checkpoint=checkpoint, retry=ride_outage
             )
         self._believe(sent, key)
 

@@ -179,8 +179,9 @@ class Coordinator:
         """Lift a key's quarantine and backoff and reset its attempts (admin)."""
         return self._run(self.async_client.retry_key(name, key))
 
-    def release(self, external_id: str, outcome: str = "completed") -> BatchKey:
-        """End a live lease as `completed` or `failed`."""
+    def release(self, external_id: str, outcome: str = "completed") -> BatchKey | None:
+        """End a live lease as `completed`, `failed` or `interrupted`; None when a retry found
+        it already ended (an earlier attempt, whose answer was lost, took effect)."""
         return self._run(self.async_client.release(external_id, outcome))
 
     def revoke(self, external_id: str) -> BatchKey:
@@ -229,14 +230,30 @@ class Coordinator:
 
 
 class HttpCoordinator(Coordinator):
-    """The blocking client over the HTTP API."""
+    """The blocking client over the HTTP API; `outage_budget_seconds` as AsyncCoordinator's."""
 
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = 10.0) -> None:
-        super().__init__(lambda: AsyncHttpCoordinator(base_url, token, timeout))
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        timeout: float = 10.0,
+        outage_budget_seconds: float | None = None,
+    ) -> None:
+        super().__init__(
+            lambda: AsyncHttpCoordinator(
+                base_url, token, timeout, outage_budget_seconds=outage_budget_seconds
+            )
+        )
 
 
 class RedisCoordinator(Coordinator):
     """The blocking client that runs the service's Lua scripts directly on Redis."""
 
-    def __init__(self, redis_url: str, prefix: str = "bpc") -> None:
-        super().__init__(lambda: AsyncRedisCoordinator(redis_url, prefix))
+    def __init__(
+        self, redis_url: str, prefix: str = "bpc", outage_budget_seconds: float | None = None
+    ) -> None:
+        super().__init__(
+            lambda: AsyncRedisCoordinator(
+                redis_url, prefix, outage_budget_seconds=outage_budget_seconds
+            )
+        )

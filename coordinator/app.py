@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypedDict
@@ -22,11 +23,13 @@ from coordinator.connection import RedisClient, connect
 from coordinator.errors import CoordinatorError, StoreUnavailable, UnknownLease
 from coordinator.eviction import EvictionGuard
 from coordinator.metrics import install as install_metrics
+from coordinator.models import BatchKey
 from coordinator.schemas import JSONResponse
 from coordinator.store import Limits, Store
 from coordinator.ui import dashboard
 
 API = "/api/v1"
+logger = logging.getLogger("coordinator")
 # The status logged for a request whose client left before its answer (nginx's convention).
 CLIENT_CLOSED_REQUEST = 499
 
@@ -180,11 +183,25 @@ async def grant_batch_key(request: Request) -> Response:
         # Nobody to answer: the wait is cancelled, its place in the queue given up.
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     logs.note(request, key=key.key, external_id=key.external_id)
+    if disconnect.has_left(request):
+        # The answer would be dropped unsent: the key goes back rather than held by nobody.
+        await _give_back(_store(request), key)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     # The key's own resource: the lease itself is renewed and released by its external_id.
     location = f"{API}/process/{quote(key.process_name)}/keys/{key.key}"
     # The same request_id again, while its lease lives: that lease, and nothing new made.
     status = 200 if key.replayed else 201
     return JSONResponse(key.to_json(), status, headers={"Location": location})
+
+
+async def _give_back(store: Store, key: BatchKey) -> None:
+    """Release a lease granted to a client that has gone: as it was, no attempt counted."""
+    assert key.external_id is not None  # a granted key is held
+    try:
+        await store.release(key.external_id, "interrupted")
+    except CoordinatorError as error:
+        logger.warning("lease %s of a client that left stays until it expires: %s",
+                       key.external_id, error)  # fmt: skip
 
 
 async def renew_batch_key(request: Request) -> Response:
@@ -350,12 +367,21 @@ UI_ROUTES = [
 ]
 
 
+def stop_waiting(app: Starlette) -> None:
+    """Answer every waiting grant and pass wait of `app` 503 now (with Retry-After, so clients
+    try another replica), and later ones at once: it is shutting down. uvicorn waits for every
+    open request before the lifespan ends, so this is called at the signal (`serve`)."""
+    store: Store | None = getattr(app.state, "store", None)
+    if store is not None:
+        store.waiters.stop_waiting()
+
+
 def create_app(settings: Settings | None = None, *, redis: RedisClient | None = None) -> Starlette:
     """The ASGI app. Pass `redis` to use an existing client; else one is made from settings."""
     settings = settings or Settings.from_env()
 
     @asynccontextmanager
-    async def lifespan(_app: Starlette) -> AsyncIterator[State]:
+    async def lifespan(running: Starlette) -> AsyncIterator[State]:
         client = redis
         if client is None:
             if settings.redis_url is None:
@@ -388,6 +414,7 @@ def create_app(settings: Settings | None = None, *, redis: RedisClient | None = 
                 max_waiters=settings.max_waiters,
             )
             store.on_reclaimed = metrics.expiries_reclaimed.inc
+            running.state.store = store  # for stop_waiting, which a signal calls
             yield {
                 "store": store,
                 "tokens": load_tokens(settings),

@@ -1,10 +1,15 @@
-"""Stop waiting for a client that has gone.
+"""Stop waiting for a client that has gone, and never hand a key to one.
 
 A grant with `wait_seconds` may wait up to a minute. If its client goes away meanwhile (Ctrl-C,
 its own timeout), nobody would receive the key the wait ends with: the next release would hand
 it to nobody until its lease expired, and a graceful shutdown would wait for it. So the wait
 runs beside a watch on the connection, and a disconnect cancels it (the waiter leaves its
-queue, see `waiters`).
+queue; a grant script then in flight runs to its end and its key is given back, see `waiters`).
+
+A grant that does not wait can still outlive its client (a slow Redis, a client's short
+timeout). uvicorn drops what an app sends to a client that has gone without a word (both its
+httptools and h11 protocols return from `send` once they saw the connection close), so the
+handler asks `has_left` before answering and gives the key back instead.
 """
 
 from __future__ import annotations
@@ -43,6 +48,24 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await task
     raise ClientGone
+
+
+def has_left(request: Request) -> bool:
+    """Whether the server has seen the client close its connection (the body read), now.
+
+    Takes `receive()` one step: the server answers it at once with the disconnect when the
+    connection is closed, and otherwise would wait, so the step is abandoned. Starlette's
+    `is_disconnected` asks the same through an anyio cancel scope, about 16 µs a call
+    against 1 µs: this runs on every grant.
+    """
+    step = request.receive().__await__()
+    try:
+        step.send(None)
+    except StopIteration as done:
+        message = done.value
+        return isinstance(message, dict) and message.get("type") == "http.disconnect"
+    step.close()  # it would have waited: nothing has happened on the connection
+    return False
 
 
 async def _disconnected(request: Request) -> None:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from coordinator.keys import KeySpace
     from coordinator.scripts import Scripts
     from coordinator.store import Limits
+    from coordinator.waiters import Waiters
 
 # A pass waiter blocks on the process's history in slices this long (inside socket timeouts).
 PASS_WAIT_SLICE_SECONDS = 0.5
@@ -41,6 +42,7 @@ class BatchRuns:
     scripts: Scripts
     limits: Limits
     _pass_readers: asyncio.Semaphore
+    waiters: Waiters
 
     async def process(self, name: str) -> Process:  # implemented by Store
         raise NotImplementedError
@@ -92,7 +94,10 @@ class BatchRuns:
             remaining = deadline - time.monotonic()
             if found.complete or not current or remaining <= 0:
                 return found
-            await self._await_history(name, after, min(remaining, PASS_WAIT_SLICE_SECONDS))
+            # A shutdown answers the wait at once (503) rather than at the slice's end.
+            await self.waiters.unless_stopping(
+                self._await_history(name, after, min(remaining, PASS_WAIT_SLICE_SECONDS))
+            )
 
     async def _read_pass(self, name: str, number: int) -> tuple[Pass, bool, str]:
         """(the pass, whether it is the current one, the history's last entry id)."""

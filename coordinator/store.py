@@ -9,18 +9,23 @@ turns replies into records (`coordinator.models`), and turns failures into the e
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from coordinator import lease_id, validation
 from coordinator.errors import (
+    CoordinatorError,
     ProcessExists,
+    StoreUnavailable,
     UnknownKey,
     UnknownLease,
     UnknownProcess,
 )
 from coordinator.keys import KeySpace
+from coordinator.lease_margin import over_on_arrival
 from coordinator.models import BatchKey, Event, Pass, Process, utc
 from coordinator.rows import batch_key_of, completed
 from coordinator.runs import PASS_READERS, BatchRuns
@@ -286,14 +291,29 @@ class Store(BatchRuns):
         k = self.keys.process(name)
 
         async def attempt() -> list[Any]:
+            sent = time.monotonic()
             with store_errors():
                 reply = await self.scripts.call(
                     "grant", k.of("grant"), [machine, lease_ms, self.limits.events_cap, holder, rid]
                 )
             raise_for_status(reply, process_name=name)
+            # A fresh lease whose answer came too late to be of use goes back, never out as a
+            # lease already over. (A replayed one started earlier, which this clock cannot see.)
+            if not reply[11] and over_on_arrival(int(reply[7]), sent):
+                with contextlib.suppress(CoordinatorError):  # else it ends with its lease
+                    await give_back(reply)
+                raise StoreUnavailable(
+                    f"Redis answered the grant {time.monotonic() - sent:.1f} s after it was sent,"
+                    f" too late for its {int(reply[7]) / 1000:g} s lease; it was given back:"
+                    " try again."
+                )
             return reply
 
-        reply = await self.waiters.grant(k.freed, attempt, wait_seconds)
+        async def give_back(reply: list[Any]) -> None:
+            """A lease granted for nobody goes back as it was: its place, no attempt counted."""
+            await self.release(lease_id.external_id(name, reply[2]), "interrupted")
+
+        reply = await self.waiters.grant(k.freed, attempt, wait_seconds, give_back)
         _, key, token, started, expires, last, _size, _lease_ms, reclaimed = reply[:9]
         attempts, checkpoint, replayed = reply[9:12]
         if reclaimed and self.on_reclaimed is not None:

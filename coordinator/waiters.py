@@ -12,19 +12,35 @@ the front of the queue. An expired lease pushes no signal (grants reclaim expire
 they go), so the queue also wakes its first waiter when the earliest lease is due to expire,
 and every waiter that gets a key wakes the next one too: that grant may have reclaimed more
 expired keys than it took.
+
+A pass that ends (PassComplete, AllQuarantined) ends every wait on it at once: the waiter that
+learns of it answers its whole queue alike and pushes a signal back on `freed`, so another
+replica's listener wakes its first waiter, which learns the same and passes it on in turn.
+
+A grant whose caller leaves (its task cancelled) while its script is in flight is not cut: the
+script runs to its end and what it granted is given back at once, rather than held, unclaimed,
+for the whole lease.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.asyncio.cluster import RedisCluster
 
-from coordinator.errors import NoFreeKey, StoreUnavailable
+from coordinator.errors import (
+    AllQuarantined,
+    CoordinatorError,
+    NoFreeKey,
+    PassComplete,
+    StoreUnavailable,
+)
 from coordinator.unavailable import store_errors
 
 if TYPE_CHECKING:
@@ -42,6 +58,10 @@ DEFAULT_MAX_WAITERS = 10_000
 SHUTTING_DOWN = "The coordinator is shutting down."
 
 T = TypeVar("T")
+# What a grant answers when its process has nothing left to give: every wait on it ends.
+PASS_ENDED = (PassComplete, AllQuarantined)
+
+logger = logging.getLogger("coordinator")
 
 
 class WaitQueue:
@@ -81,8 +101,15 @@ class WaitQueue:
         """Answer every waiter StoreUnavailable; `for_good`, also those who come back later."""
         if for_good:
             self._closed_for = detail
+        self.end(StoreUnavailable(detail))
+
+    def end(self, error: CoordinatorError) -> int:
+        """Answer every waiter waiting for its turn `error`; returns how many there were."""
+        ended = len(self._turns)
         while self._turns:
-            self._turns.popleft().set_exception(StoreUnavailable(detail))
+            # One instance each: every waiter raises its own, with its own traceback.
+            self._turns.popleft().set_exception(copy.copy(error))
+        return ended
 
     def close(self) -> None:
         """The last member left."""
@@ -138,47 +165,116 @@ class Waiters:
         self.waiting = 0
         self._queues: dict[str, WaitQueue] = {}
         self._listeners: set[asyncio.Task[None]] = set()
+        self._giving_back: set[asyncio.Task[None]] = set()
         self._blocking = 0
         self._closed = False
+        # Set when the replica stops waiting; made on first use, inside the running loop.
+        self._stopping: asyncio.Future[Any] | None = None
 
     async def grant(
-        self, freed: str, attempt: Callable[[], Awaitable[T]], wait_seconds: float
+        self,
+        freed: str,
+        attempt: Callable[[], Coroutine[Any, Any, T]],
+        wait_seconds: float,
+        give_back: Callable[[T], Awaitable[object]],
     ) -> T:
         """`attempt()` the grant; while it raises NoFreeKey, try again at each turn of this
-        waiter in the queue of `freed` (its process's list), until `wait_seconds` pass."""
+        waiter in the queue of `freed` (its process's list), until `wait_seconds` pass.
+
+        A waiting grant may be cancelled (its caller left) at any moment: an attempt then in
+        flight still runs to its end, and what it granted is handed to `give_back`.
+        """
+        if wait_seconds <= 0:
+            # Nobody cancels a grant that does not wait, so it needs no guard (and no task).
+            return await attempt()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_seconds
         try:
-            return await attempt()
+            return await self._whole(attempt, give_back)
         except NoFreeKey as busy:
-            if wait_seconds <= 0 or self.waiting >= self.max_waiters:
+            if self.waiting >= self.max_waiters:
                 raise
             retry_after_us = busy.retry_after_us
+        ended: CoordinatorError | None = None
         with self._joined(freed) as queue:
             front = False
             while True:
                 queue.expect_expiry(retry_after_us)
                 woken = await queue.turn(deadline, front=front)
                 try:
-                    granted = await attempt()
+                    granted = await self._whole(attempt, give_back)
                 except NoFreeKey as busy:
                     if not woken:
                         raise  # the wait is over
                     retry_after_us, front = busy.retry_after_us, True
                     continue
+                except PASS_ENDED as error:
+                    queue.end(error)  # the others here would only learn the same, one by one
+                    ended = error
+                    break
                 queue.wake_first()  # this grant may have reclaimed more than one expired key
                 return granted
+        # Outside the queue, so this replica's listener, once its queue is empty, stops rather
+        # than taking the signal meant for the waiters of other replicas.
+        await self._push(freed, ["pass-ended"])
+        raise ended
+
+    async def _whole(
+        self,
+        attempt: Callable[[], Coroutine[Any, Any, T]],
+        give_back: Callable[[T], Awaitable[object]],
+    ) -> T:
+        """`attempt()`, shielded: cancelled, the caller leaves at once while the script runs on
+        and what it granted goes to `give_back` (the reply would otherwise be dropped, and
+        the key held by nobody until its lease expired)."""
+        call = asyncio.ensure_future(attempt())
+        try:
+            return await asyncio.shield(call)
+        except asyncio.CancelledError:
+            returning = asyncio.ensure_future(_hand_back(call, give_back))
+            self._giving_back.add(returning)
+            returning.add_done_callback(self._giving_back.discard)
+            raise
 
     @property
     def listeners(self) -> int:
         """Listener tasks running: one per process with waiters here."""
         return len(self._listeners)
 
-    async def aclose(self) -> None:
-        """Stop every listener and answer every waiter 503: the replica is shutting down."""
+    def stop_waiting(self) -> None:
+        """Answer every waiting grant and pass wait StoreUnavailable now, and every later one
+        at once: the replica is shutting down. Grants already trying a key finish."""
         self._closed = True
         for queue in self._queues.values():
             queue.fail(SHUTTING_DOWN, for_good=True)
+        if self._stopping is not None and not self._stopping.done():
+            self._stopping.set_result(None)
+
+    async def unless_stopping(self, wait: Awaitable[T]) -> T:
+        """`wait`'s result, or StoreUnavailable (`wait` cancelled) once the replica stops
+        waiting (`stop_waiting`): for waits that are not grants, such as a pass's."""
+        work = asyncio.ensure_future(wait)
+        if self._closed:
+            work.cancel()
+            raise StoreUnavailable(SHUTTING_DOWN)
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait({work, self._stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await work
+        if not work.done() or work.cancelled():
+            raise StoreUnavailable(SHUTTING_DOWN)
+        return work.result()
+
+    async def aclose(self) -> None:
+        """Stop every listener and answer every waiter 503: the replica is shutting down.
+        Keys granted to callers who left are given back first."""
+        self.stop_waiting()
+        await asyncio.gather(*self._giving_back, return_exceptions=True)
         for listener in self._listeners:
             listener.cancel()
         await asyncio.gather(*self._listeners, return_exceptions=True)
@@ -229,13 +325,17 @@ class Waiters:
                 self._blocking -= 1
             del self._queues[queue.freed]
         if queue.banked:
-            # Signals no waiter here used may be for another replica's waiters: give them back
-            # (RPUSH, as the scripts push them: a worker's ACL user has no LPUSH).
-            with contextlib.suppress(StoreUnavailable), store_errors():
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.rpush(queue.freed, *queue.banked)
-                    pipe.pexpire(queue.freed, SIGNAL_TTL_MS)
-                    await pipe.execute()
+            # Signals no waiter here used may be for another replica's waiters: give them back.
+            await self._push(queue.freed, queue.banked)
+
+    async def _push(self, freed: str, signals: list[str]) -> None:
+        """Push wake-up signals on `freed` as the scripts do (RPUSH: a worker's ACL user has no
+        LPUSH), for another replica's listener; lost if Redis is away, as a release's are."""
+        with contextlib.suppress(StoreUnavailable), store_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.rpush(freed, *signals)
+                pipe.pexpire(freed, SIGNAL_TTL_MS)
+                await pipe.execute()
 
     async def _pop(self, freed: str, *, block: bool) -> str | None:
         """Take one signal off `freed`: blocking for a slice, or polling once."""
@@ -249,6 +349,18 @@ class Waiters:
             await asyncio.sleep(POLL_SECONDS)
             return None
         return str(freed_key)
+
+
+async def _hand_back(call: asyncio.Future[T], give_back: Callable[[T], Awaitable[object]]) -> None:
+    """Wait for a grant whose caller left, and give back what it granted."""
+    try:
+        granted = await call
+    except CoordinatorError:
+        return  # it took nothing
+    try:
+        await give_back(granted)
+    except CoordinatorError as error:
+        logger.warning("a key granted to a caller who left stays held until it expires: %s", error)
 
 
 def _pool_size(redis: RedisClient) -> int:

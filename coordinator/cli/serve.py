@@ -11,7 +11,9 @@ import logging
 import os
 import signal
 import socket
+import threading
 from collections.abc import Iterator
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from coordinator.auth import load_tokens
@@ -131,12 +133,44 @@ def settle_gc() -> None:
     gc.set_threshold(GC_THRESHOLD, 10, 10)
 
 
+# How long requests still in flight at SIGTERM may run before uvicorn cancels them (a script
+# call ends within COORDINATOR_REDIS_TIMEOUT_SECONDS anyway; this bounds long listings). With
+# the lifespan's end after it, a stop takes at most SHUTDOWN_BOUND_SECONDS (README "Stopping").
+GRACEFUL_SHUTDOWN_SECONDS = 5
+SHUTDOWN_BOUND_SECONDS = 10
+
+
 def worker_app() -> Starlette:
     """The app of one `serve --workers N` process (uvicorn calls this factory in each)."""
     from coordinator.app import create_app  # noqa: PLC0415
 
     app = create_app()
     settle_gc()
+    return stop_waiting_at_signals(app)
+
+
+def stop_waiting_at_signals(app: Starlette) -> Starlette:
+    """Have SIGTERM and SIGINT answer `app`'s waiting grants and pass waits at once, before
+    uvicorn's own handling (stop accepting, wait for open requests, then the lifespan's end).
+
+    Called as uvicorn loads the app, which is after it installed its signal handlers and inside
+    its loop, so this chains onto them (and uvicorn's restoring its predecessors drops it).
+    """
+    from coordinator.app import stop_waiting  # noqa: PLC0415
+
+    if threading.current_thread() is not threading.main_thread():
+        return app  # uvicorn run in a thread handles no signals either
+    loop = asyncio.get_running_loop()
+    for stopping in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(stopping)
+
+        def chained(signum: int, frame: FrameType | None, previous: object = previous) -> None:
+            # A signal handler may run in the middle of the loop's own code: hand over.
+            loop.call_soon_threadsafe(stop_waiting, app)
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(stopping, chained)
     return app
 
 
@@ -165,12 +199,14 @@ def _run_uvicorn(address: listen.Address, workers: int, settings: Settings) -> N
         settle_gc()
 
         uvicorn.run(
-            app,
+            lambda: stop_waiting_at_signals(app),  # a factory: called once the handlers are in
+            factory=True,
             host=address.host,
             port=address.port,
             log_level=settings.log_level,
             access_log=False,  # coordinator.logs writes one JSON line per request
             proxy_headers=True,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         )
         return
     # Worker processes import the factory and read the URL from the environment.
@@ -188,6 +224,7 @@ def _run_uvicorn(address: listen.Address, workers: int, settings: Settings) -> N
             log_level=settings.log_level,
             access_log=False,  # coordinator.logs writes one JSON line per request
             proxy_headers=True,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         )
         sock = listening_socket(config)
         Multiprocess(config, sockets=[sock]).run()

@@ -45,7 +45,10 @@ def _as(token: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    "authorization", [None, "Bearer", "Bearer wrong-token", f"Basic {ADMIN}", ADMIN]
+    "authorization",
+    [None, "Bearer", "Bearer wrong-token", f"Basic {ADMIN}", ADMIN],
+    # Named, not shown: the tokens are new each run, and parallel runs must collect alike.
+    ids=["none", "bearer-alone", "wrong-token", "basic-scheme", "no-scheme"],
 )
 async def test_no_valid_token_is_401(guarded: httpx.AsyncClient, authorization) -> None:
     headers = {} if authorization is None else {"Authorization": authorization}

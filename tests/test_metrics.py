@@ -308,7 +308,12 @@ def _guarded(redis: Redis, prefix: str) -> Starlette:
     return create_app(Settings(key_prefix=prefix, tokens=tokens), redis=redis)
 
 
-@pytest.mark.parametrize("authorization", [None, "Bearer wrong-token", f"Basic {WORKER}"])
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "Bearer wrong-token", f"Basic {WORKER}"],
+    # Named, not shown: the token is new each run, and parallel runs must collect alike.
+    ids=["none", "wrong-token", "basic-scheme"],
+)
 async def test_outside_clients_need_a_valid_token(
     redis: Redis, prefix: str, authorization: str | None
 ) -> None:

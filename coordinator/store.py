@@ -311,6 +311,8 @@ class Store(BatchRuns):
 
         async def give_back(reply: list[Any]) -> None:
             """A lease granted for nobody goes back as it was: its place, no attempt counted."""
+            # Its name is known, so the release makes no lookup first: it must land in time.
+            self._names.setdefault(lease_id.process_id(name), name)
             await self.release(lease_id.external_id(name, reply[2]), "interrupted")
 
         reply = await self.waiters.grant(k.freed, attempt, wait_seconds, give_back)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,10 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from redis.asyncio import Redis
 
 from coordinator.embedded import free_port
-from coordinator.store import Store
 
 
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
@@ -205,44 +201,3 @@ def test_valkey_does_not_outlive_a_killed_service(tmp_path: Path) -> None:
         assert time.monotonic() < deadline, "the embedded Valkey outlived its service"
         time.sleep(0.05)
     probe.close()
-
-
-def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
-    with serving(_env(tmp_path / "data")) as served:
-        base = served.base
-        httpx.post(f"{base}/api/v1/process", json={"process_name": "busy", "key_set_size": 1})
-        held = httpx.post(
-            f"{base}/api/v1/process/batch_keys", json={"process_name": "busy", "machine": "a"}
-        ).json()
-        direct = redis.Redis.from_url(_redis_url(served.log), decode_responses=True)
-        answers: list[httpx.Response] = []
-        waiter = threading.Thread(
-            target=lambda: answers.append(
-                httpx.post(
-                    f"{base}/api/v1/process/batch_keys",
-                    json={"process_name": "busy", "machine": "b", "wait_seconds": 10},
-                    timeout=20,
-                )
-            )
-        )
-        waiter.start()
-        deadline = time.monotonic() + 5
-        while not any(c.get("cmd") == "blpop" for c in direct.client_list()):
-            assert time.monotonic() < deadline, "the request never started waiting"
-            time.sleep(0.01)
-        served.process.send_signal(signal.SIGTERM)
-        time.sleep(0.3)  # the server is now shutting down, with the request in flight
-        assert served.process.poll() is None
-
-        # Release the key behind the API's back, as another replica would.
-        async def release() -> None:
-            async with Redis.from_url(_redis_url(served.log), decode_responses=True) as client:
-                await Store(client).release(held["external_id"])
-
-        asyncio.run(release())
-        waiter.join(15)
-        direct.close()
-        assert answers
-        assert answers[0].status_code == 201
-        assert answers[0].json()["machine"] == "b"
-        assert served.process.wait(15) == 0

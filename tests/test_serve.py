@@ -37,9 +37,9 @@ class Served:
 
 
 @contextmanager
-def serving(env: dict[str, str], *args: str) -> Iterator[Served]:
-    """Run `coordinator serve` until the block ends (then SIGTERM)."""
-    port = free_port()
+def serving(env: dict[str, str], *args: str, port: int | None = None) -> Iterator[Served]:
+    """Run `coordinator serve` until the block ends (then SIGTERM), on `port` or a free one."""
+    port = port or free_port()
     log = Path(env["COORDINATOR_DATA_DIR"]).parent / f"serve-{port}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(

@@ -72,3 +72,11 @@ async def test_a_pass_that_ends_answers_every_waiter_on_every_replica_at_once(
         latest = max(at for _, at in answered) - ended_at
         print(f"\n{WAITERS} waiters on 2 replicas answered {code} within {latest:.3f} s")
         assert sum(r.store.waiters.waiting for r in served) == 0
+        # No ping-pong: with no waiter left, every listener stops, and the signals pushed
+        # back (at most one per waiter that learned of the end; here about one per replica)
+        # wait on the list to expire.
+        await until(lambda: sum(r.store.waiters.listeners for r in served) == 0, 5)
+        freed = first.store.keys.process("p").freed
+        left = await first.store.redis.llen(freed)
+        print(f"{left} signal(s) left on the list")
+        assert left <= WAITERS

@@ -6,11 +6,13 @@ from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from coordinator.config import REDIS_URL_SCHEMES, ConfigError, Settings
+from coordinator.pipeline import peer_closed
 
 MEMORY_URL = "memory://"
 
@@ -51,7 +53,7 @@ def connect(url: str, settings: Settings) -> RedisClient:
         raise ConfigError(f"a Redis URL must start with one of {REDIS_URL_SCHEMES}, not {url!r}")
     # A blocking pool: when every connection is busy (waiting grants hold one each), a
     # request queues for one instead of failing.
-    pool = BlockingConnectionPool.from_url(
+    pool = _Pool.from_url(
         url,
         decode_responses=True,
         socket_timeout=settings.redis_timeout_seconds,
@@ -61,6 +63,20 @@ def connect(url: str, settings: Settings) -> RedisClient:
         health_check_interval=30,
     )
     return Redis.from_pool(pool)  # the client owns the pool and closes it
+
+
+class _Pool(BlockingConnectionPool):
+    """redis-py's blocking pool, which also replaces a connection reset while it sat idle.
+
+    redis-py checks a pooled connection for unread data or an EOF, not for a reset (RST sets
+    the stream's error, not its EOF), and hands the dead connection out: its command then
+    fails (503) though Valkey is fine. A middlebox that drops idle flows does that to them all.
+    """
+
+    async def ensure_connection(self, connection: AbstractConnection) -> None:
+        if connection.is_connected and peer_closed(connection):
+            await connection.disconnect(nowait=True)  # connected again just below
+        await super().ensure_connection(connection)
 
 
 class _Sentinels(Sentinel):

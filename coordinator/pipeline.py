@@ -14,10 +14,15 @@ The connection is redis-py's (so AUTH, SELECT, TLS and Sentinel discovery are it
 its own `read_response`: error replies raise redis-py's exceptions. When the oldest call in
 flight has waited longer than the client's socket timeout, the connection is dropped and its
 calls raise redis-py's TimeoutError (one timer for the connection, not a timeout per reply);
-every call in flight on a connection that fails raises ConnectionError (the store answers 503
-either way); the next call takes a new connection. Closing the client closes this
-connection with the rest of its pool. A cluster and fakeredis keep redis-py's
-one-call-per-connection path (`for_client`).
+every call in flight on a connection that fails, however it fails (uvloop's RuntimeError on
+a closed transport, an OSError, a malformed reply), raises ConnectionError (the store answers
+503 either way); the next call takes a new connection. A dropped connection is aborted, not
+closed gracefully (a graceful close waits to flush buffers a stalled peer never drains), and
+always goes back to the pool. A connection the peer closed while idle (a middlebox's reset)
+is seen before the next write and replaced, and a batch whose write provably never left
+(the transport refused it) is sent again on a new connection once: an idle reset costs no
+call. Closing the client closes this connection with the rest of its pool. A cluster and
+fakeredis keep redis-py's one-call-per-connection path (`for_client`).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Arg = str | int
@@ -55,6 +60,36 @@ def _bulks(args: tuple[Arg, ...] | list[Arg]) -> bytes:
 # same on every call, so only the arguments are packed each time. Bounded: cleared when full.
 _HEADS: dict[tuple[str, tuple[str, ...]], bytes] = {}
 _HEADS_MAX = 10_000
+
+
+def _stream(connection: AbstractConnection) -> asyncio.StreamWriter:
+    """The connection's socket stream, written directly: redis-py's send_packed_command
+    runs each write in a task of its own (wait_for) and raises uvloop's RuntimeError raw."""
+    stream = connection._writer  # private in redis-py: see above
+    if stream is None:
+        raise _lost("the connection is not open")
+    return stream
+
+
+def peer_closed(connection: AbstractConnection) -> bool:
+    """Whether the peer has closed or reset `connection` (or it is not open); the loop reads
+    every socket all the time, so a reset that came while it was idle is already seen."""
+    reader, writer = connection._reader, connection._writer  # redis-py has no public check
+    return reader is None or writer is None or writer.transport.is_closing() or reader.at_eof()
+
+
+def _lost(why: str) -> RedisConnectionError:
+    return RedisConnectionError(f"Redis connection lost: {why}")
+
+
+def _unavailable(error: Exception) -> Exception:
+    """`error` as the calls it fails see it: redis-py's own errors as they are, anything else
+    the transport raised (RuntimeError, OSError, ...) as ConnectionError, so it answers 503."""
+    if isinstance(error, RedisError):
+        return error
+    lost = _lost(f"{type(error).__name__}: {error}")
+    lost.__cause__ = error
+    return lost
 
 
 class AutoPipeline:
@@ -109,17 +144,37 @@ class AutoPipeline:
     async def _write(self) -> None:
         """Write what is queued, in one write per turn, until nothing is."""
         try:
+            resent = False  # whether this batch was already sent again once
             while self._buffer:
                 buffer, futures = self._buffer, self._queued
                 self._buffer, self._queued = [], []
                 connection = self._connection
                 try:
+                    if connection is not None and peer_closed(connection):
+                        # Reset or closed by the peer since the last write: its calls in
+                        # flight have lost their replies; this batch takes a new connection.
+                        await self._drop(connection, _lost("the peer closed the connection"))
                     connection = await self._connected()
+                    stream = _stream(connection)
+                    stream.write(b"".join(buffer))
+                    if peer_closed(connection) and not resent:
+                        # The transport closed as it tried to send: none of these bytes left,
+                        # so sending them again on a new connection cannot run a call twice.
+                        resent = True
+                        await self._drop(connection, _lost("the connection closed on write"))
+                        self._buffer, self._queued = buffer + self._buffer, futures + self._queued
+                        continue
+                    resent = False
                     sent = time.monotonic()
                     self._waiting.extend((future, sent) for future in futures)
-                    await connection.send_packed_command(b"".join(buffer), check_health=False)
+                    if self._timeout is not None and self._watchdog is None:
+                        # Armed before draining: a write that never drains is timed too.
+                        self._watchdog = asyncio.get_running_loop().call_later(
+                            self._timeout, self._check, connection
+                        )
+                    await stream.drain()
                 except Exception as error:  # noqa: BLE001 - handed to every call it concerns
-                    await self._drop(connection, error, futures)
+                    await self._drop(connection, _unavailable(error), futures)
                     continue
                 except BaseException:
                     interrupted = RedisConnectionError("a pipelined write was interrupted")
@@ -127,10 +182,6 @@ class AutoPipeline:
                     raise
                 if self._reader is None:
                     self._reader = asyncio.create_task(self._read())
-                if self._timeout is not None and self._watchdog is None:
-                    self._watchdog = asyncio.get_running_loop().call_later(
-                        self._timeout, self._check, connection
-                    )
         finally:
             self._writer = None
 
@@ -145,7 +196,7 @@ class AutoPipeline:
                 except ResponseError as error:  # an error reply: the call's, not the stream's
                     reply = error
                 except Exception as error:  # noqa: BLE001 - handed to every call in flight
-                    await self._drop(connection, error)
+                    await self._drop(connection, _unavailable(error))
                     continue
                 except BaseException:
                     await self._drop(connection, RedisConnectionError("a read was interrupted"))
@@ -200,8 +251,17 @@ class AutoPipeline:
             if not future.done():
                 future.set_exception(error)
         if current and connection is not None:
-            await connection.disconnect()
-            await self._pool.release(connection)
+            try:
+                # Aborted, not closed: a graceful close waits to flush what a stalled peer
+                # will never read, and used to time out here and lose the pool its slot.
+                stream = connection._writer  # redis-py exposes no abort
+                if stream is not None:
+                    stream.transport.abort()
+                await connection.disconnect(nowait=True)
+            except Exception:  # noqa: BLE001, S110 - a close that fails still frees the slot
+                pass
+            finally:
+                await self._pool.release(connection)
 
     async def aclose(self) -> None:
         """Give the connection back to the pool; calls still in flight raise ConnectionError."""

@@ -102,8 +102,8 @@ def replicas(redis_url: str, log_dir: Path) -> Iterator[tuple[Replica, Replica]]
 
 
 def _worker(base: str, name: str, number: int, log: Path) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "coordinator.cli", "run", "--loop", "--url", base,
-            "--machine", f"worker-{number}", name, "--wait", "5", "--", "sh", "-c", COMMAND]  # fmt: skip
+    argv = [sys.executable, "-m", "coordinator.cli", "run", "--loop", "--url", base, "--machine",
+            f"worker-{number}", name, "--wait", "5", "--", "sh", "-c", COMMAND]  # fmt: skip
     # A file, not a pipe: sixteen workers' lines must never fill a pipe nobody reads yet.
     with log.open("wb") as err:
         return subprocess.Popen(argv, env=_clean_env(), stdout=subprocess.DEVNULL, stderr=err)

@@ -105,6 +105,7 @@ class Retrying:
         if left <= 0:
             raise OutageTooLong(self._log.where, self._log.budget, error) from error
         delay = min(backoff_seconds(self._retries), left)
+        logger.debug("retrying in %.2f s after %r", delay, error)
         self._retries += 1
         await asyncio.sleep(delay)
 

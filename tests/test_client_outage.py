@@ -1,0 +1,281 @@
+"""The clients ride out outages: a restarted API, a restarted Valkey, lost answers, a budget."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from coordinator.client import (
+    AsyncHttpCoordinator,
+    AsyncRedisCoordinator,
+    HttpCoordinator,
+    OutageTooLong,
+    ServiceUnreachable,
+    StoreUnavailable,
+)
+from coordinator.client.outage import BACKOFF_CAP_SECONDS, backoff_seconds, outage_budget
+from coordinator.embedded import EmbeddedValkey, free_port
+from tests.test_lease_interrupted import start_and_keep
+from tests.test_serve import _env
+
+PREFIX = f"outage{uuid.uuid4().hex[:8]}"
+# Stopped this long, plus the ~1.5 s `serve` takes to start: a deploy of about 3 s.
+OUTAGE_SECONDS = 1.5
+
+
+def _name() -> str:
+    return f"job-{uuid.uuid4().hex[:10]}"
+
+
+class RestartableApi:
+    """`coordinator serve` on one fixed port, stopped and started again as a deploy does."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self._env, self._log = env, log
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self._log.open("ab") as out:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "coordinator.cli", "serve", "--port", str(self.port)],
+                env=self._env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while True:
+            assert self._process.poll() is None, self._log.read_text()
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200:
+                    return
+            assert time.monotonic() < deadline, "coordinator serve did not become ready"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            self._process.wait(30)
+
+    def start_after(self, seconds: float) -> threading.Thread:
+        """Start again `seconds` from now, on a thread: the outage the caller rides."""
+
+        def later() -> None:
+            time.sleep(seconds)
+            self.start()
+
+        thread = threading.Thread(target=later, name="restart-api")
+        thread.start()
+        return thread
+
+
+@pytest.fixture(scope="module")
+def api(
+    valkey: EmbeddedValkey, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RestartableApi]:
+    data = tmp_path_factory.mktemp("outage") / "data"
+    env = _env(data, COORDINATOR_REDIS_URL=valkey.url, COORDINATOR_KEY_PREFIX=PREFIX)
+    served = RestartableApi(env, data.parent / "serve.log")
+    served.start()
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+def _outage_lines(caplog: pytest.LogCaptureFixture) -> tuple[int, int]:
+    """How many outages the client logged as begun, and as over."""
+    messages = [r.getMessage() for r in caplog.records if r.name == "coordinator.client"]
+    return (
+        sum("unreachable, retrying for up to" in m for m in messages),
+        sum("answers again" in m for m in messages),
+    )
+
+
+def test_a_worker_cycle_rides_out_api_restarts(
+    api: RestartableApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Acquire, renew and a lease's release each sent while the API is down for a deploy."""
+    caplog.set_level(logging.INFO, logger="coordinator.client")
+    name = _name()
+    with HttpCoordinator(api.base, timeout=5) as coordinator:
+        coordinator.register(name, 2, lease_seconds=60)
+
+        api.stop()
+        restart = api.start_after(OUTAGE_SECONDS)
+        began = time.monotonic()
+        key = coordinator.acquire(name, "m")  # sent while down: answered once it is back
+        restart.join()
+        assert time.monotonic() - began >= OUTAGE_SECONDS
+        assert key.key == 0
+
+        api.stop()
+        restart = api.start_after(OUTAGE_SECONDS)
+        renewed = coordinator.renew(key.external_id or "", lease_seconds=120)
+        restart.join()
+        assert renewed.expires_at is not None
+        assert key.expires_at is not None
+        assert renewed.expires_at > key.expires_at
+        coordinator.release(key.external_id or "")
+
+        with coordinator.lease(name, "m") as lease:
+            api.stop()
+            restart = api.start_after(OUTAGE_SECONDS)
+        # The block's release was sent to a stopped API; it is done once the API is back.
+        restart.join()
+        assert not any(k.held for k in coordinator.keys(name))
+        assert coordinator.key(name, lease.key).last_completed_at is not None
+    # One line when each outage began and one when it ended, not one per attempt.
+    assert _outage_lines(caplog) == (3, 3)
+
+
+class LosingProxy:
+    """A TCP proxy to `upstream` that, while `losing`, forwards every request but drops the
+    connection instead of passing its answer on: the call ran, its answer never arrived."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.losing = True
+        self.lost = 0
+        self._server: asyncio.Server | None = None
+
+    @property
+    def base(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def __aenter__(self) -> LosingProxy:
+        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+
+        async def pipe(
+            source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, answers: bool
+        ) -> None:
+            while data := await source.read(65536):
+                if answers and self.losing:
+                    self.lost += 1
+                    writer.close()  # the client sees its connection end with no answer
+                    up_writer.close()
+                    return
+                sink.write(data)
+                await sink.drain()
+
+        try:
+            await asyncio.gather(
+                pipe(reader, up_writer, answers=False), pipe(up_reader, writer, answers=True)
+            )
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            for w in (writer, up_writer):
+                w.close()
+
+
+@pytest.mark.anyio
+async def test_a_grant_whose_answers_are_lost_takes_one_key(api: RestartableApi) -> None:
+    """Answers lost for longer than a few quick retries: the grant is sent again with its
+    request_id until one arrives, and the server answers the lease it already granted."""
+    name = _name()
+    async with AsyncHttpCoordinator(api.base) as admin:
+        await admin.register(name, 3)
+        async with LosingProxy(api.port) as proxy, AsyncHttpCoordinator(proxy.base) as client:
+            grant = asyncio.create_task(client.acquire(name, "m"))
+            deadline = time.monotonic() + 10
+            while proxy.lost < 4 or time.monotonic() < deadline - 8:  # 4 lost, for 2 s at least
+                assert not grant.done(), grant
+                assert time.monotonic() < deadline, "the grant was not sent again"
+                await asyncio.sleep(0.05)
+            proxy.losing = False
+            key = await grant
+        assert key.replayed  # the answer to an earlier attempt's lease, not a new grant
+        held = [k for k in await admin.keys(name) if k.held]
+        assert [(k.key, k.external_id) for k in held] == [(key.key, key.external_id)]
+
+
+@pytest.mark.anyio
+async def test_the_outage_budget_ends_retrying_with_outage_too_long() -> None:
+    """No server at all: retried for about the budget, then one clear error."""
+    base = f"http://127.0.0.1:{free_port()}"
+    async with AsyncHttpCoordinator(base, outage_budget_seconds=1) as client:
+        began = time.monotonic()
+        with pytest.raises(OutageTooLong) as caught:
+            await client.acquire(_name(), "m")
+        took = time.monotonic() - began
+    assert 1 <= took < 1 + BACKOFF_CAP_SECONDS  # not at once, and not for ever
+    assert isinstance(caught.value, StoreUnavailable)  # `except StoreUnavailable` still holds
+    assert isinstance(caught.value.last_error, ServiceUnreachable)
+    assert caught.value.code == "outage_too_long"
+    message = str(caught.value)
+    assert f"the service at {base} stayed unreachable for 1 s (the outage budget" in message
+    assert "COORDINATOR_OUTAGE_BUDGET_SECONDS" in message
+
+
+def test_the_budget_comes_from_the_argument_the_environment_or_the_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("COORDINATOR_OUTAGE_BUDGET_SECONDS", raising=False)
+    assert outage_budget() == 300
+    monkeypatch.setenv("COORDINATOR_OUTAGE_BUDGET_SECONDS", "42.5")
+    assert outage_budget() == 42.5
+    assert outage_budget(7) == 7
+    assert all(0 <= backoff_seconds(n) <= BACKOFF_CAP_SECONDS for n in range(100))
+
+
+@pytest.fixture
+async def own_valkey(tmp_path: Path) -> AsyncIterator[EmbeddedValkey]:
+    """A Valkey of this test's own, so stopping it stops nobody else."""
+    server = EmbeddedValkey(tmp_path / "valkey", appendfsync="always")
+    with server:
+        yield server
+
+
+@pytest.mark.anyio
+async def test_a_direct_worker_rides_out_a_valkey_restart(own_valkey: EmbeddedValkey) -> None:
+    name = _name()
+    async with AsyncRedisCoordinator(own_valkey.url, prefix=PREFIX) as client:
+        await client.register(name, 2, lease_seconds=60)
+
+        done = threading.Event()  # the restarting threads live until the test ends
+        keepers: list[threading.Thread] = []
+
+        def restart_in(seconds: float) -> None:
+            own_valkey.stop()
+            keepers.append(
+                threading.Thread(target=start_and_keep, args=(own_valkey, seconds, done))
+            )
+            keepers[-1].start()
+
+        try:
+            restart_in(1.0)
+            key = await client.acquire(name, "m")  # sent while Valkey is down
+            assert key.key == 0
+            async with client.lease(name, "m") as lease:
+                restart_in(1.0)  # the block's release is sent while Valkey is down
+            released = await client.key(name, lease.key)
+            assert not released.held
+            assert released.last_completed_at is not None
+        finally:
+            done.set()
+            for keeper in keepers:
+                keeper.join()

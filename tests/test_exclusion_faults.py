@@ -87,7 +87,7 @@ async def test_every_fault_keeps_exclusion_and_heals(
             (tmp_path / f"replica{n}").mkdir()
             bases.append(stack.enter_context(serving(env)).base)
         clients = [httpx.AsyncClient(base_url=b, timeout=30) for b in bases]
-        report, leases = Report(), []
+        report, leases = Report(), list[Lease]()
         names = ["faults-0", "faults-1"]
         try:
             for name in [*names, "probe"]:

@@ -22,6 +22,7 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
         "keyinfo",
         "parked",
         "passes",
+        "ended",
     ),
     "renew": ("free", "held", "leases", "tokens", "fence", "freed", "events", "keyinfo", "meta"),
     "release": (
@@ -36,6 +37,7 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
         "keyinfo",
         "parked",
         "passes",
+        "ended",
     ),
     "inspect": ("meta", "free", "leases", "keyinfo", "parked"),
     "unregister": (
@@ -49,6 +51,7 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
         "keyinfo",
         "parked",
         "passes",
+        "ended",
     ),
     "start_pass": ("meta", "free", "keyinfo", "parked", "passes", "events"),
     "retry_key": ("meta", "free", "keyinfo", "parked", "events"),
@@ -70,6 +73,8 @@ class ProcessKeys:
     keyinfo: str
     parked: str
     passes: str
+    ended: str
+    """Request ids of ended leases -> when to forget them (a late duplicate grant's 410)."""
 
     def of(self, script: str) -> list[str]:
         """The KEYS of `script` for this process, in the script's order."""
@@ -97,6 +102,7 @@ class KeySpace:
             keyinfo=base + "keyinfo",
             parked=base + "parked",
             passes=base + "passes",
+            ended=base + "ended",
         )
 
     @property

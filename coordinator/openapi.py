@@ -197,7 +197,9 @@ _SCHEMAS: dict[str, Schema] = {
                 "minLength": 1,
                 "maxLength": validation.REQUEST_ID_MAX,
                 "description": "While the lease granted for this id is live, the same request"
-                " answers 200 with that lease instead of granting another.",
+                " answers 200 with that lease instead of granting another; once that lease has"
+                " ended (released, expired or revoked) it answers 410 lease_gone naming it, for"
+                " at least the lease's length, and grants nothing.",
             },
         },
     },
@@ -346,6 +348,7 @@ def _document() -> dict[str, Any]:
                             "no_free_key",
                             "pass_complete",
                             "all_quarantined",
+                            "lease_gone",
                             *_BODY_PROBLEMS,
                         ),
                     },

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from coordinator import lease_id
 from coordinator.errors import (
     AllQuarantined,
     CoordinatorError,
@@ -165,6 +166,16 @@ def raise_for_status(
     code = reply[0]
     if code == Status.OK:
         return
+    if code == Status.LEASE_GONE and len(reply) > 1 and process_name:
+        # A grant's reply names the ended lease its request_id was granted (grant.lua).
+        external_id = lease_id.external_id(process_name, int(reply[1]))
+    raise _error(code, reply, process_name, external_id, key)
+
+
+def _error(
+    code: object, reply: list[Any], process_name: str, external_id: str, key: int
+) -> CoordinatorError:
+    """The exception of one status code other than OK."""
     error: CoordinatorError
     if code == Status.UNKNOWN_PROCESS:
         error = UnknownProcess(process_name)
@@ -188,4 +199,4 @@ def raise_for_status(
         error = InvalidField(str(reply[1]), "was refused by the script as malformed")
     else:
         error = UnexpectedReply(f"unknown script status {code!r}")
-    raise error
+    return error

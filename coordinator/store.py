@@ -273,7 +273,9 @@ class Store(BatchRuns):
         """Lease the free key whose work is stalest.
 
         While a lease granted with the same `request_id` is live, that lease is answered
-        again (`replayed`), so a grant whose answer was lost can be sent again safely.
+        again (`replayed`), so a grant whose answer was lost can be sent again safely; once
+        that lease has ended, LeaseGone (naming it) is raised, for at least the lease's length,
+        and no key is taken.
 
         `holder` (hex digits: the API passes its caller's token id) is the only one, besides a
         caller passing none, who may then renew or release the lease.

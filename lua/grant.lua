@@ -13,13 +13,16 @@
 --                        parked key, c:<key> checkpoint, r:<request_id> token, t:<token> request_id
 -- KEYS[9] parked  zset   (optional) keys in backoff -> retry_at_us; quarantined keys -> +inf
 -- KEYS[10] passes hash   (optional) pass number -> "started_us|completed_us|done|quarantined"
+-- KEYS[11] ended  zset   (optional) request id of an ended lease -> forget_at_us: until then
+--                        its r:<request_id> entry stays, naming the ended lease's token
 -- ARGV[1] machine   any string of 1 to 1024 bytes, stored as given
 -- ARGV[2] lease_ms  lease length in milliseconds, 0 to 86400000; 0 takes the process's default
 -- ARGV[3] events_cap  (optional, default 10000) entries the stream keeps, 1 to 10000000
 -- ARGV[4] holder    (optional, default '') who may renew and release the lease: up to 64 hex
 --                   digits (the API passes its token's id); '' for trusted direct workers
 -- ARGV[5] request_id  (optional, default '') 1 to 512 bytes: while a lease granted with it is
---                   live, the same lease is answered again (element 12 is then 1)
+--                   live, the same lease is answered again (element 12 is then 1); once it
+--                   has ended, its end is answered ({5, token}) for at least the lease's length
 --
 -- Returns {0, key, token, started_us, expires_us, last, size, lease_ms, reclaimed, attempts,
 --             checkpoint, existing}  granted; reclaimed = expired leases this call ended;
@@ -28,6 +31,8 @@
 --         {1}                 no such process
 --         {3, retry_after_us} no key grantable now; microseconds until the earliest lease
 --                             expiry or backoff end
+--         {5, token}          the lease granted earlier to this request_id has ended (released,
+--                             expired or revoked); nothing granted
 --         {6, argument}       an argument is missing, malformed or out of range; nothing changed
 --         {8}                 a `once` process whose current pass is complete
 --         {9}                 nothing grantable, held or in backoff: every other key quarantined
@@ -42,15 +47,19 @@
 -- strictly increase on one server, and after a failover that lost the newest grants
 -- (replication is asynchronous) the promoted replica still hands out tokens above every token
 -- the old primary gave, unless its clock is behind by more than the failover took.
--- Cost: O(log size) plus at most RECLAIM_LIMIT expired leases and backoffs ended.
+-- Cost: O(log size) plus at most RECLAIM_LIMIT expired leases and backoffs ended and
+-- FORGET_LIMIT ended request ids forgotten.
 local meta, free, held, leases, tokens, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local events, keyinfo, parked, passes = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local events, keyinfo, parked, passes, ended = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local machine = ARGV[1]
 local lease_ms = tonumber(ARGV[2])
 local events_cap = tonumber(ARGV[3] or '10000')
 local holder = ARGV[4] or ''
 local request_id = ARGV[5] or ''
 local RECLAIM_LIMIT = 16
+-- Each lease ends once and each grant forgets up to this many ended request ids, so the
+-- remembered ones never pile up behind the grants that made them.
+local FORGET_LIMIT = 4
 local TOKEN_EPOCH_US = 1767225600000000
 -- The bounds of coordinator/validation.py, for callers that skip it (tests tie the two).
 local LEASE_MS_MAX = 86400000
@@ -165,18 +174,36 @@ local function park(key, last, at_us)
   return attempts, 'free', 0
 end
 
--- Forgets the request id a lease was granted for, so it grants anew.
-local function forget_request(token)
-  if keyinfo then
-    local rid = redis.call('HGET', keyinfo, 't:' .. token)
-    if rid then
-      redis.call('HDEL', keyinfo, 't:' .. token, 'r:' .. rid)
-    end
+-- Ends the request id a lease was granted for. With `ended`, it is remembered (its r: entry
+-- kept, pointing at the ended token) until length_ms after at_us, so a late duplicate of the
+-- grant answers this lease's end rather than taking a second key; without (older callers),
+-- it is forgotten at once and a duplicate grants anew.
+local function end_request(token, length_ms, at_us)
+  local rid = keyinfo and redis.call('HGET', keyinfo, 't:' .. token)
+  if not rid then
+    return
+  end
+  if ended then
+    redis.call('HDEL', keyinfo, 't:' .. token)
+    redis.call('ZADD', ended, string.format('%.0f', at_us + tonumber(length_ms) * 1000), rid)
+  else
+    redis.call('HDEL', keyinfo, 't:' .. token, 'r:' .. rid)
   end
 end
 -- END shared
 
--- The same request again, while its lease lives: answer that lease, grant nothing.
+-- Ended leases' request ids whose time is up are forgotten: a few per grant.
+if ended then
+  local due = redis.call('ZRANGEBYSCORE', ended, '-inf', string.format('%.0f', now_us),
+    'LIMIT', 0, FORGET_LIMIT)
+  for _, rid in ipairs(due) do
+    redis.call('ZREM', ended, rid)
+    redis.call('HDEL', keyinfo, 'r:' .. rid)
+  end
+end
+
+-- The same request again: while its lease lives, answer that lease; once it has ended,
+-- answer its end. Either way grant nothing.
 if request_id ~= '' then
   local earlier = redis.call('HGET', keyinfo, 'r:' .. request_id)
   local key = earlier and redis.call('HGET', tokens, earlier)
@@ -190,6 +217,9 @@ if request_id ~= '' then
       size, tonumber(own_ms), 0, e == epoch and tonumber(n) or 0,
       redis.call('HGET', keyinfo, 'c:' .. key) or 0, 1}
   end
+  if earlier then
+    return {5, tonumber(earlier)}
+  end
 end
 
 -- An expired lease has ended without completion: count the attempt and park or free the key,
@@ -198,11 +228,11 @@ end
 local expired = redis.call('ZRANGEBYSCORE', held, '-inf', string.format('%.0f', now_us),
   'LIMIT', 0, RECLAIM_LIMIT)
 for _, key in ipairs(expired) do
-  local token, last, machine_then = string.match(redis.call('HGET', leases, key) or '',
-    '^(%d+):?%x*|%d+|%d+|%d+|(-?%d+)|(.*)$')
+  local token, own_ms, last, machine_then = string.match(redis.call('HGET', leases, key) or '',
+    '^(%d+):?%x*|%d+|%d+|(%d+)|(-?%d+)|(.*)$')
   if token then
     redis.call('HDEL', tokens, token)
-    forget_request(token)
+    end_request(token, own_ms, now_us)
   else
     token, last, machine_then = '', string.format('%d', (tonumber(key) or 0) - size), ''
   end

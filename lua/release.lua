@@ -12,6 +12,8 @@
 -- KEYS[9] keyinfo hash   (optional) attempts, parked scores, checkpoints, request ids
 -- KEYS[10] parked zset   (optional) keys in backoff -> retry_at_us; quarantined -> +inf
 -- KEYS[11] passes hash   (optional) pass number -> "started_us|completed_us|done|quarantined"
+-- KEYS[12] ended  zset   (optional) request id of an ended lease -> forget_at_us (see grant.lua):
+--                        the lease's request id is remembered there for its lease's length
 -- ARGV[1] token    the lease's fencing token (decoded from its external_id)
 -- ARGV[2] outcome  "completed" (last completion becomes now), "failed" (keeps its old place,
 --                  counts an attempt), "interrupted" (the work was stopped, not failed: back
@@ -38,6 +40,7 @@
 -- Times are microseconds from Redis TIME; a lease whose expires_us <= now has ended.
 local free, held, leases, tokens, fence, freed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local events, meta, keyinfo, parked, passes = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local ended = KEYS[12]
 local token = tonumber(ARGV[1])
 local outcome = ARGV[2]
 local events_cap = tonumber(ARGV[3] or '10000')
@@ -139,13 +142,20 @@ local function park(key, last, at_us)
   return attempts, 'free', 0
 end
 
--- Forgets the request id a lease was granted for, so it grants anew.
-local function forget_request(token)
-  if keyinfo then
-    local rid = redis.call('HGET', keyinfo, 't:' .. token)
-    if rid then
-      redis.call('HDEL', keyinfo, 't:' .. token, 'r:' .. rid)
-    end
+-- Ends the request id a lease was granted for. With `ended`, it is remembered (its r: entry
+-- kept, pointing at the ended token) until length_ms after at_us, so a late duplicate of the
+-- grant answers this lease's end rather than taking a second key; without (older callers),
+-- it is forgotten at once and a duplicate grants anew.
+local function end_request(token, length_ms, at_us)
+  local rid = keyinfo and redis.call('HGET', keyinfo, 't:' .. token)
+  if not rid then
+    return
+  end
+  if ended then
+    redis.call('HDEL', keyinfo, 't:' .. token)
+    redis.call('ZADD', ended, string.format('%.0f', at_us + tonumber(length_ms) * 1000), rid)
+  else
+    redis.call('HDEL', keyinfo, 't:' .. token, 'r:' .. rid)
   end
 end
 -- END shared
@@ -161,8 +171,8 @@ if not key then
 end
 -- The record must be this token's: a missing or foreign one means this lease is over (a
 -- damaged process), and the stale token entry is dropped so it cannot point anywhere again.
-local own, owner, started, expires, last, machine = string.match(
-  redis.call('HGET', leases, key) or '', '^(%d+):?(%x*)|(%d+)|(%d+)|%d+|(-?%d+)|(.*)$')
+local own, owner, started, expires, own_ms, last, machine = string.match(
+  redis.call('HGET', leases, key) or '', '^(%d+):?(%x*)|(%d+)|(%d+)|(%d+)|(-?%d+)|(.*)$')
 if own ~= ARGV[1] then
   redis.call('HDEL', tokens, ARGV[1])
   return {5}
@@ -176,7 +186,7 @@ local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 redis.call('HDEL', tokens, ARGV[1])
 redis.call('HDEL', leases, key)
 redis.call('ZREM', held, key)
-forget_request(ARGV[1])
+end_request(ARGV[1], own_ms, now_us)
 -- Wake one waiting grant (see the store's wait_seconds); stale wake-ups are capped and expire.
 redis.call('RPUSH', freed, key)
 redis.call('LTRIM', freed, -64, -1)

@@ -8,7 +8,8 @@
 -- KEYS[6] freed   list   wake-up signals for waiting grants
 -- KEYS[7] events  stream (optional) the process's history; kept, with a `deleted` entry,
 --                 for ARGV[2] milliseconds (a new registration of the name keeps it for good)
--- KEYS[8..10] keyinfo, parked, passes  (optional) batch-run state, deleted with the process
+-- KEYS[8..11] keyinfo, parked, passes, ended  (optional) batch-run state and remembered
+--             request ids, deleted with the process
 -- ARGV[1] events_cap  (optional, default 10000) entries the stream keeps, 1 to 10000000
 -- ARGV[2] history_ms  (optional, default 604800000: 7 days) how long the deleted process's
 --                     history stays, 1 to 31536000000 (a year)
@@ -43,7 +44,7 @@ if not m[1] then
   return {1}
 end
 redis.call('UNLINK', meta, free, held, leases, tokens, freed)
-for i = 8, 10 do
+for i = 8, 11 do
   if KEYS[i] then
     redis.call('UNLINK', KEYS[i])
   end

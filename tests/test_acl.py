@@ -99,7 +99,7 @@ async def test_the_users_exist_as_documented(users: Users, valkey_redis: Redis) 
             f"~{users.prefix}:{{*}}:{part}"
             for part in (
                 *("meta", "free", "held", "leases", "tokens", "fence", "freed", "events"),
-                *("keyinfo", "parked", "passes"),
+                *("keyinfo", "parked", "passes", "ended"),
             )
         ]
     )

@@ -78,6 +78,8 @@ class Model:
     done: int = 0
     qdone: int = 0
     history: dict[int, Pass] = field(default_factory=dict)
+    # request id of an ended lease -> (its token, when it is forgotten): grant.lua's `ended`
+    ended: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for key in range(self.size):
@@ -102,6 +104,12 @@ class Model:
         else:
             self.number += 1
             self.started_us, self.done, self.qdone = at_us, 0, 0
+
+    def end_lease(self, lease: Lease, at_us: int) -> None:
+        """A lease ended, however: its request id is remembered for the lease's length."""
+        del self.held[lease.key]
+        if lease.request_id is not None:
+            self.ended[lease.request_id] = (lease.token, at_us + LEASE_S * 1_000_000)
 
     def end_unfinished(self, key: int, at_us: int) -> tuple[int, str, int | None]:
         """A lease ended without completion: count it, then park or free the key."""
@@ -192,15 +200,23 @@ class RunsMachine(RuleBasedStateMachine):
     @rule(machine=st.sampled_from(["m1", "m2"]), request_id=st.sampled_from([None, *REQUEST_IDS]))
     def grant(self, machine: str, request_id: str | None) -> None:
         m, now = self.model, self.now_us
+        # Ended leases' request ids whose time is up are forgotten first (a few per grant;
+        # with three ids, all of them).
+        m.ended = {rid: ended for rid, ended in m.ended.items() if ended[1] > now}
         if request_id is not None:
-            earlier = next(
-                (x for x in m.held.values() if x.request_id == request_id and x.expires_us > now),
-                None,
-            )
-            if earlier is not None:
+            earlier = next((x for x in m.held.values() if x.request_id == request_id), None)
+            if earlier is not None and earlier.expires_us > now:
                 again = self.run(self.store.grant(NAME, machine, request_id=request_id))
                 assert again.replayed
                 assert (again.key, again.fencing_token) == (earlier.key, earlier.token)
+                return
+            # Its lease has ended (or expired, not yet reclaimed): its end, and nothing else.
+            token = earlier.token if earlier is not None else m.ended.get(request_id, (0, 0))[0]
+            if token:
+                error = self.expect(self.store.grant(NAME, machine, request_id=request_id),
+                                    LeaseGone)  # fmt: skip
+                assert isinstance(error, LeaseGone)
+                assert error.external_id == str(lease_id.compose(NAME, token))
                 return
         # Expired leases end first, earliest expiry first (ties by key text), as grant.lua.
         expired = sorted(
@@ -208,7 +224,7 @@ class RunsMachine(RuleBasedStateMachine):
             key=lambda x: (x.expires_us, str(x.key)),
         )
         for lease in expired:
-            del m.held[lease.key]
+            m.end_lease(lease, now)
             m.end_unfinished(lease.key, now)
         for key, parked in m.parked.items():
             if parked and parked[0] == "backoff" and parked[1] <= now:
@@ -273,7 +289,7 @@ class RunsMachine(RuleBasedStateMachine):
         """A release of an expired lease ends it, counting the attempt (release.lua)."""
         m = self.model
         if m.held.get(lease.key) is lease:
-            del m.held[lease.key]
+            m.end_lease(lease, self.now_us)
             m.end_unfinished(lease.key, self.now_us)
 
     @precondition(lambda self: self.issued)
@@ -302,7 +318,9 @@ class RunsMachine(RuleBasedStateMachine):
         )
 
     @precondition(lambda self: self.issued)
-    @rule(data=st.data(), outcome=st.sampled_from(["completed", "failed", "revoked"]))
+    @rule(
+        data=st.data(), outcome=st.sampled_from(["completed", "failed", "interrupted", "revoked"])
+    )
     def end(self, data: st.DataObject, outcome: str) -> None:
         self.finish(data.draw(st.sampled_from(self.issued)), outcome)
 
@@ -318,7 +336,7 @@ class RunsMachine(RuleBasedStateMachine):
             self.ended_by_caller(lease)
             return
         released = self.run(call)
-        del m.held[lease.key]
+        m.end_lease(lease, now)
         if outcome == "completed":
             if m.score[lease.key] <= m.started_us:
                 m.done += 1
@@ -327,6 +345,8 @@ class RunsMachine(RuleBasedStateMachine):
             m.checkpoint[lease.key] = None
             m.complete_if_due(now)
             expected = (0, "done" if m.once else "free", None)
+        elif outcome == "interrupted":
+            expected = (m.attempts[lease.key], "free", None)  # as it was, at its old place
         else:
             expected = m.end_unfinished(lease.key, now)
         attempts, state, retry_at = expected

@@ -98,7 +98,7 @@ def api(
 
 def _outage_lines(caplog: pytest.LogCaptureFixture) -> tuple[int, int]:
     """How many outages the client logged as begun, and as over."""
-    messages = [r.getMessage() for r in caplog.records if r.name == "coordinator.client"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "coordinator.client.outage"]
     return (
         sum("unreachable, retrying for up to" in m for m in messages),
         sum("answers again" in m for m in messages),

@@ -172,6 +172,13 @@ def test_a_rolling_deploy_and_a_valkey_restart_lose_no_worker_key_or_attempt(
             statuses = [worker.wait(DRAIN_SECONDS) for worker in workers]
             errors = [log.read_text() for log in logs]
             assert statuses == [0] * WORKERS, [e[-1500:] for e in errors if e][:3]
+            assert not any("Traceback" in e for e in errors)
+            # Every worker did live through outages (its replica's restart, Valkey's), and
+            # saw each one end.
+            began = [e.count("unreachable, retrying") for e in errors]
+            ended = [e.count("answers again") for e in errors]
+            assert all(began), began
+            assert began == ended, (began, ended)
 
             process = direct.process(name)
             assert process.pass_ is not None

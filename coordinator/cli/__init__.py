@@ -120,6 +120,8 @@ def _configure_logging(command: str) -> None:
         logging.basicConfig(level=logging.WARNING, format="coordinator: %(message)s")
         # `run` reports a lost lease itself, once, with its cause.
         logging.getLogger("coordinator.client").setLevel(logging.ERROR)
+        # But an outage is said as it begins and ends: a worker riding one out is not hung.
+        logging.getLogger("coordinator.client.outage").setLevel(logging.WARNING)
     # httpx logs every request at INFO: that would break the one-line error contract.
     logging.getLogger("httpx").setLevel(logging.WARNING)
 

@@ -19,7 +19,9 @@ from urllib.parse import urlsplit, urlunsplit
 from coordinator.config import ConfigError
 from coordinator.errors import OutageTooLong, StoreUnavailable
 
-logger = logging.getLogger("coordinator.client")
+# A logger of its own, so a program can show outages while quieting the client's other warnings
+# (the CLI does: `run` reports a lost lease itself).
+logger = logging.getLogger("coordinator.client.outage")
 
 # Long enough for an API deploy or a Valkey failover (seconds to a minute), short enough
 # that a worker whose service is gone for good says so while someone is still looking.

@@ -25,9 +25,10 @@ from redis.exceptions import BusyLoadingError, ResponseError
 from coordinator.app import create_app
 from coordinator.client.direct import AsyncRedisCoordinator
 from coordinator.client.http import AsyncHttpCoordinator
+from coordinator.client.sync import HttpCoordinator
 from coordinator.config import Settings
 from coordinator.embedded import EmbeddedValkey
-from coordinator.errors import StoreUnavailable
+from coordinator.errors import CoordinatorError, StoreUnavailable
 from coordinator.unavailable import is_unavailable
 from tests.conftest import serve
 from tests.test_serve import _env, serving
@@ -202,6 +203,13 @@ def test_a_bug_reply_stays_a_500(
         assert response.status_code == 500
         assert response.json()["code"] == "internal_error"
         assert "WRONGTYPE" in served.log
+        # The client says so at once: a fault is not an outage to ride out for the budget.
+        with HttpCoordinator(served.base, outage_budget_seconds=60) as client:
+            began = time.monotonic()
+            with pytest.raises(CoordinatorError, match="500 internal_error") as raised:
+                client.acquire(name, "m")
+            assert not isinstance(raised.value, StoreUnavailable)
+            assert time.monotonic() - began < 10
 
 
 async def test_the_python_clients_raise_store_unavailable(

@@ -146,10 +146,14 @@ class AsyncHttpCoordinator(AsyncCoordinator):
                                 external_id=external_id, json=body)  # fmt: skip
         return BatchKey.from_json(data)
 
-    async def start_pass(self, name: str) -> Process:
-        """Start the next pass now (admin); returns the process with its new pass."""
+    async def start_pass(self, name: str, after: int | None = None) -> Process:
+        """Start the next pass now (admin), if `after` (when given) is still the current one;
+        returns the process in its current pass."""
+        body = None if after is None else {"after": after}
         return Process.from_json(
-            await self._call("POST", f"{API}/process/{name}/passes", name=name)
+            await self._call(
+                "POST", f"{API}/process/{name}/passes", name=name, number=after, json=body
+            )
         )
 
     async def _pass_info(self, name: str, number: int, wait_seconds: int) -> Pass:
@@ -256,7 +260,8 @@ def _problem_error(
 
     Anything a proxy might answer instead (HTML, an HTTP-date Retry-After) still maps by
     status: a 5xx is StoreUnavailable (ServiceUnreachable when no problem says more), so a
-    caller retries it like Redis being down.
+    caller retries it like Redis being down. The service's own 500 `internal_error` is a fault
+    in it, not an outage: retrying it for the outage budget would only hide it.
     """
     try:
         problem = response.json()
@@ -284,6 +289,9 @@ def _problem_error(
         "unauthorized": lambda: Unauthorized(detail),
         "forbidden": lambda: Forbidden(detail),
         "not_lease_holder": lambda: errors.NotLeaseHolder(external_id),
+        "internal_error": lambda: errors.CoordinatorError(
+            f"{response.status_code} {code}: {detail}"
+        ),
     }
     if key is not None:  # a 404 for the key asked about
         by_code["unknown_key"] = lambda: errors.UnknownKey(name, key)

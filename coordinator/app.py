@@ -243,15 +243,17 @@ async def retry_batch_key(request: Request) -> Response:
 
 
 async def start_pass(request: Request) -> Response:
-    """POST /api/v1/process/<process_name>/passes (admin): start the next pass now."""
+    """POST /api/v1/process/<process_name>/passes [{"after": N}] (admin): start the next pass
+    now; 200 with the current pass, starting nothing, when pass N was already followed."""
     caller = _caller(request)
     name = validation.process_name(request.path_params["process_name"])
     _require(caller, "admin", name)
     logs.note(request, process_name=name)
-    process = await _store(request).start_pass(name)
+    after = await schemas.start_pass_body(request)
+    process, started = await _store(request).follow_pass(name, after)
     number = process.pass_.number if process.pass_ else 1
     location = f"{API}/process/{quote(name)}/passes/{number}"
-    return JSONResponse(process.to_json(), 201, headers={"Location": location})
+    return JSONResponse(process.to_json(), 201 if started else 200, headers={"Location": location})
 
 
 async def get_pass(request: Request) -> Response:

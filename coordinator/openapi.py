@@ -215,6 +215,22 @@ _SCHEMAS: dict[str, Schema] = {
             },
         },
     },
+    "StartPassRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "after": {
+                "type": ["integer", "null"],
+                "minimum": 1,
+                "maximum": validation.PASS_NUMBER_MAX,
+                "description": "The pass the caller expects to follow: a pass starts only if it"
+                " is the current one (201); if it was already followed, 200 with the current"
+                " pass and nothing started; above the current pass, 404 unknown_pass. Left out,"
+                " the next pass starts whatever the current one is. Send it so a retried request"
+                " starts one pass, not two.",
+            },
+        },
+    },
     "Problem": {
         "type": "object",
         "required": ["type", "title", "status", "detail", "code"],
@@ -445,6 +461,7 @@ def _document() -> dict[str, Any]:
                     "summary": "Start the next pass now (admin)",
                     "operationId": "startPass",
                     "parameters": [_NAME_PARAM],
+                    "requestBody": _body("StartPassRequest", required=False),
                     "responses": {
                         **_ok(
                             201,
@@ -452,7 +469,14 @@ def _document() -> dict[str, Any]:
                             _ref("Process"),
                             location="The pass: /api/v1/process/{process_name}/passes/{number}",
                         ),
-                        **_problems("unknown_process", "invalid_field"),
+                        **_ok(
+                            200,
+                            "Pass `after` was already followed: the process in its current pass;"
+                            " nothing started",
+                            _ref("Process"),
+                            location="The pass: /api/v1/process/{process_name}/passes/{number}",
+                        ),
+                        **_problems("unknown_process", "unknown_pass", *_BODY_PROBLEMS),
                     },
                 },
             },

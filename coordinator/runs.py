@@ -67,19 +67,31 @@ class BatchRuns:
         raise_for_status(reply, process_name=name, key=key)
         return await self.batch_key(name, key)
 
-    async def start_pass(self, name: str) -> Process:
+    async def start_pass(self, name: str, after: int | None = None) -> Process:
         """Start the next pass now (admin): every key grantable again, attempts reset,
-        quarantine and backoff lifted. Returns the process with its new pass."""
+        quarantine and backoff lifted. Returns the process with its current pass.
+
+        With `after`, the pass the caller expects to follow, a pass starts only if `after` is
+        the current one, so a call sent again starts one pass, not two (see `follow_pass`).
+        """
+        process, _ = await self.follow_pass(name, after)
+        return process
+
+    async def follow_pass(self, name: str, after: int | None = None) -> tuple[Process, bool]:
+        """Start the pass after `after` (None: after the current one) unless `after` was
+        already followed; UnknownPass if it never started. Returns the process and whether
+        this call started its pass."""
         name = validation.process_name(name)
+        expected = None if after is None else validation.pass_number(after, "after")
         k = self.keys.process(name)
         with store_errors():
             reply = await self.scripts.call(
                 "start_pass",
                 k.of("start_pass"),
-                [self.limits.events_cap],
+                [self.limits.events_cap, "" if expected is None else expected],
             )
-        raise_for_status(reply, process_name=name)
-        return await self.process(name)
+        raise_for_status(reply, process_name=name, number=expected or 0)
+        return await self.process(name), bool(reply[3])
 
     async def pass_info(self, name: str, number: int, wait_seconds: float = 0) -> Pass:
         """Pass `number` of a process; for the current pass, wait up to `wait_seconds` for it

@@ -179,6 +179,13 @@ async def renew_body(request: Request) -> RenewBody:
     )
 
 
+async def start_pass_body(request: Request) -> int | None:
+    """POST .../passes: an optional `{"after": N}`, the pass the caller expects to follow."""
+    body = await _object(request, {"after"}, allow_empty=True)
+    after = body.get("after")
+    return None if after is None else validation.pass_number(after, "after")
+
+
 def _required(body: dict[str, Any], field: str) -> object:
     if body.get(field) is None:
         raise InvalidField(field, "is required")

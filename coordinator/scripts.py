@@ -23,6 +23,7 @@ from coordinator.errors import (
     UnexpectedReply,
     UnknownKey,
     UnknownLease,
+    UnknownPass,
     UnknownProcess,
 )
 from coordinator.pipeline import AutoPipeline
@@ -61,6 +62,7 @@ class Status(IntEnum):
     PASS_COMPLETE = 8
     ALL_QUARANTINED = 9
     UNKNOWN_KEY = 10
+    UNKNOWN_PASS = 11
 
 
 def lua_dir() -> Path:
@@ -160,7 +162,12 @@ class Scripts:
 
 
 def raise_for_status(
-    reply: list[Any], *, process_name: str = "", external_id: str = "", key: int = -1
+    reply: list[Any],
+    *,
+    process_name: str = "",
+    external_id: str = "",
+    key: int = -1,
+    number: int = 0,
 ) -> None:
     """Raise the exception a script's status code stands for; return quietly on OK."""
     code = reply[0]
@@ -169,6 +176,8 @@ def raise_for_status(
     if code == Status.LEASE_GONE and len(reply) > 1 and process_name:
         # A grant's reply names the ended lease its request_id was granted (grant.lua).
         external_id = lease_id.external_id(process_name, int(reply[1]))
+    if code == Status.UNKNOWN_PASS:
+        raise UnknownPass(process_name, number)
     raise _error(code, reply, process_name, external_id, key)
 
 

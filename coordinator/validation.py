@@ -196,6 +196,6 @@ def request_id(value: object) -> str | None:
     return value
 
 
-def pass_number(value: object) -> int:
+def pass_number(value: object, field: str = "pass") -> int:
     """A pass number, from 1."""
-    return _integer(value, "pass", 1, PASS_NUMBER_MAX)
+    return _integer(value, field, 1, PASS_NUMBER_MAX)

@@ -18,7 +18,9 @@ def pass_command(coordinator: Coordinator, args: argparse.Namespace) -> int:
     """`pass start|show|wait NAME`: print the pass; `wait`'s exit status says how it ended."""
     name = args.name
     if args.action == "start":
-        started = coordinator.start_pass(name).pass_
+        # Name the pass this start follows: a request retried after its answer was lost (a 503
+        # after it ran) then starts one pass, not two.
+        started = coordinator.start_pass(name, after=_current(coordinator, name).number).pass_
         assert started is not None  # every registered process has a current pass
         _print_pass(name, started, as_json=args.json)
         return 0

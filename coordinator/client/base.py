@@ -213,8 +213,13 @@ class AsyncCoordinator(ABC):
         """End a lease now, as an administrator."""
 
     @abstractmethod
-    async def start_pass(self, name: str) -> Process:
-        """Start the next pass now (admin); returns the process with its new pass."""
+    async def start_pass(self, name: str, after: int | None = None) -> Process:
+        """Start the next pass now (admin); returns the process with its new pass.
+
+        With `after`, the pass the caller expects to follow, a pass starts only if `after` is
+        still the current one; if it was already followed, nothing starts and the process is
+        returned in its current pass. So a retried call starts one pass, not two.
+        """
 
     async def pass_info(self, name: str, number: int, wait_seconds: int = 0) -> Pass:
         """Pass `number`; for the current pass, wait up to `wait_seconds` (0-60) for it to

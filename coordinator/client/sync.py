@@ -167,9 +167,10 @@ class Coordinator:
         """Extend a live lease from now, saving `checkpoint` unless left out."""
         return self._run(self.async_client.renew(external_id, lease_seconds, checkpoint))
 
-    def start_pass(self, name: str) -> Process:
-        """Start the next pass now (admin); returns the process with its new pass."""
-        return self._run(self.async_client.start_pass(name))
+    def start_pass(self, name: str, after: int | None = None) -> Process:
+        """Start the next pass now (admin), if `after` (when given) is still the current one;
+        returns the process in its current pass."""
+        return self._run(self.async_client.start_pass(name, after))
 
     def pass_info(self, name: str, number: int, wait_seconds: int = 0) -> Pass:
         """Pass `number`; for the current pass, wait up to `wait_seconds` for it to complete."""

@@ -220,7 +220,8 @@ async def test_the_python_clients_raise_store_unavailable(
     tmp_path: Path,
 ) -> None:
     name = new_name()
-    direct = AsyncRedisCoordinator(private_valkey.url, prefix=prefix)
+    # A refusal that lasts is retried for the outage budget, then raised: a short budget here.
+    direct = AsyncRedisCoordinator(private_valkey.url, prefix=prefix, outage_budget_seconds=0.5)
     try:
         await direct.register(name, 2)
         config("min-replicas-to-write", "1")
@@ -236,7 +237,7 @@ async def test_the_python_clients_raise_store_unavailable(
         tmp_path / "data", COORDINATOR_REDIS_URL=private_valkey.url, COORDINATOR_KEY_PREFIX=prefix
     )
     with serving(env) as served:
-        over_http = AsyncHttpCoordinator(served.base)
+        over_http = AsyncHttpCoordinator(served.base, outage_budget_seconds=0.5)
         try:
             with pytest.raises(StoreUnavailable, match="OOM"):
                 await over_http.acquire(name, "m")

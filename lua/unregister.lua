@@ -8,8 +8,10 @@
 -- KEYS[6] freed   list   wake-up signals for waiting grants
 -- KEYS[7] events  stream (optional) the process's history; kept, with a `deleted` entry,
 --                 for ARGV[2] milliseconds (a new registration of the name keeps it for good)
--- KEYS[8..11] keyinfo, parked, passes, ended  (optional) batch-run state and remembered
---             request ids, deleted with the process
+-- KEYS[8] keyinfo hash   (optional, as 9-11) batch-run state per key, deleted with the process
+-- KEYS[9] parked  zset   (optional) keys in backoff or quarantine, deleted with it
+-- KEYS[10] passes hash   (optional) the last finished passes, deleted with it
+-- KEYS[11] ended  zset   (optional) remembered request ids of ended leases, deleted with it
 -- ARGV[1] events_cap  (optional, default 10000) entries the stream keeps, 1 to 10000000
 -- ARGV[2] history_ms  (optional, default 604800000: 7 days) how long the deleted process's
 --                     history stays, 1 to 31536000000 (a year)

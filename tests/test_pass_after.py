@@ -58,15 +58,6 @@ async def test_after_starts_the_next_pass_once(store: Store, new_name) -> None:
     assert third.pass_.number == 3
 
 
-async def test_without_after_every_call_starts_a_pass(store: Store, new_name) -> None:
-    name = new_name()
-    await store.register(name, key_set_size=1)
-    await store.start_pass(name)
-    process = await store.start_pass(name)
-    assert process.pass_ is not None
-    assert process.pass_.number == 3
-
-
 @pytest.mark.parametrize("after", [0, -1, 1.5, True, "2", 1 << 53])
 async def test_a_malformed_after_is_refused(store: Store, new_name, after: Any) -> None:
     name = new_name()

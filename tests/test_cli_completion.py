@@ -53,7 +53,7 @@ def _bash(script: Path, *words: str) -> list[str]:
         (["keys", "nightly", "--st"], ["--state"]),
         (["keys", "nightly", "--state", ""], ["free", "held", "never"]),
         (["serve", "--log-level", ""], ["debug", "error", "info", "warning"]),
-        (["release", "id", "--outcome", ""], ["completed", "failed"]),
+        (["release", "id", "--outcome", ""], ["completed", "failed", "interrupted"]),
         (["token", "create", "--role", ""], ["admin", "worker"]),
         (["completion", ""], ["bash", "fish", "zsh"]),
         (["serve", "--port", ""], []),  # a number to type

@@ -7,7 +7,7 @@ import socket
 import textwrap
 from typing import NoReturn
 
-from coordinator import __version__
+from coordinator import __version__, validation
 from coordinator.cli import service_options, statuses, values
 from coordinator.cli.service_options import DEFAULT_URL
 
@@ -225,9 +225,10 @@ def _add_key_commands(commands: Commands[Parser]) -> None:
     release.add_argument("external_id", metavar="EXTERNAL_ID", help="the lease's external_id")
     release.add_argument(
         "--outcome",
-        choices=["completed", "failed"],
+        choices=validation.OUTCOMES,
         default="completed",
-        help="completed stamps the key's completion time; failed leaves it first in line",
+        help="completed stamps the key's completion time; failed leaves it first in line and"
+        " counts an attempt; interrupted gives it back as it was (no attempt, checkpoint kept)",
     )
     revoke = _client_command(commands, "revoke", "end anyone's lease now (admin)")
     revoke.add_argument("external_id", metavar="EXTERNAL_ID", help="the lease's external_id")

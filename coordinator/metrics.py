@@ -132,8 +132,8 @@ class Metrics:
             "grant": Counter(
                 "coordinator_grants",
                 "Grant requests (POST /api/v1/process/batch_keys) by outcome: granted,"
-                " no_free_key, unknown_process, unauthorized, forbidden, rejected (other 4xx),"
-                " store_unavailable, error.",
+                " no_free_key, unknown_process, lease_gone (the request_id's lease has ended),"
+                " unauthorized, forbidden, rejected (other 4xx), store_unavailable, error.",
                 ["outcome"],
                 registry=self.registry,
             ),

@@ -49,6 +49,8 @@ async def test_a_late_duplicate_after_release_answers_410_and_takes_no_key(
     # Another request id still grants.
     other = await client.post(KEYS, json={**body, "request_id": "job-2"})
     assert other.status_code == 201, other.text
+    metrics = (await client.get("/metrics")).text
+    assert 'coordinator_grants_total{outcome="lease_gone"} 1.0' in metrics
 
 
 async def test_revoked_and_expired_leases_answer_their_end(store: Store, new_name) -> None:

@@ -27,6 +27,7 @@ from coordinator.client import (
 )
 from coordinator.client.outage import BACKOFF_CAP_SECONDS, backoff_seconds, outage_budget
 from coordinator.embedded import EmbeddedValkey, free_port
+from tests.faultproxy import FaultProxy
 from tests.test_lease_interrupted import start_and_keep
 from tests.test_serve import _env
 
@@ -142,56 +143,6 @@ def test_a_worker_cycle_rides_out_api_restarts(
     assert _outage_lines(caplog) == (3, 3)
 
 
-class LosingProxy:
-    """A TCP proxy to `upstream` that, while `losing`, forwards every request but drops the
-    connection instead of passing its answer on: the call ran, its answer never arrived."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.losing = True
-        self.lost = 0
-        self._server: asyncio.Server | None = None
-
-    @property
-    def base(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    async def __aenter__(self) -> LosingProxy:
-        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-
-        async def pipe(
-            source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, answers: bool
-        ) -> None:
-            while data := await source.read(65536):
-                if answers and self.losing:
-                    self.lost += 1
-                    writer.close()  # the client sees its connection end with no answer
-                    up_writer.close()
-                    return
-                sink.write(data)
-                await sink.drain()
-
-        try:
-            await asyncio.gather(
-                pipe(reader, up_writer, answers=False), pipe(up_reader, writer, answers=True)
-            )
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            for w in (writer, up_writer):
-                w.close()
-
-
 @pytest.mark.anyio
 async def test_a_grant_whose_answers_are_lost_takes_one_key(api: RestartableApi) -> None:
     """Answers lost for longer than a few quick retries: the grant is sent again with its
@@ -199,15 +150,19 @@ async def test_a_grant_whose_answers_are_lost_takes_one_key(api: RestartableApi)
     name = _name()
     async with AsyncHttpCoordinator(api.base) as admin:
         await admin.register(name, 3)
-        async with LosingProxy(api.port) as proxy, AsyncHttpCoordinator(proxy.base) as client:
-            grant = asyncio.create_task(client.acquire(name, "m"))
-            deadline = time.monotonic() + 10
-            while proxy.lost < 4 or time.monotonic() < deadline - 8:  # 4 lost, for 2 s at least
-                assert not grant.done(), grant
-                assert time.monotonic() < deadline, "the grant was not sent again"
-                await asyncio.sleep(0.05)
-            proxy.losing = False
-            key = await grant
+        async with FaultProxy("127.0.0.1", api.port) as proxy:
+            # Every request reaches the API; every answer is cut by a reset halfway through.
+            proxy.faults.reset_mid_reply = True
+            async with AsyncHttpCoordinator(f"http://127.0.0.1:{proxy.port}") as client:
+                grant = asyncio.create_task(client.acquire(name, "m"))
+                deadline = time.monotonic() + 10
+                # At least 4 answers lost (one connection each), for 2 s at least.
+                while proxy.accepted < 5 or time.monotonic() < deadline - 8:
+                    assert not grant.done(), grant
+                    assert time.monotonic() < deadline, "the grant was not sent again"
+                    await asyncio.sleep(0.05)
+                proxy.faults.clear()
+                key = await grant
         assert key.replayed  # the answer to an earlier attempt's lease, not a new grant
         held = [k for k in await admin.keys(name) if k.held]
         assert [(k.key, k.external_id) for k in held] == [(key.key, key.external_id)]

@@ -169,6 +169,30 @@ async def test_a_grant_whose_answers_are_lost_takes_one_key(api: RestartableApi)
 
 
 @pytest.mark.anyio
+async def test_a_pass_start_whose_answers_are_lost_starts_one_pass(api: RestartableApi) -> None:
+    """`start_pass(after=N)` is safe to send again, so its lost answers are retried: the pass
+    starts once, and the retry that is answered says so (the pass after N)."""
+    name = _name()
+    async with AsyncHttpCoordinator(api.base) as admin:
+        await admin.register(name, 2, mode="once")
+        async with FaultProxy("127.0.0.1", api.port) as proxy:
+            proxy.faults.reset_mid_reply = True  # each start runs; its answer is cut
+            async with AsyncHttpCoordinator(f"http://127.0.0.1:{proxy.port}") as client:
+                start = asyncio.create_task(client.start_pass(name, after=1))
+                deadline = time.monotonic() + 10
+                while proxy.accepted < 3:  # two answers lost at least
+                    assert not start.done(), start
+                    assert time.monotonic() < deadline, "the start was not sent again"
+                    await asyncio.sleep(0.02)
+                proxy.faults.clear()
+                started = await start
+        assert started.pass_ is not None
+        assert started.pass_.number == 2
+        events = await admin.events(name)
+        assert [e.type for e in events].count("pass-started") == 1
+
+
+@pytest.mark.anyio
 async def test_the_outage_budget_ends_retrying_with_outage_too_long() -> None:
     """No server at all: retried for about the budget, then one clear error."""
     base = f"http://127.0.0.1:{free_port()}"

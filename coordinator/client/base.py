@@ -212,14 +212,22 @@ class AsyncCoordinator(ABC):
     async def revoke(self, external_id: str) -> BatchKey:
         """End a lease now, as an administrator."""
 
-    @abstractmethod
     async def start_pass(self, name: str, after: int | None = None) -> Process:
         """Start the next pass now (admin); returns the process with its new pass.
 
         With `after`, the pass the caller expects to follow, a pass starts only if `after` is
         still the current one; if it was already followed, nothing starts and the process is
-        returned in its current pass. So a retried call starts one pass, not two.
+        returned in its current pass. So it is safe to send again, and a transient failure is
+        retried for the outage budget: a start whose answer was lost starts one pass, not two.
+        Without `after` it is sent once.
         """
+        if after is None:
+            return await self._start_pass(name, None)
+        return await self._riding_outages(lambda: self._start_pass(name, after))
+
+    @abstractmethod
+    async def _start_pass(self, name: str, after: int | None) -> Process:
+        """One request to start the next pass."""
 
     async def pass_info(self, name: str, number: int, wait_seconds: int = 0) -> Pass:
         """Pass `number`; for the current pass, wait up to `wait_seconds` (0-60) for it to

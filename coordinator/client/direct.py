@@ -91,9 +91,9 @@ class AsyncRedisCoordinator(AsyncCoordinator):
         """One renewal by the store, saving `checkpoint` unless left out."""
         return await self.store.renew(external_id, lease_seconds, checkpoint=checkpoint)
 
-    async def start_pass(self, name: str, after: int | None = None) -> Process:
-        """Start the next pass now (admin), if `after` (when given) is still the current one;
-        returns the process in its current pass."""
+    async def _start_pass(self, name: str, after: int | None) -> Process:
+        """One request to start the next pass, if `after` (when given) is still the current
+        one; returns the process in its current pass."""
         return await self.store.start_pass(name, after)
 
     async def _pass_info(self, name: str, number: int, wait_seconds: int) -> Pass:

@@ -146,9 +146,9 @@ class AsyncHttpCoordinator(AsyncCoordinator):
                                 external_id=external_id, json=body)  # fmt: skip
         return BatchKey.from_json(data)
 
-    async def start_pass(self, name: str, after: int | None = None) -> Process:
-        """Start the next pass now (admin), if `after` (when given) is still the current one;
-        returns the process in its current pass."""
+    async def _start_pass(self, name: str, after: int | None) -> Process:
+        """One request to start the next pass, if `after` (when given) is still the current
+        one; returns the process in its current pass."""
         body = None if after is None else {"after": after}
         return Process.from_json(
             await self._call(

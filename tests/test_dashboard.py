@@ -21,7 +21,15 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, expect, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    ConsoleMessage,
+    Dialog,
+    Page,
+    Route,
+    expect,
+    sync_playwright,
+)
 
 from coordinator.auth import new_token
 from coordinator.validation import MAX_ATTEMPTS_MAX, MODES, RETRY_BACKOFF_SECONDS_MAX
@@ -596,6 +604,27 @@ def test_batch_run_pass_key_states_retry_and_next_pass(
     # Every key grantable again (done, backoff lifted) but the held one, as the API says.
     listing = _states_agree(page, api, name, lease)
     assert {k["state"] for k in listing} == {"free", "held"}
+
+    # Another admin starts the next pass just before this page's start reaches the service:
+    # the page sends the pass it showed (`after`), so nothing more starts and it says so.
+    shown = after["number"]
+    sent: list[Any] = []
+
+    def beaten_to_it(route: Route) -> None:
+        sent.append(route.request.post_data_json)
+        other = api.post(f"{PROCESS}/{name}/passes", json={"after": shown})
+        assert other.status_code == 201, other.text
+        route.continue_()
+
+    page.route(f"**/api/v1/process/{name}/passes", beaten_to_it)
+    _answer_next_dialog(page, questions, accept=True)
+    page.get_by_role("button", name="Start next pass…").click()
+    expect(page.locator("#notice")).to_contain_text(
+        f"Pass {shown + 1} of “{name}” had already been started: nothing new was started."
+    )
+    assert sent == [{"after": shown}]
+    assert _process(api, name)["pass"]["number"] == shown + 1
+    page.unroute(f"**/api/v1/process/{name}/passes")
 
 
 def test_register_form_registers_a_batch_run(

@@ -9,7 +9,9 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
-from coordinator import app, config, metrics, store, validation
+from coordinator import app, config, metrics, models, store, validation
+from coordinator.cli import serve, statuses
+from coordinator.client import outage
 from coordinator.config import Settings
 
 ROOT = Path(__file__).parent.parent
@@ -155,3 +157,29 @@ def test_python_api_reference_is_built_by_make_test() -> None:
     for module in ("coordinator.client", "coordinator.store", "coordinator.errors"):
         assert module in makefile
         assert f"`{module}`" in readme
+
+
+def test_event_types_and_outcomes_are_the_declared_ones() -> None:
+    """The README's list of event types and its release outcomes are those the code declares."""
+    section = _section("The API")
+    listed = re.search(r"`type` one of (.*?)\.\n", section, re.DOTALL)
+    assert listed, "the API section names no event types"
+    assert re.findall(r"`([a-z-]+)`", listed.group(1)) == list(models.EVENT_TYPES)
+    defaults = {row[0]: row for row in _tables(section)[1]}
+    accepted = defaults["`outcome` (release)"][2]
+    assert re.findall(r"`([a-z]+)`", accepted) == list(validation.OUTCOMES)
+    escaped_bar = "\\|"  # a pipe inside a table cell
+    assert f"outcome={escaped_bar.join(validation.OUTCOMES)}]" in section
+
+
+def test_outage_budget_exit_status_and_shutdown_bound_are_the_codes() -> None:
+    """What the README says a worker rides out and how fast serve stops: the code's numbers."""
+    text = README.read_text(encoding="utf-8")
+    deploys = _section("Deploys, restarts and outages")
+    assert f"is {outage.OUTAGE_BUDGET_SECONDS:g} s by default" in deploys
+    assert f"`{outage.OUTAGE_BUDGET_ENV}`" in deploys
+    assert f"for up to {serve.GRACEFUL_SHUTDOWN_SECONDS} s" in deploys
+    assert f"exits within {serve.SHUTDOWN_BOUND_SECONDS} s of the signal" in deploys
+    assert f"exit {statuses.UNAVAILABLE} (EX_TEMPFAIL)" in deploys
+    assert f"{statuses.UNAVAILABLE} when the service stayed unreachable" in _section("Command line")
+    assert f"{statuses.UNAVAILABLE} when the service stayed unreachable" in text

@@ -45,8 +45,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy coordinator
 
+# Test files run in PYTEST_WORKERS parallel processes, each file whole on one of them (its module
+# fixtures set up once); every test has its own key prefix and each worker its own Valkey, so
+# they never meet. PYTEST_WORKERS=0 runs them in this process, as plain `pytest` does.
+PYTEST_WORKERS ?= 3
 pytest: $(STAMP) browser
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 browser:
 	$(call require,test -x $(CHROMIUM),chromium,tests/test_dashboard.py)

@@ -17,7 +17,14 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Protocol
 
-from coordinator.errors import InvalidField, LeaseGone, UnknownLease
+from coordinator.client.lease_exit import (
+    LeaseReleaser,
+    outcome_on_leaving,
+    release_on_leaving,
+    release_quietly,
+    unless_cancelled,
+)
+from coordinator.errors import LeaseGone, UnknownLease
 from coordinator.lease_margin import safety_margin
 from coordinator.models import BatchKey, Process, timestamp
 from coordinator.validation import UNSET, Unset
@@ -27,9 +34,6 @@ logger = logging.getLogger("coordinator.client")
 # A failed renewal is retried after 0.1 s, doubling up to a tenth of the lease (at most 1 s).
 RETRY_FIRST_SECONDS = 0.1
 RETRY_MAX_SECONDS = 1.0
-# Leaving the block by these is an interruption, not a failure of the work: the key is
-# released `interrupted` (no attempt counted, checkpoint kept, back at its old place).
-INTERRUPTIONS = (KeyboardInterrupt, SystemExit, asyncio.CancelledError)
 
 
 class LeaseLost(LeaseGone):
@@ -40,7 +44,7 @@ class RenewalsFailed(TimeoutError):
     """No renewal succeeded before the lease's local deadline (the cause of a LeaseLost)."""
 
 
-class LeaseService(Protocol):
+class LeaseService(LeaseReleaser, Protocol):
     """What a lease needs of its client (AsyncCoordinator offers it)."""
 
     async def acquire(
@@ -57,25 +61,6 @@ class LeaseService(Protocol):
         *,
         retry: bool = True,
     ) -> BatchKey: ...
-
-    async def release(
-        self, external_id: str, outcome: str = "completed", *, retry: bool = True
-    ) -> BatchKey | None: ...
-
-
-async def _unless_cancelled(leaving: asyncio.Future[None]) -> None:
-    """Wait for a release; a cancellation meanwhile (a second Ctrl-C, a task group giving up)
-    still goes up to the caller, but the release carries on and is sent."""
-    try:
-        await asyncio.shield(leaving)
-    except asyncio.CancelledError:
-        leaving.add_done_callback(_log_failure)  # nobody is left to raise it to
-        raise
-
-
-def _log_failure(leaving: asyncio.Future[None]) -> None:
-    if not leaving.cancelled() and leaving.exception() is not None:
-        logger.warning("a release whose caller was cancelled failed: %r", leaving.exception())
 
 
 class AsyncLease:
@@ -229,8 +214,9 @@ class AsyncLease:
             self._key_set_size = (await self._coordinator.process(name)).key_set_size
         except BaseException:
             # No work was done on the key: it goes back where it was, at no attempt's cost.
-            self._leaving = asyncio.ensure_future(self._release_quietly("interrupted"))
-            await _unless_cancelled(self._leaving)
+            leaving = release_quietly(self._coordinator, self.external_id, "interrupted")
+            self._leaving = asyncio.ensure_future(leaving)
+            await unless_cancelled(self._leaving)
             raise
         # The deadline is still unset (infinite), so a renewal here sets it from its own send.
         renewed = False
@@ -250,14 +236,9 @@ class AsyncLease:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._interrupted or (exc_type is not None and issubclass(exc_type, INTERRUPTIONS)):
-            outcome = "interrupted"
-        elif exc_type is not None or self._failed:
-            outcome = "failed"
-        else:
-            outcome = "completed"
+        outcome = outcome_on_leaving(exc_type, failed=self._failed, interrupted=self._interrupted)
         self._leaving = asyncio.ensure_future(self._leave(outcome))
-        await _unless_cancelled(self._leaving)
+        await unless_cancelled(self._leaving)
 
     @property
     def releasing(self) -> bool:
@@ -285,40 +266,14 @@ class AsyncLease:
         with self._lock:
             deadline, self._held_until = self._held_until, math.inf  # what it saw is final
         self._left = True
-        try:
-            # A lost lease is tried once: its expiry frees the key anyway.
-            ended_before = await self._release(outcome, retry=not lost) is None
-        except (LeaseGone, UnknownLease) as error:
-            self._end(error)
-        except Exception as error:  # any failure: the lease is lost; its expiry frees the key
-            if not lost:
-                raise
-            logger.warning("releasing lost lease %s failed: %s", self.external_id, error)
-        else:
-            if ended_before and time.monotonic() >= deadline:
-                # A retried release found the lease over, past the time it was believed
-                # held: it may have run out rather than been released by the lost attempt.
-                self._end(LeaseGone(self.external_id))
+        ended = await release_on_leaving(
+            self._coordinator, self.external_id, outcome, lost=lost, deadline=deadline
+        )
+        if ended is not None:
+            self._end(ended)
         if finished:
             # The work finished, but not under a lease: someone must learn it did not count.
             self.check()
-
-    async def _release_quietly(self, outcome: str) -> None:
-        """Release as `outcome`, logging a failure: the caller is raising another error."""
-        try:
-            await self._release(outcome)
-        except Exception as error:  # noqa: BLE001 - the error that ended the block is the one raised; the key's expiry frees it
-            logger.warning("releasing lease %s failed: %r", self.external_id, error)
-
-    async def _release(self, outcome: str, *, retry: bool = True) -> BatchKey | None:
-        """Release as `outcome`; a server that predates `interrupted` is answered `failed`."""
-        try:
-            return await self._coordinator.release(self.external_id, outcome, retry=retry)
-        except InvalidField as error:
-            if outcome != "interrupted" or error.field != "outcome":
-                raise
-            logger.warning("the service does not know outcome interrupted: releasing failed")
-            return await self._coordinator.release(self.external_id, "failed", retry=retry)
 
     async def _save_last_checkpoint(self) -> None:
         """Before a release that keeps it, save the source's checkpoint one last time."""

@@ -60,8 +60,10 @@ browser:
 
 # The Python API reference, from the docstrings (open build/api/index.html). `-W error` turns
 # every warning pdoc gives (an annotation it cannot resolve, a module it cannot import) into a
-# failure.
-API_MODULES := coordinator.client coordinator.store coordinator.errors coordinator.models
+# failure. The Store's mixins (registry, runs) are listed so its inherited operations show
+# under Store: pdoc hides members inherited from a module it does not document.
+API_MODULES := coordinator.client coordinator.store coordinator.registry coordinator.runs \
+	coordinator.errors coordinator.models
 docs: $(STAMP)
 	rm -rf build/api
 	$(BIN)/python -W error -m pdoc --docformat markdown --output-directory build/api $(API_MODULES)

@@ -1,0 +1,215 @@
+"""The process registry: register, list, read and delete processes, and read or purge
+their history.
+
+A process is its `meta` hash (size, lease, batch-run options, the current pass) plus its
+listing in the registry sorted set and its id in `process_ids`, which lease ids resolve
+through. The Store mixes these operations in, so the HTTP API and direct workers share them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from coordinator import lease_id, validation
+from coordinator.errors import ProcessExists, UnknownProcess
+from coordinator.models import Event, Pass, Process, utc
+from coordinator.scripts import raise_for_status
+from coordinator.unavailable import store_errors
+
+if TYPE_CHECKING:
+    from coordinator.connection import RedisClient
+    from coordinator.keys import KeySpace
+    from coordinator.scripts import Scripts
+    from coordinator.store import Limits
+
+
+class ProcessRegistry:
+    """The process operations of the Store (mixed in)."""
+
+    redis: RedisClient
+    keys: KeySpace
+    scripts: Scripts
+    limits: Limits
+    # Process id -> name, which lease ids resolve through (kept by Store._resolve).
+    _names: dict[int, str]
+
+    async def register(
+        self,
+        name: str,
+        key_set_size: int | None = None,
+        lease_seconds: int | None = None,
+        *,
+        mode: str | None = None,
+        max_attempts: int | None = None,
+        retry_backoff_seconds: int | None = None,
+    ) -> Process:
+        """Register a process of `key_set_size` keys; raises ProcessExists if the name is taken.
+
+        `mode`, `max_attempts` and `retry_backoff_seconds` are the batch-run options (README
+        "Batch runs"); left out, the process behaves as the seed's.
+        """
+        name = validation.process_name(name)
+        size = validation.key_set_size(
+            # The default never exceeds a deployment's smaller maximum.
+            min(self.limits.default_key_set_size, self.limits.max_key_set_size)
+            if key_set_size is None
+            else key_set_size,
+            self.limits.max_key_set_size,
+        )
+        lease = validation.lease_seconds(
+            self.limits.default_lease_seconds if lease_seconds is None else lease_seconds
+        )
+        mode = validation.mode("rotate" if mode is None else mode)
+        attempts = validation.max_attempts(max_attempts)
+        backoff = validation.retry_backoff_seconds(retry_backoff_seconds or 0)
+        pid = f"{lease_id.process_id(name):016x}"
+        with store_errors():
+            # A pid is never reassigned, so a failed HSETNX followed by a read is race-free.
+            claimed = await self.redis.hsetnx(self.keys.process_ids, pid, name)
+            owner = name if claimed else str(await self.redis.hget(self.keys.process_ids, pid))
+            if owner != name:
+                raise ProcessExists(name, f"'{name}' shares its id with process '{owner}'.")
+            reply = await self.scripts.call(
+                "register",
+                self.keys.process(name).of("register"),
+                [size, lease * 1000, self.limits.events_cap, mode, attempts or 0, backoff * 1000],
+            )
+            # The name is listed only once its keys exist, so a listing never shows a
+            # half-made process; a duplicate registration re-lists it, healing a crash
+            # between the two steps.
+            await self.redis.zadd(self.keys.registry, {name: 0})
+        raise_for_status(reply, process_name=name)
+        started = utc(int(reply[1]))
+        assert started is not None
+        return Process(name, size, lease, mode, attempts, backoff, Pass(1, started))
+
+    async def processes(self) -> list[Process]:
+        """Every registered process, by name."""
+        with store_errors():
+            names = [str(n) for n in await self.redis.zrange(self.keys.registry, 0, -1)]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    k = self.keys.process(name)
+                    pipe.hmget(k.meta, *_META_FIELDS)
+                    pipe.zcount(k.parked, "+inf", "+inf")
+                replies = await pipe.execute()
+        metas, quarantined = replies[::2], replies[1::2]
+        return [
+            _process(name, meta, q)
+            for name, meta, q in zip(names, metas, quarantined, strict=True)
+            if meta[0]
+        ]
+
+    async def process(self, name: str) -> Process:
+        """One registered process."""
+        name = validation.process_name(name)
+        k = self.keys.process(name)
+        with store_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hmget(k.meta, *_META_FIELDS)
+                pipe.zcount(k.parked, "+inf", "+inf")
+                meta, quarantined = await pipe.execute()
+        if not meta[0]:
+            raise UnknownProcess(name)
+        return _process(name, meta, quarantined)
+
+    async def unregister(self, name: str) -> Process:
+        """Delete a process, ending all of its leases; returns it as it was.
+
+        Its history and the 410s of its leases stay for `deleted_history_seconds`, then only
+        its fence is left (so tokens keep rising if the name is registered again).
+        """
+        name = validation.process_name(name)
+        k = self.keys.process(name)
+        history_ms = self.limits.deleted_history_seconds * 1000
+        # As it was: its options and pass too, which the script's reply does not carry.
+        before = await self.process(name)
+        with store_errors():
+            await self.redis.zrem(self.keys.registry, name)
+            reply = await self.scripts.call(
+                "unregister",
+                k.of("unregister"),
+                [self.limits.events_cap, history_ms],
+            )
+            raise_for_status(reply, process_name=name)
+            pid = f"{lease_id.process_id(name):016x}"
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(self.keys.retired_id(pid), name, px=history_ms)
+                pipe.hdel(self.keys.process_ids, pid)
+                pipe.exists(k.meta)
+                *_, registered_again = await pipe.execute()
+            if registered_again:
+                # A registration of the name ran between the script and here: keep its id.
+                await self.redis.hset(self.keys.process_ids, pid, name)
+        return before
+
+    async def purge_history(self, name: str) -> None:
+        """Forget a deleted process's history now, rather than when it expires (admin)."""
+        name = validation.process_name(name)
+        k = self.keys.process(name)
+        pid = f"{lease_id.process_id(name):016x}"
+        with store_errors():
+            if await self.redis.exists(k.meta):
+                raise ProcessExists(
+                    name, f"Process '{name}' is registered: delete it before purging its history."
+                )
+            removed = await self.redis.unlink(k.events)
+            removed += await self.redis.unlink(self.keys.retired_id(pid))
+        if not removed:
+            raise UnknownProcess(name)
+        self._names.pop(int(pid, 16), None)
+
+    async def events(self, name: str, after: str = "-", limit: int = 100) -> list[Event]:
+        """The process's history after stream id `after`, oldest first (kept after a delete)."""
+        name = validation.process_name(name)
+        after = validation.event_id(after)
+        k = self.keys.process(name)
+        with store_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.exists(k.meta, k.events)
+                # Nothing can follow the last possible id, and Redis refuses "(" on it.
+                if after != validation.EVENT_ID_LAST:
+                    pipe.xrange(k.events, "-" if after == "-" else f"({after}", "+", count=limit)
+                present, *read = await pipe.execute()
+        if not present:
+            raise UnknownProcess(name)
+        rows = read[0] if read else []
+        return [Event.from_stream(name, entry_id, fields) for entry_id, fields in rows]
+
+
+# The meta fields a process object is made of, in the order `_process` reads them.
+_META_FIELDS = (
+    "size",
+    "lease_ms",
+    "mode",
+    "max_attempts",
+    "backoff_ms",
+    "pass",
+    "pass_started_us",
+    "pass_completed_us",
+    "done",
+    "created_us",
+)
+
+
+def _process(name: str, meta: list[Any], quarantined: int) -> Process:
+    size, lease_ms, mode, attempts, backoff_ms, number, started, completed_us, done, created = meta
+    # A process registered before batch runs is in pass 1, started when it was created.
+    started_at = utc(int(started or created or 0))
+    assert started_at is not None
+    current = Pass(
+        number=int(number or 1),
+        started_at=started_at,
+        completed_at=utc(int(completed_us)) if completed_us else None,
+        keys_done=int(done or 0),
+        keys_quarantined=int(quarantined),
+    )
+    return Process(
+        name,
+        int(size),
+        int(lease_ms) // 1000,
+        mode or "rotate",
+        int(attempts) if attempts else None,
+        int(backoff_ms or 0) // 1000,
+        current,
+    )

@@ -10,11 +10,12 @@
 -- KEYS[6] fence   string the process name's last fencing token (never deleted)
 -- KEYS[7] events  stream (optional) the process's history; each change appends one entry
 -- KEYS[8] keyinfo hash   (optional) a:<key> "epoch:attempts", l:<key> the staleness score of a
---                        parked key, c:<key> checkpoint, r:<request_id> token, t:<token> request_id
+--                        parked key, c:<key> checkpoint, r:<rid> token, t:<token> rid, where
+--                        rid is holder:request_id (just request_id for the empty holder)
 -- KEYS[9] parked  zset   (optional) keys in backoff -> retry_at_us; quarantined keys -> +inf
 -- KEYS[10] passes hash   (optional) pass number -> "started_us|completed_us|done|quarantined"
--- KEYS[11] ended  zset   (optional) request id of an ended lease -> forget_at_us: until then
---                        its r:<request_id> entry stays, naming the ended lease's token
+-- KEYS[11] ended  zset   (optional) rid (see keyinfo) of an ended lease -> forget_at_us: until then
+--                        its r:<rid> entry stays, naming the ended lease's token
 -- ARGV[1] machine   any string of 1 to 1024 bytes, stored as given
 -- ARGV[2] lease_ms  lease length in milliseconds, 0 to 86400000; 0 takes the process's default
 -- ARGV[3] events_cap  (optional, default 10000) entries the stream keeps, 1 to 10000000
@@ -22,7 +23,8 @@
 --                   digits (the API passes its token's id); '' for trusted direct workers
 -- ARGV[5] request_id  (optional, default '') 1 to 512 bytes: while a lease granted with it is
 --                   live, the same lease is answered again (element 12 is then 1); once it
---                   has ended, its end is answered ({5, token}) for at least the lease's length
+--                   has ended, its end is answered ({5, token}) for at least the lease's length.
+--                   Only to the same holder: another holder's request id is another request
 --
 -- Returns {0, key, token, started_us, expires_us, last, size, lease_ms, reclaimed, attempts,
 --             checkpoint, existing}  granted; reclaimed = expired leases this call ended;
@@ -83,6 +85,14 @@ if #holder > HOLDER_MAX or not string.match(holder, '^%x*$') then
 end
 if #request_id > REQUEST_ID_BYTES_MAX or (request_id ~= '' and not keyinfo) then
   return {6, 'request_id'}
+end
+-- A request id is remembered under its holder: another token replaying it (a guess, or one
+-- read off a log) makes a request of its own and learns nothing of the first holder's lease.
+-- Holders are hex, so the first ':' ends one; the empty holder (open mode, trusted direct
+-- workers, who may act on every lease anyway) keeps the bare id.
+local rid = request_id
+if holder ~= '' and request_id ~= '' then
+  rid = holder .. ':' .. request_id
 end
 
 local m = redis.call('HMGET', meta, 'size', 'lease_ms', 'fresh', 'mode', 'pass_started_us',
@@ -205,7 +215,7 @@ end
 -- The same request again: while its lease lives, answer that lease; once it has ended,
 -- answer its end. Either way grant nothing.
 if request_id ~= '' then
-  local earlier = redis.call('HGET', keyinfo, 'r:' .. request_id)
+  local earlier = redis.call('HGET', keyinfo, 'r:' .. rid)
   local key = earlier and redis.call('HGET', tokens, earlier)
   local r = key and redis.call('HGET', leases, key)
   local own, started, expires, own_ms, last, machine_then = string.match(r or '',
@@ -309,7 +319,7 @@ record('granted', name, token_text, machine, now_us)
 local attempts, checkpoint = 0, 0
 if keyinfo then
   if request_id ~= '' then
-    redis.call('HSET', keyinfo, 'r:' .. request_id, token_text, 't:' .. token_text, request_id)
+    redis.call('HSET', keyinfo, 'r:' .. rid, token_text, 't:' .. token_text, rid)
   end
   local info = redis.call('HMGET', keyinfo, 'a:' .. name, 'c:' .. name)
   local e, n = string.match(info[1] or '', '^(%d+):(%d+)$')

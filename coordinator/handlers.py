@@ -19,8 +19,8 @@ from coordinator.store import Store
 
 API = "/api/v1"
 logger = logging.getLogger("coordinator")
-# The status logged for a request whose client left before its answer (nginx's convention).
-CLIENT_CLOSED_REQUEST = 499
+# The status logged for a request whose client left before its answer (declared in problems).
+CLIENT_CLOSED_REQUEST = problems.CLIENT_CLOSED_REQUEST
 
 
 def _store(request: Request) -> Store:

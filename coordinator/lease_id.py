@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import uuid
 
 PROCESS_ID_BITS = 64
 TOKEN_BITS = 58
 MAX_TOKEN = (1 << TOKEN_BITS) - 1
 _LOW_62 = (1 << 62) - 1
+# The one spelling issued (str(UUID)). uuid.UUID also reads upper case, no hyphens, braces,
+# "urn:uuid:" and non-ASCII digits: six names for one lease in logs and in whatever a caller
+# keys by the id, each an id never issued. [0-9], unlike \d, is ASCII only.
+_CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -44,11 +49,11 @@ def _value(name: str, token: int) -> int:
 
 
 def parse(external_id: str) -> tuple[int, int] | None:
-    """(process id, fencing token) of an id this service issued, or None if it cannot be one."""
-    try:
-        value = uuid.UUID(external_id)
-    except ValueError:
+    """(process id, fencing token) of an id this service issued, or None if it cannot be one
+    (any spelling but the canonical lower-case hyphenated one included)."""
+    if not _CANONICAL.fullmatch(external_id):
         return None
+    value = uuid.UUID(external_id)
     if value.version != 8 or value.variant != uuid.RFC_4122:
         return None
     n = value.int

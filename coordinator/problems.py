@@ -17,6 +17,9 @@ from coordinator import errors
 logger = logging.getLogger("coordinator")
 
 MEDIA_TYPE = "application/problem+json"
+# The status logged for a request whose client left before its answer (nginx's convention);
+# never seen by a client, so it is no problem code and not in /openapi.json.
+CLIENT_CLOSED_REQUEST = 499
 
 
 class MalformedJson(errors.CoordinatorError):
@@ -35,6 +38,12 @@ class UnsupportedMediaType(errors.CoordinatorError):
     """The body is declared as something other than JSON."""
 
     code = "unsupported_media_type"
+
+
+class ClientClosedRequest(errors.CoordinatorError):
+    """The client hung up before it had sent the whole body: nobody is left to answer."""
+
+    code = "client_closed_request"
 
 
 # code -> (status, title); the title is the same for every occurrence of a code.
@@ -78,6 +87,9 @@ def problem(code: str, detail: str, headers: dict[str, str] | None = None) -> Re
 async def coordinator_error(request: Request, exc: Exception) -> Response:
     """Every CoordinatorError, by its code; unknown codes are the service's own fault."""
     assert isinstance(exc, errors.CoordinatorError)
+    if isinstance(exc, ClientClosedRequest):
+        # Not a failure of the service: one access line with 499, no traceback, no 500 counted.
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     headers: dict[str, str] = {}
     if isinstance(exc, errors.NoFreeKey):
         headers["Retry-After"] = str(exc.retry_after_seconds)

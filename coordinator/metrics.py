@@ -10,8 +10,10 @@ The per-process figures (keys held and free, expired leases, the stalest complet
 from Redis when scraped (`coordinator.stats`), by the one worker that answers, into a registry
 of their own: never summed across workers.
 
-`/metrics` answers loopback clients, and others that present a valid API token (admin or
-worker; a token limited to some processes sees only their figures).
+With API tokens configured `/metrics` needs one (admin or worker; a token limited to some
+processes sees only their figures), from every client: a client's address is no credential,
+since behind a proxy it is whatever `X-Forwarded-For` says. Only the open API (no tokens)
+answers loopback clients without one.
 """
 
 from __future__ import annotations
@@ -323,15 +325,17 @@ def _is_loopback(request: Request) -> bool:
 
 
 def _viewer(request: Request) -> Principal | None:
-    """Who may scrape: None sees everything (loopback); else a valid token, or 401/403."""
+    """Who may scrape: with tokens, a valid one (else 401); open, loopback only (None sees
+    everything), else 403."""
+    tokens: TokenTable = request.state.tokens
+    if tokens:
+        # Checked before the address: a forwarded header can make any client look local.
+        return tokens.authenticate(request.headers.get("authorization"))
     if _is_loopback(request):
         return None
-    tokens: TokenTable = request.state.tokens
-    if not tokens:
-        raise Forbidden(
-            "Metrics are served to loopback clients only while no API tokens are configured."
-        )
-    return tokens.authenticate(request.headers.get("authorization"))
+    raise Forbidden(
+        "Metrics are served to loopback clients only while no API tokens are configured."
+    )
 
 
 def install(app: Starlette) -> Metrics:

@@ -72,7 +72,7 @@ async def serve_from(
             await app(scope, receive, send)
 
         transport = httpx.ASGITransport(app=with_state, client=client, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://coordinator") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
             yield http
 
 
@@ -325,19 +325,20 @@ async def test_outside_clients_need_a_valid_token(
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
-async def test_loopback_or_a_token_may_scrape(redis: Redis, prefix: str) -> None:
+async def test_loopback_while_open_or_a_token_may_scrape(redis: Redis, prefix: str) -> None:
     store = Store(redis, prefix=prefix)
     await store.register("seen-1", 2)
     await store.register("hidden-1", 3)
+    open_app = create_app(Settings(key_prefix=prefix), redis=redis)
     shown: dict[str, set[str]] = {}
-    for who, client_address, token in [
-        ("loopback", ("127.0.0.1", 5000), None),
-        ("loopback v6", ("::1", 5000), None),
-        ("worker", OUTSIDE, WORKER),
-        ("limited", OUTSIDE, LIMITED),
+    for who, app, client_address, token in [
+        ("loopback", open_app, ("127.0.0.1", 5000), None),
+        ("loopback v6", open_app, ("::1", 5000), None),
+        ("worker", _guarded(redis, prefix), OUTSIDE, WORKER),
+        ("limited", _guarded(redis, prefix), ("127.0.0.1", 5000), LIMITED),
     ]:
         headers = {} if token is None else {"Authorization": f"Bearer {token}"}
-        async with serve_from(_guarded(redis, prefix), client=client_address) as client:
+        async with serve_from(app, client=client_address) as client:
             samples = await scrape(client, headers=headers)
         assert value(samples, "coordinator_grants_total", outcome="granted") == 0
         shown[who] = {
@@ -346,8 +347,15 @@ async def test_loopback_or_a_token_may_scrape(redis: Redis, prefix: str) -> None
             if n == "coordinator_process_key_set_size"
         }
     assert shown["loopback"] == shown["loopback v6"] == shown["worker"] == {"seen-1", "hidden-1"}
-    # A token limited to some processes sees only their figures.
+    # A token limited to some processes sees only their figures, from loopback too.
     assert shown["limited"] == {"seen-1"}
+
+
+async def test_loopback_needs_a_token_once_tokens_are_configured(redis: Redis, prefix: str) -> None:
+    async with serve_from(_guarded(redis, prefix), client=("127.0.0.1", 5000)) as client:
+        response = await client.get("/metrics")
+    assert response.status_code == 401
+    assert response.json()["code"] == "unauthorized"
 
 
 # --- several workers ------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from coordinator import disconnect, logs, openapi, problems, schemas, validation
-from coordinator.auth import Forbidden, Principal, TokenTable
+from coordinator.auth import Principal, TokenTable
 from coordinator.errors import CoordinatorError, StoreUnavailable, UnknownLease
 from coordinator.eviction import EvictionGuard
 from coordinator.models import BatchKey
@@ -40,14 +40,13 @@ def _require(caller: Principal | None, role: str, process_name: str | None = Non
 
 
 async def _require_lease(request: Request, caller: Principal | None, external_id: str) -> None:
-    """A process-limited token may touch only leases of its processes; an id that names no
-    process is refused alike, so the answer tells a stranger nothing about which exist."""
+    """A process-limited token may touch only leases of its processes. Any other id answers
+    as an id never issued does (404 unknown_lease, naming only the id), whether its process
+    exists or not: the token learns no name, and nothing about which exist."""
     if caller is not None and caller.processes is not None:
-        try:
-            name = await _store(request).process_name_of(external_id)
-        except UnknownLease:
-            raise Forbidden("This token does not cover this lease's process.") from None
-        _require(caller, "worker", name)
+        name = await _store(request).process_name_of(external_id)  # UnknownLease if none
+        if not caller.may_act_on(name):
+            raise UnknownLease(external_id)
 
 
 def _holder(caller: Principal | None) -> str:
@@ -66,6 +65,7 @@ async def list_processes(request: Request) -> Response:
 async def register_process(request: Request) -> Response:
     """POST /api/v1/process."""
     caller = _caller(request)
+    _require(caller, "admin")  # the role before the body: a worker learns nothing from it
     store = _store(request)
     body = await schemas.register_body(request, store.limits.max_key_set_size)
     _require(caller, "admin", body.process_name)
@@ -251,9 +251,10 @@ async def get_pass(request: Request) -> Response:
 async def revoke_batch_key(request: Request) -> Response:
     """POST /api/v1/process/batch_keys/<external_id>/revoke (admin)."""
     caller = _caller(request)
+    # The role before the id: a worker gets the same 403 whether the lease exists or not.
+    _require(caller, "admin")
     external_id = request.path_params["external_id"]
-    if caller is not None:
-        caller.require("admin", await _store(request).process_name_of(external_id))
+    await _require_lease(request, caller, external_id)
     logs.note(request, external_id=external_id)
     key = await _store(request).revoke(external_id)
     logs.note(request, process_name=key.process_name, key=key.key)

@@ -127,8 +127,9 @@ async def test_a_limited_token_sees_and_touches_only_its_processes(
         f"{API}/batch_keys", json={"process_name": "other", "machine": "m"}, headers=_as(ADMIN)
     )
     other_lease = f"{API}/batch_keys/{theirs.json()['external_id']}"
-    assert (await guarded.patch(other_lease, headers=_as(LIMITED))).status_code == 403
-    assert (await guarded.delete(other_lease, headers=_as(LIMITED))).status_code == 403
+    # A lease outside the token's processes answers as one never granted.
+    assert (await guarded.patch(other_lease, headers=_as(LIMITED))).status_code == 404
+    assert (await guarded.delete(other_lease, headers=_as(LIMITED))).status_code == 404
     # Refusals changed nothing: the other process's lease is still held.
     keys = (await guarded.get(f"{API}/batch_keys/other", headers=_as(ADMIN))).json()
     assert keys[0]["external_id"] == theirs.json()["external_id"]

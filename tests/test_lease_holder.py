@@ -90,14 +90,15 @@ async def test_another_worker_can_neither_renew_nor_release(
         ),
         second.delete(f"{KEYS}/{lease['external_id']}", headers=_as(BOB)),
         second.delete(f"{KEYS}/{lease['external_id']}?outcome=failed", headers=_as(BOB)),
-        second.patch(f"{KEYS}/{lease['external_id']}", headers=_as(SCOPED)),
     ]
     for call in stranger_calls:
         response = await call
         assert response.status_code == 403, response.text
         assert response.headers["content-type"] == "application/problem+json"
-    # The scoped token is refused for its scope; the unscoped stranger as not the holder.
-    assert response.json()["code"] == "forbidden"
+    # The scoped token is told the lease is unknown (outside its scope, as if never granted).
+    response = await second.patch(f"{KEYS}/{lease['external_id']}", headers=_as(SCOPED))
+    assert response.status_code == 404, response.text
+    assert response.json()["code"] == "unknown_lease"
     # Nothing changed: same holder, same expiry, no completion stamped.
     assert await _keys(second, name) == before
     # The holder renews and releases through either replica.
@@ -158,7 +159,7 @@ async def test_workers_sharing_a_token_are_one_holder(
     assert response.status_code == 200
 
 
-async def test_a_scoped_token_gets_403_for_any_other_name_whether_or_not_it_exists(
+async def test_a_scoped_token_gets_the_same_answer_for_any_other_name_or_lease(
     replicas: tuple[httpx.AsyncClient, httpx.AsyncClient], new_name: Callable[[], str]
 ) -> None:
     first, second = replicas
@@ -182,8 +183,9 @@ async def test_a_scoped_token_gets_403_for_any_other_name_whether_or_not_it_exis
             second.delete(f"{KEYS}/{external_id}", headers=_as(SCOPED)),
         ):
             response = await call
-            assert response.status_code == 403, (external_id, response.text)
-            assert response.json()["code"] == "forbidden"
+            # As a lease never granted: 404, whether the lease or its process exists.
+            assert response.status_code == 404, (external_id, response.text)
+            assert response.json()["code"] == "unknown_lease"
 
 
 async def test_with_no_tokens_anyone_may_renew_and_release(

@@ -35,6 +35,7 @@ API = "/api/v1/process"
 GRANT = f"{API}/batch_keys"
 HOLDERS = 4
 LEASE_SECONDS = 3
+SETUP_SECONDS = 60  # the holders' first lease, while a thousand waiters arrive
 RENEW_EVERY = 0.5
 RENEWALS = 8  # 4 s of renewing: longer than a lease, so a renewal that misses loses it
 WAIT_SECONDS = 12
@@ -79,7 +80,7 @@ async def replica(valkey: EmbeddedValkey, settings: Settings) -> AsyncIterator[R
                 await app(scope, receive, send)
 
             transport = httpx.ASGITransport(app=with_state)
-            async with httpx.AsyncClient(transport=transport, base_url="http://c") as http:
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
                 store = state["store"]
                 yield Replica(http, store, GrantCount(store))
     finally:
@@ -135,8 +136,12 @@ async def crowd(served: list[Replica], name: str, waiters: int) -> Outcome:
     assert created.status_code == 201, created.text
     held = []
     for n in range(HOLDERS):
+        # Granted long enough to outlast the crowd's arrival however slow the machine; the
+        # first renewal cuts each lease to LEASE_SECONDS, so from then on a missed renewal loses
+        # it.
         granted = await http[n % len(http)].post(
-            GRANT, json={"process_name": name, "machine": f"holder-{n}"}
+            GRANT,
+            json={"process_name": name, "machine": f"holder-{n}", "lease_seconds": SETUP_SECONDS},
         )
         assert granted.status_code == 201, granted.text
         held.append(granted.json())
@@ -159,7 +164,9 @@ async def crowd(served: list[Replica], name: str, waiters: int) -> Outcome:
         for _ in range(RENEWALS):
             await asyncio.sleep(RENEW_EVERY)
             started = time.monotonic()
-            renewed = await replica.patch(f"{GRANT}/{lease['external_id']}")
+            renewed = await replica.patch(
+                f"{GRANT}/{lease['external_id']}", json={"lease_seconds": LEASE_SECONDS}
+            )
             outcome.renew_seconds.append(time.monotonic() - started)
             outcome.renewals.append(renewed.status_code)
         released = await replica.delete(f"{GRANT}/{lease['external_id']}")

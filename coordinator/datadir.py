@@ -1,14 +1,20 @@
 """The data folder of `coordinator serve`: one server at a time, a Valkey port kept across
 restarts, and the file that tells client commands where the running server answers.
 
+The folder is its owner's alone (0700, every file in it 0600, tightened at every start for
+folders made by older versions): it holds the Valkey password and, in the append-only file,
+every lease token, and the embedded Valkey refuses clients without the password.
+
 Beside Valkey's own files (appendonlydir/, valkey.log) the folder holds:
 
 - `coordinator.lock`: held with flock by the running server, with its pid and API URL. The OS
   releases it when the process ends, even by SIGKILL, so a crash never blocks the next start.
+- `valkey.password`: the embedded Valkey's password, made at the first start and reused at
+  every later one (direct workers of this user read it from server.json's redis_url).
 - `valkey.port`: the port chosen at the first start and reused at every later one, so direct
   workers keep one URL.
-- `server.json`: pid, api_url, redis_url and key_prefix of the running server; removed at a
-  clean stop, and ignored once its pid has ended.
+- `server.json`: pid, api_url, redis_url (password included) and key_prefix of the running
+  server; removed at a clean stop, and ignored once its pid has ended.
 """
 
 from __future__ import annotations
@@ -18,17 +24,23 @@ import fcntl
 import json
 import os
 import random
+import secrets
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from coordinator.config import ConfigError
-from coordinator.embedded import free_port, port_is_free
+from coordinator.embedded import PASSWORD_PATTERN, free_port, port_is_free
 
 LOCK_FILE = "coordinator.lock"
+PASSWORD_FILE = "valkey.password"  # noqa: S105 - the file's name, not a password
 PORT_FILE = "valkey.port"
 SERVER_FILE = "server.json"
+FOLDER_MODE = 0o700
+FILE_MODE = 0o600
 # A server killed a moment ago leaves its Valkey a moment to shut down and free the port.
 PORT_FREE_WAIT_SECONDS = 2.0
 # New ports are chosen from here up to the ephemeral range, where no outgoing connection's
@@ -52,6 +64,12 @@ class RunningServer:
     api_url: str
     redis_url: str
     key_prefix: str
+
+    @property
+    def logged_redis_url(self) -> str:
+        """redis_url without its password, as it may be shown."""
+        parts = urlsplit(self.redis_url)
+        return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def running_server(data_dir: Path) -> RunningServer | None:
@@ -90,9 +108,9 @@ class DataDir:
     @contextlib.contextmanager
     def owned(self, api_url: str) -> Iterator[DataDir]:
         """Hold the folder's lock for the block, or raise FolderInUse naming who holds it."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_private(self.path)
         # os.open's descriptors are not inherited (PEP 446): the Valkey child never holds it.
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -112,7 +130,8 @@ class DataDir:
         except (ValueError, KeyError, TypeError):  # it has locked and not yet written
             pid, api_url = 0, "unknown"
         server = running_server(self.path)
-        redis_url = server.redis_url if server and server.pid == pid else "still starting"
+        # Said without the password, which stays in server.json.
+        redis_url = server.logged_redis_url if server and server.pid == pid else "still starting"
         return (
             f"the data folder {self.path.resolve()} is in use by another `coordinator serve`"
             f" (pid {pid or 'unknown'}, API {api_url}, Valkey {redis_url}): stop it, or set"
@@ -153,19 +172,69 @@ class DataDir:
         """Remember Valkey's port for the next start."""
         port_file = self.path / PORT_FILE
         if not port_file.exists() or port_file.read_text().strip() != str(port):
-            port_file.write_text(f"{port}\n")
+            _write_private(port_file, f"{port}\n")
+
+    @property
+    def server_file(self) -> Path:
+        """Where the running server is published (server.json)."""
+        return self.path / SERVER_FILE
+
+    @property
+    def password_file(self) -> Path:
+        """Where the embedded Valkey's password is kept."""
+        return self.path / PASSWORD_FILE
+
+    def valkey_password(self) -> str:
+        """The embedded Valkey's password: the kept one, else a new one, kept from now on."""
+        try:
+            password = self.password_file.read_text().strip()
+        except FileNotFoundError:
+            password = secrets.token_urlsafe(32)
+            _write_private(self.password_file, f"{password}\n")
+            return password
+        if not PASSWORD_PATTERN.fullmatch(password):
+            raise ConfigError(
+                f"{self.password_file} does not hold a password of this server"
+                " (16 or more of A-Z a-z 0-9 - _): delete it to make a new one"
+            )
+        return password
 
     @contextlib.contextmanager
     def published(self, server: RunningServer) -> Iterator[None]:
         """Write server.json for the block, so client commands find this server."""
         target = self.path / SERVER_FILE
         partial = target.with_suffix(".json.partial")
-        partial.write_text(json.dumps(asdict(server)) + "\n")
+        _write_private(partial, json.dumps(asdict(server)) + "\n")
         partial.replace(target)  # a reader never sees half a file
         try:
             yield
         finally:
             target.unlink(missing_ok=True)
+
+
+def make_private(folder: Path) -> None:
+    """Create `folder` as its owner's alone, or tighten it: 0700, everything in it 0700/0600."""
+    folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+    folder.chmod(FOLDER_MODE)
+    # Symbolic links are neither followed nor changed.
+    for parent, folders, files in os.walk(folder):
+        for name in folders:
+            if not (Path(parent) / name).is_symlink():
+                (Path(parent) / name).chmod(FOLDER_MODE)
+        for name in files:
+            entry = Path(parent) / name
+            if stat.S_ISREG(entry.lstat().st_mode):
+                entry.chmod(FILE_MODE)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `path` as a 0600 file, whatever its mode was and whatever the umask is."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def _new_port() -> int:

@@ -21,6 +21,11 @@ from redis.retry import Retry
 
 _PR_SET_PDEATHSIG = 1
 LOG_FILE = "valkey.log"
+# Everything Valkey creates in the data folder (the append-only files, its log) is its
+# owner's alone: the AOF holds every lease token.
+PRIVATE_UMASK = 0o077
+# The characters of secrets.token_urlsafe: safe as they are in a URL and a config line.
+PASSWORD_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,}")
 # "1234:M 28 Nov 2026 23:37:02.607 # message": the part before the message.
 _LOG_PREFIX = re.compile(r"^\d+:[A-Z] .*? [-.*#] ")
 
@@ -76,7 +81,11 @@ def port_is_free(port: int) -> bool:
 
 
 class EmbeddedValkey:
-    """A Valkey child process on loopback, with append-only persistence in `data_dir`."""
+    """A Valkey child process on loopback, with append-only persistence in `data_dir`.
+
+    With a `password` every client must authenticate (`url` carries it); without one (test
+    replicas and sentinels) any local user reaching the port could run the scripts.
+    """
 
     def __init__(
         self,
@@ -86,9 +95,13 @@ class EmbeddedValkey:
         appendfsync: str = "everysec",
         start_timeout: float = 10.0,
         extra_args: Sequence[str] = (),
+        password: str | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
+        if password is not None and not PASSWORD_PATTERN.fullmatch(password):
+            raise ValueError("a Valkey password is at least 16 of A-Z a-z 0-9 - _")
+        self.password = password
         self.appendfsync = appendfsync
         self.start_timeout = start_timeout
         self.extra_args = tuple(extra_args)
@@ -97,14 +110,24 @@ class EmbeddedValkey:
 
     @property
     def url(self) -> str:
-        """The URL direct workers and the API use to reach this server."""
+        """The URL direct workers and the API use to reach this server, password included."""
+        if self.password is None:
+            return self.logged_url
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    @property
+    def logged_url(self) -> str:
+        """The URL without its password, as it may be logged or shown."""
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> EmbeddedValkey:
         """Start the server and return once it answers PING."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         command = [
             server_binary(),
+            # The configuration on stdin, then these options: a password there is never in the
+            # command line, which every local user can read in /proc.
+            "-",
             "--bind",
             "127.0.0.1",
             "--port",
@@ -129,23 +152,37 @@ class EmbeddedValkey:
         self._log_start = log.stat().st_size if log.exists() else 0
         self._process = subprocess.Popen(  # noqa: S603 - fixed arguments, our own binary
             command,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+            umask=PRIVATE_UMASK,
         )
         try:
+            self._send_config()
             self._wait_ready()
         except BaseException:
             self.stop()  # a failed or interrupted start leaves no server behind
             raise
         return self
 
+    def _send_config(self) -> None:
+        """Hand the server its stdin configuration (the password) and close stdin."""
+        assert self._process is not None
+        assert self._process.stdin is not None
+        config = f"requirepass {self.password}\n" if self.password is not None else ""
+        # A server that exits at once (a bad option) closes its end: it says why on stderr.
+        with contextlib.suppress(BrokenPipeError):
+            self._process.stdin.write(config.encode())
+        with contextlib.suppress(BrokenPipeError):
+            self._process.stdin.close()
+
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout
         # One attempt per call: redis-py's retries would outlast a server that already exited.
         client = redis.Redis(
             port=self.port,
+            password=self.password,
             socket_connect_timeout=0.5,
             socket_timeout=0.5,
             retry=Retry(NoBackoff(), 0),

@@ -71,6 +71,12 @@ def _server_json(data_dir: Path) -> dict[str, object]:
     return fields
 
 
+def _without_password(redis_url: str) -> str:
+    """`redis://:secret@host:port/0` as the server logs it: `redis://host:port/0`."""
+    scheme, _, rest = redis_url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
+
+
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """A `coordinator` command; a server-side wait past 15 s fails the test."""
     return subprocess.run(
@@ -120,7 +126,9 @@ def test_second_server_on_one_folder_is_refused_at_once(tmp_path: Path) -> None:
         assert str(data.resolve()) in line
         assert f"pid {first.process.pid}" in line
         assert first.api_url in line
-        assert str(running["redis_url"]) in line
+        # The Valkey's address without its password, which stays in the 0600 files.
+        assert _without_password(str(running["redis_url"])) in line
+        assert (data / "valkey.password").read_text().strip() not in line
         # It started no Valkey: nothing new in the folder's Valkey log.
         assert (data / "valkey.log").read_text() == log_before
         assert _server_json(data) == running
@@ -154,7 +162,7 @@ def test_restart_keeps_the_redis_url_for_direct_workers(tmp_path: Path) -> None:
     data = tmp_path / "data"
     with serving(_env(data)) as first:
         redis_url = str(_server_json(data)["redis_url"])  # what a worker is configured with
-        assert f"embedded Valkey on {redis_url}" in first.log
+        assert f"embedded Valkey on {_without_password(redis_url)}, password in" in first.log
         with RedisCoordinator(redis_url) as worker:
             worker.register("kept", 3)
     assert first.process.returncode == 0
@@ -171,7 +179,8 @@ def test_configured_valkey_port_wins(tmp_path: Path) -> None:
     data = tmp_path / "data"
     port = free_port()
     with serving(_env(data, COORDINATOR_VALKEY_PORT=str(port))):
-        assert _server_json(data)["redis_url"] == f"redis://127.0.0.1:{port}/0"
+        password = (data / "valkey.password").read_text().strip()
+        assert _server_json(data)["redis_url"] == f"redis://:{password}@127.0.0.1:{port}/0"
         assert (data / "valkey.port").read_text().strip() == str(port)
 
 

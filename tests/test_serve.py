@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -69,10 +70,12 @@ def serving(env: dict[str, str], *args: str, port: int | None = None) -> Iterato
 
 
 def _redis_url(log: str) -> str:
-    for word in log.split():
-        if word.startswith("redis://127.0.0.1:"):
-            return word
-    raise AssertionError(f"no Redis URL logged:\n{log}")
+    """The logged Valkey URL with the password from the file the log names (never logged)."""
+    found = re.search(r"embedded Valkey on redis://(\S+), password in (\S+),", log)
+    assert found, f"no Redis URL logged:\n{log}"
+    password = Path(found.group(2)).read_text().strip()
+    assert password not in log
+    return f"redis://:{password}@{found.group(1)}"
 
 
 def test_embedded_valkey_keeps_state_across_restarts(tmp_path: Path) -> None:

@@ -87,7 +87,11 @@ def _embedded_valkey(settings: Settings, address: listen.Address) -> Iterator[st
     with DataDir(settings.data_dir).owned(address.local_url) as folder:
         # After the folder (a second server on it is named as such), before Valkey starts.
         listen.ensure_free(address)
-        embedded = EmbeddedValkey(settings.data_dir, folder.valkey_port(settings.valkey_port))
+        embedded = EmbeddedValkey(
+            settings.data_dir,
+            folder.valkey_port(settings.valkey_port),
+            password=folder.valkey_password(),  # a local user reaching the port gets NOAUTH
+        )
         embedded.start()
         try:
             folder.keep_port(embedded.port)
@@ -96,10 +100,13 @@ def _embedded_valkey(settings: Settings, address: listen.Address) -> Iterator[st
             )
             with folder.published(server):
                 logger.info(
-                    "embedded Valkey on %s, data in %s (direct workers use this URL; it is"
-                    " kept across restarts)",
-                    embedded.url,
+                    "embedded Valkey on %s, password in %s, data in %s (`--direct` workers of"
+                    " this user read the URL with its password from %s; both are kept across"
+                    " restarts)",
+                    embedded.logged_url,
+                    folder.password_file.resolve(),
                     settings.data_dir.resolve(),
+                    folder.server_file.resolve(),
                 )
                 yield embedded.url
         finally:

@@ -244,7 +244,7 @@ async def get_pass(request: Request) -> Response:
     _require(caller, "worker", name)
     logs.note(request, process_name=name)
     number, wait = schemas.pass_query(request.path_params["number"], request.query_params)
-    found = await _store(request).pass_info(name, number, wait)
+    found = await _store(request).pass_info(name, number, wait, holder=_holder(caller))
     return JSONResponse(found.to_json())
 
 

@@ -8,7 +8,6 @@ so the HTTP API and direct workers share them.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -22,16 +21,10 @@ from coordinator.unavailable import store_errors
 if TYPE_CHECKING:
     from coordinator.connection import RedisClient
     from coordinator.keys import KeySpace
+    from coordinator.pass_watch import PassWatch
     from coordinator.scripts import Scripts
     from coordinator.store import Limits
     from coordinator.waiters import Waiters
-
-# A pass waiter blocks on the process's history in slices this long (inside socket timeouts).
-PASS_WAIT_SLICE_SECONDS = 0.5
-# Beyond this many blocking readers per store, pass waiters poll instead of holding a
-# connection each, so waiting never starves the holders' renewals of the pool.
-PASS_READERS = 8
-PASS_POLL_SECONDS = 0.25
 
 
 class BatchRuns:
@@ -41,7 +34,7 @@ class BatchRuns:
     keys: KeySpace
     scripts: Scripts
     limits: Limits
-    _pass_readers: asyncio.Semaphore
+    pass_watch: PassWatch
     waiters: Waiters
 
     async def process(self, name: str) -> Process:  # implemented by Store
@@ -93,23 +86,37 @@ class BatchRuns:
         raise_for_status(reply, process_name=name, number=expected or 0)
         return await self.process(name), bool(reply[3])
 
-    async def pass_info(self, name: str, number: int, wait_seconds: float = 0) -> Pass:
+    async def pass_info(
+        self, name: str, number: int, wait_seconds: float = 0, *, holder: str = ""
+    ) -> Pass:
         """Pass `number` of a process; for the current pass, wait up to `wait_seconds` for it
-        to complete (woken by the history's `pass-completed` entry, not by polling)."""
+        to complete (woken by the history's `pass-completed` entry, not by polling).
+
+        A wait counts among this replica's waiters, and among `holder`'s (the API passes its
+        caller's token id): past either cap the pass is answered as it stands, at once.
+        """
         name = validation.process_name(name)
         number = validation.pass_number(number)
         wait_seconds = validation.wait_seconds(wait_seconds)
         deadline = time.monotonic() + wait_seconds
-        after = "$"
-        while True:
-            found, current, after = await self._read_pass(name, number)
-            remaining = deadline - time.monotonic()
-            if found.complete or not current or remaining <= 0:
-                return found
-            # A shutdown answers the wait at once (503) rather than at the slice's end.
-            await self.waiters.unless_stopping(
-                self._await_history(name, after, min(remaining, PASS_WAIT_SLICE_SECONDS))
-            )
+        found, current, after = await self._read_pass(name, number)
+        if found.complete or not current or wait_seconds <= 0:
+            return found
+        if not self.waiters.has_room(holder):
+            return found
+        events = self.keys.process(name).events
+        with self.waiters.counted(holder):
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return found
+                # A shutdown answers the wait at once (503) rather than at its end.
+                await self.waiters.unless_stopping(
+                    self.pass_watch.changed(events, after, remaining)
+                )
+                found, current, after = await self._read_pass(name, number)
+                if found.complete or not current:
+                    return found
 
     async def _read_pass(self, name: str, number: int) -> tuple[Pass, bool, str]:
         """(the pass, whether it is the current one, the history's last entry id)."""
@@ -138,18 +145,6 @@ class BatchRuns:
         if number > current or kept is None:
             raise UnknownPass(name, number)
         return _kept_pass(number, kept), False, last_id
-
-    async def _await_history(self, name: str, after: str, seconds: float) -> None:
-        """Until the process's history grows past `after`, or `seconds` pass. Past
-        PASS_READERS blocked readers, poll instead of holding another connection."""
-        if self._pass_readers.locked():
-            await asyncio.sleep(min(seconds, PASS_POLL_SECONDS))
-            return
-        async with self._pass_readers:
-            with store_errors():
-                await self.redis.xread(
-                    {self.keys.process(name).events: after}, count=1, block=int(seconds * 1000)
-                )
 
 
 def _kept_pass(number: int, kept: Any) -> Pass:  # noqa: ANN401 - a Redis reply

@@ -11,7 +11,6 @@ process registry (`coordinator.registry`) and batch runs (`coordinator.runs`) ar
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,9 +22,10 @@ from coordinator.errors import CoordinatorError, StoreUnavailable, UnknownKey, U
 from coordinator.keys import KeySpace
 from coordinator.lease_margin import over_on_arrival
 from coordinator.models import BatchKey, utc
+from coordinator.pass_watch import PassWatch
 from coordinator.registry import ProcessRegistry
 from coordinator.rows import batch_key_of, completed
-from coordinator.runs import PASS_READERS, BatchRuns
+from coordinator.runs import BatchRuns
 from coordinator.scripts import Scripts, raise_for_status
 from coordinator.unavailable import store_errors
 from coordinator.validation import UNSET, Unset
@@ -68,6 +68,7 @@ class Store(ProcessRegistry, BatchRuns):
         replica_acks: int = 0,
         replica_timeout_ms: int = 1000,
         max_waiters: int = DEFAULT_MAX_WAITERS,
+        max_waiters_per_token: int | None = None,
     ) -> None:
         self.redis = redis
         self.keys = KeySpace(prefix)
@@ -81,13 +82,17 @@ class Store(ProcessRegistry, BatchRuns):
         # Process id -> name is fixed by the hash, so this cache never goes stale.
         self._names: dict[int, str] = {}
         # Grants waiting for a key on this replica: queued, not one connection each.
-        self.waiters = Waiters(redis, max_waiters=max_waiters)
-        self._pass_readers = asyncio.Semaphore(PASS_READERS)
+        self.waiters = Waiters(
+            redis, max_waiters=max_waiters, max_waiters_per_token=max_waiters_per_token
+        )
+        # Pass waits: one history reader per process, however many wait on it.
+        self.pass_watch = PassWatch(redis)
 
     async def aclose(self) -> None:
         """Stop the waiters' listeners (waiting grants answer StoreUnavailable) and close the
         scripts' shared connection."""
         await self.waiters.aclose()
+        await self.pass_watch.aclose()
         await self.scripts.aclose()
 
     async def batch_keys(
@@ -155,7 +160,7 @@ class Store(ProcessRegistry, BatchRuns):
         When none is free, wait up to `wait_seconds` for the first one released or expired,
         then raise NoFreeKey. Waiters queue on this replica, woken in turn by one listener per
         process on its `freed` list, which every release pushes to (see `waiters`); past
-        `max_waiters` of them, NoFreeKey comes at once.
+        `max_waiters` of them, or `max_waiters_per_token` of `holder`'s, NoFreeKey comes at once.
         """
         name = validation.process_name(name)
         machine = validation.machine(machine)
@@ -189,7 +194,7 @@ class Store(ProcessRegistry, BatchRuns):
             self._names.setdefault(lease_id.process_id(name), name)
             await self.release(lease_id.external_id(name, reply[2]), "interrupted")
 
-        reply = await self.waiters.grant(k.freed, attempt, wait_seconds, give_back)
+        reply = await self.waiters.grant(k.freed, attempt, wait_seconds, give_back, holder)
         _, key, token, started, expires, last, _size, _lease_ms, reclaimed = reply[:9]
         attempts, checkpoint, replayed = reply[9:12]
         if reclaimed and self.on_reclaimed is not None:

@@ -52,6 +52,9 @@ POLL_SECONDS = 0.25
 # Freed signals are pushed back with the lifetime release.lua gives them.
 SIGNAL_TTL_MS = 60_000
 DEFAULT_MAX_WAITERS = 10_000
+# One API token (holder) may have this share of them, so one team cannot fill the replica:
+# a tenth, at least one (1,000 of the default 10,000).
+TOKEN_SHARE = 10
 SHUTTING_DOWN = "The coordinator is shutting down."
 
 T = TypeVar("T")
@@ -63,21 +66,26 @@ logger = logging.getLogger("coordinator")
 
 class Waiters:
     """Every grant waiting on this replica, queued per process, and the listeners that wake
-    them. At most `max_waiters` wait at once; the next is refused at once with NoFreeKey."""
+    them. At most `max_waiters` grants and pass waits wait at once, `max_waiters_per_token` of
+    them one holder's; the next grant is refused at once with NoFreeKey."""
 
     def __init__(
         self,
         redis: RedisClient,
         *,
         max_waiters: int = DEFAULT_MAX_WAITERS,
+        max_waiters_per_token: int | None = None,
         max_listeners: int | None = None,
     ) -> None:
         self.redis = redis
         self.max_waiters = max_waiters
+        self.max_waiters_per_token = max_waiters_per_token or per_token_cap(max_waiters)
         # A listener blocks a pooled connection: listeners may take a quarter of the pool,
         # processes beyond that poll instead, so the holders' renewals always find one.
         self.max_listeners = max_listeners or max(1, _pool_size(redis) // 4)
         self.waiting = 0
+        # Waits per holder; the empty holder (open mode, direct workers) is the replica's own.
+        self._by_holder: dict[str, int] = {}
         self._queues: dict[str, WaitQueue] = {}
         self._listeners: set[asyncio.Task[None]] = set()
         self._giving_back: set[asyncio.Task[None]] = set()
@@ -92,9 +100,11 @@ class Waiters:
         attempt: Callable[[], Coroutine[Any, Any, T]],
         wait_seconds: float,
         give_back: Callable[[T], Awaitable[object]],
+        holder: str = "",
     ) -> T:
         """`attempt()` the grant; while it raises NoFreeKey, try again at each turn of this
         waiter in the queue of `freed` (its process's list), until `wait_seconds` pass.
+        The wait counts as `holder`'s: past its cap or the replica's, NoFreeKey at once.
 
         A waiting grant may be cancelled (its caller left) at any moment: an attempt then in
         flight still runs to its end, and what it granted is handed to `give_back`.
@@ -107,11 +117,11 @@ class Waiters:
         try:
             return await self._whole(attempt, give_back)
         except NoFreeKey as busy:
-            if self.waiting >= self.max_waiters:
+            if not self.has_room(holder):
                 raise
             retry_after_us = busy.retry_after_us
         ended: CoordinatorError | None = None
-        with self._joined(freed) as queue:
+        with self.counted(holder), self._joined(freed) as queue:
             front = False
             while True:
                 queue.expect_expiry(retry_after_us)
@@ -150,6 +160,25 @@ class Waiters:
             self._giving_back.add(returning)
             returning.add_done_callback(self._giving_back.discard)
             raise
+
+    def has_room(self, holder: str = "") -> bool:
+        """Whether one more wait of `holder` fits under the replica's cap and its own."""
+        if self.waiting >= self.max_waiters:
+            return False
+        return not holder or self._by_holder.get(holder, 0) < self.max_waiters_per_token
+
+    @contextlib.contextmanager
+    def counted(self, holder: str = "") -> Iterator[None]:
+        """Count one wait (a grant's or a pass's) as this replica's and `holder`'s."""
+        self.waiting += 1
+        self._by_holder[holder] = self._by_holder.get(holder, 0) + 1
+        try:
+            yield
+        finally:
+            self.waiting -= 1
+            left = self._by_holder.pop(holder) - 1
+            if left:
+                self._by_holder[holder] = left
 
     @property
     def listeners(self) -> int:
@@ -208,12 +237,10 @@ class Waiters:
             self._listeners.add(listener)
             listener.add_done_callback(self._listeners.discard)
         queue.members += 1
-        self.waiting += 1
         try:
             yield queue
         finally:
             queue.members -= 1
-            self.waiting -= 1
             if not queue.members:
                 queue.close()
 
@@ -264,6 +291,11 @@ class Waiters:
             await asyncio.sleep(POLL_SECONDS)
             return None
         return str(freed_key)
+
+
+def per_token_cap(max_waiters: int) -> int:
+    """The waits one token may have on a replica that allows `max_waiters` in all."""
+    return max(1, max_waiters // TOKEN_SHARE)
 
 
 async def _hand_back(call: asyncio.Future[T], give_back: Callable[[T], Awaitable[object]]) -> None:

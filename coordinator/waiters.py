@@ -20,6 +20,10 @@ replica's listener wakes its first waiter, which learns the same and passes it o
 A grant whose caller leaves (its task cancelled) while its script is in flight is not cut: the
 script runs to its end and what it granted is given back at once, rather than held, unclaimed,
 for the whole lease.
+
+Waiting grants and pass waits (`coordinator.runs`) count alike: at most `max_waiters` on the
+replica, and of them at most a share (`TOKEN_SHARE`) from one holder, the API token that sent
+them, so one team's waits cannot fill the replica and have another team's refused at once.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from coordinator import logs, problems
 from coordinator.auth import TokenTable, load_tokens
+from coordinator.browser_guard import BrowserGuard
 from coordinator.config import ConfigError, Settings
 from coordinator.connection import RedisClient, connect
 from coordinator.errors import CoordinatorError, StoreUnavailable
@@ -190,6 +191,8 @@ def create_app(settings: Settings | None = None, *, redis: RedisClient | None = 
     app.router.redirect_slashes = False
     # Prometheus: counts every request and serves GET /metrics (coordinator/metrics.py).
     metrics = install_metrics(app)
+    # Outside the routes and /metrics, so a page in a browser reaches none of them.
+    app.add_middleware(BrowserGuard, listed=settings.allowed_hosts)
     # Outermost, so its line and X-Request-ID cover every answer, errors included.
     logs.configure(settings.log_level)
     app.add_middleware(logs.RequestLog)

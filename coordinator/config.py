@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,10 @@ REDIS_URL_SCHEMES = (
     "redis+sentinel://",
     "rediss+sentinel://",
 )
+
+# A DNS name or IPv4 address (letters, digits, dots, hyphens), or an IPv6 address in brackets,
+# as it appears in a Host header once its port is taken off.
+_HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?|\[[0-9a-f:.]{2,45}\]")
 
 
 class ConfigError(ValueError):
@@ -52,6 +57,9 @@ class Settings:
     log_level: str = "info"
     tokens: str | None = None
     tokens_file: Path | None = None
+    # Host names (any port) the API answers besides the loopback ones; None: only those, and
+    # only when no tokens are configured (coordinator.browser_guard says why).
+    allowed_hosts: tuple[str, ...] | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -119,7 +127,22 @@ class Settings:
                 10_000,
             ),
             max_waiters=_int(get("MAX_WAITERS"), "MAX_WAITERS", defaults.max_waiters, 0, 1_000_000),
+            allowed_hosts=_host_names(get("ALLOWED_HOSTS")),
         )
+
+
+def _host_names(raw: str | None) -> tuple[str, ...] | None:
+    """COORDINATOR_ALLOWED_HOSTS: comma-separated names or IP addresses, without ports."""
+    if raw is None:
+        return None
+    names = tuple(name.strip().lower().rstrip(".") for name in raw.split(","))
+    for name in names:
+        if not _HOST_NAME.fullmatch(name):
+            raise ConfigError(
+                "COORDINATOR_ALLOWED_HOSTS must list host names or addresses without ports,"
+                f" separated by commas (api.example.com,10.0.0.5,[fd00::1]), not {name!r}"
+            )
+    return names
 
 
 def _log_level(raw: str) -> str:

@@ -6,6 +6,7 @@ from functools import cache
 from typing import Any
 
 from coordinator import __version__, validation
+from coordinator.browser_guard import STATE_CHANGING
 from coordinator.errors import RETRY_AFTER_MAX_SECONDS
 from coordinator.models import EVENT_TYPES
 from coordinator.problems import MEDIA_TYPE, PROBLEMS
@@ -276,14 +277,26 @@ _HOLDER_ONLY = frozenset({"renewBatchKey", "releaseBatchKey"})
 def document() -> dict[str, Any]:
     """The whole OpenAPI document (built once; it never changes while the service runs)."""
     doc = _document()
-    # Every /api route takes a Bearer token when tokens are configured; health checks do not.
     for path, operations in doc["paths"].items():
-        if path.startswith("/api/"):
-            for operation in operations.values():
+        for method, operation in operations.items():
+            # Every route answers 421 to a Host it does not serve, and every change 403 when a
+            # browser sends it from another site (coordinator.browser_guard).
+            codes = ["host_not_allowed"]
+            if method.upper() in STATE_CHANGING:
+                codes.append("cross_site_request")
+            # Every /api route takes a Bearer token when tokens are configured; health checks
+            # do not. Renew and release also answer 403 to a token not the lease's holder.
+            if path.startswith("/api/"):
                 operation["security"] = [{}, {"bearer": []}]
-                # Renew and release also answer 403 to a token that is not the lease's holder.
-                holder = ("not_lease_holder",) if operation["operationId"] in _HOLDER_ONLY else ()
-                operation["responses"].update(_problems("unauthorized", "forbidden", *holder))
+                codes += ["unauthorized", "forbidden"]
+                if operation["operationId"] in _HOLDER_ONLY:
+                    codes.append("not_lease_holder")
+            # One call, so codes sharing a status (403) share one response entry; the routes
+            # outside /api touch no store, so they gain no 503 here.
+            added = _problems(*codes)
+            if not path.startswith("/api/"):
+                del added["503"]
+            operation["responses"].update(added)
     return doc
 
 

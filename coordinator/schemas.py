@@ -202,12 +202,16 @@ async def _object(
 ) -> dict[str, Any]:
     """The body as a JSON object with no fields but `fields`."""
     raw = await _read(request)
-    if not raw.strip() and allow_empty:
-        return {}
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";", 1)[0].strip().lower()
-    if media and media != "application/json" and not media.endswith("+json"):
-        raise UnsupportedMediaType(f"Send the body as application/json, not {media}.")
+    # A body must say it is JSON: one with no type, or a form's or text's, is what a page on
+    # another site can send without a preflight (fetch no-cors), so it is never parsed.
+    is_json = media == "application/json" or media.endswith("+json")
+    if not is_json and (raw or (media and not allow_empty)):
+        sent = f"not {media}" if media else "with a Content-Type header"
+        raise UnsupportedMediaType(f"Send the body as application/json, {sent}.")
+    if not raw.strip() and allow_empty:
+        return {}
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as error:

@@ -126,7 +126,7 @@ async def serve(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
             await app(scope, receive, send)
 
         transport = httpx.ASGITransport(app=with_state)
-        async with httpx.AsyncClient(transport=transport, base_url="http://coordinator") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             yield client
 
 

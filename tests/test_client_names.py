@@ -169,7 +169,7 @@ async def test_a_proxys_5xx_is_unreachable_and_the_apis_503_is_the_store() -> No
         ]
     )
     transport = httpx.MockTransport(lambda _request: next(answers))
-    async with AsyncHttpCoordinator("http://coordinator", transport=transport) as http:
+    async with AsyncHttpCoordinator("http://localhost", transport=transport) as http:
         with pytest.raises(ServiceUnreachable, match="502"):
             await http.processes()
         with pytest.raises(StoreUnavailable, match="LOADING") as store:
@@ -187,6 +187,6 @@ async def test_the_http_client_gets_one_process_by_its_own_resource() -> None:
         return httpx.Response(200, json=body)
 
     transport = httpx.MockTransport(answer)
-    async with AsyncHttpCoordinator("http://coordinator", transport=transport) as http:
+    async with AsyncHttpCoordinator("http://localhost", transport=transport) as http:
         assert await http.process("p") == Process("p", 3, 60)
     assert sent == ["GET /api/v1/process/p"]

@@ -104,7 +104,10 @@ class Fuzz:
     def __init__(self) -> None:
         server = fakeredis.FakeServer()
         redis = fakeredis.FakeAsyncRedis(decode_responses=True, server=server)
-        settings = Settings(key_prefix=PREFIX, max_key_set_size=MAX_KEY_SET_SIZE)
+        # Schemathesis calls the app as host "testserver": a name the service must be told of.
+        settings = Settings(
+            key_prefix=PREFIX, max_key_set_size=MAX_KEY_SET_SIZE, allowed_hosts=("testserver",)
+        )
         self.app = create_app(settings, redis=redis)
         # Schemathesis runs the app's lifespan itself, on its own event loop thread.
         self.schema = schemathesis.openapi.from_asgi("/openapi.json", self.app)

@@ -140,7 +140,7 @@ def uvicorn_in_a_thread(app: Starlette, http: str) -> Iterator[str]:
 def grant_request(port: int, wait_seconds: int = 0) -> bytes:
     body = orjson.dumps({"process_name": "p", "machine": "gone", "wait_seconds": wait_seconds})
     return (
-        b"POST /api/v1/process/batch_keys HTTP/1.1\r\nHost: c\r\n"
+        b"POST /api/v1/process/batch_keys HTTP/1.1\r\nHost: localhost\r\n"
         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
     )
 

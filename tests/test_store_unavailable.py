@@ -69,7 +69,7 @@ def _request(
     """One HTTP/1.1 request on a kept-alive socket; (status, headers, body)."""
     payload = json.dumps(body).encode()
     conn.sendall(
-        f"{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(payload)}\r\n\r\n".encode()
         + payload
     )

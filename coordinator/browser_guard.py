@@ -40,8 +40,6 @@ CROSS_SITE = frozenset({b"cross-site", b"same-site"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-# Clients send the same few Host values on every request: parsing each once saves ~2 µs a call.
-@functools.lru_cache(maxsize=1024)
 def split_authority(authority: str, scheme: str) -> tuple[str, int | None]:
     """A `Host` header (or an origin's host[:port]) as a lower-case name and a port (the
     scheme's default when none is written; None when the port is not a number)."""
@@ -58,6 +56,12 @@ def split_authority(authority: str, scheme: str) -> tuple[str, int | None]:
     if not port:
         return name, _DEFAULT_PORTS.get(scheme)
     return name, int(port) if port.isascii() and port.isdigit() else None
+
+
+# Clients send the same few Host values on every request: each is parsed once. Only short ones
+# (a DNS name is at most 253 characters), so a stranger's long Host values cannot fill memory.
+_split_known = functools.lru_cache(maxsize=1024)(split_authority)
+_CACHED_HOST_MAX = 300
 
 
 class BrowserGuard:
@@ -97,7 +101,8 @@ class BrowserGuard:
         # The token table the lifespan loaded (an empty one, or none yet, is the open API).
         if not self.listed and scope.get("state", {}).get("tokens"):
             return False
-        name, port = split_authority(host, scope["scheme"])
+        split = _split_known if len(host) <= _CACHED_HOST_MAX else split_authority
+        name, port = split(host, scope["scheme"])
         known = name in self.hosts or name == _local_address(scope)
         return not known or port is None
 

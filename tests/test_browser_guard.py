@@ -12,7 +12,9 @@ import httpx
 import orjson
 import pytest
 from redis.asyncio import Redis
+from starlette.types import Receive, Scope, Send
 
+from coordinator import browser_guard
 from coordinator.app import create_app
 from coordinator.auth import new_token
 from coordinator.browser_guard import STATE_CHANGING
@@ -97,7 +99,7 @@ async def test_the_address_the_request_arrived_at_passes(redis: Redis, prefix: s
     app = create_app(Settings(key_prefix=prefix), redis=redis)
     async with app.router.lifespan_context(app) as state:
 
-        async def at_address(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        async def at_address(scope: Scope, receive: Receive, send: Send) -> None:
             scope["state"] = dict(state or {})
             scope["server"] = ("10.1.2.3", 8000)
             await app(scope, receive, send)
@@ -257,3 +259,12 @@ async def test_openapi_lists_the_guards_answers(client: httpx.AsyncClient) -> No
             changes = method.upper() in STATE_CHANGING
             forbidden = responses.get("403", {}).get("description", "")
             assert ("`cross_site_request`" in forbidden) == changes, (path, method)
+
+
+async def test_long_hosts_are_421_and_never_kept(client: httpx.AsyncClient) -> None:
+    """Parsed Host values are kept for speed, but only short ones: strangers cannot fill memory."""
+    kept = browser_guard._split_known.cache_info().currsize
+    for n in range(20):
+        host = f"{n}{'a' * 4000}.example"
+        assert_problem(await client.get(PROCESS, headers={"Host": host}), 421, "host_not_allowed")
+    assert browser_guard._split_known.cache_info().currsize == kept

@@ -44,6 +44,7 @@ from coordinator.handlers import (
     retry_batch_key,
     revoke_batch_key,
     start_pass,
+    token_rights,
     unregister_process,
 )
 from coordinator.metrics import install as install_metrics
@@ -107,6 +108,7 @@ ROUTES = [
     Route(f"{API}/process/batch_keys/{{external_id}}/revoke", revoke_batch_key, methods=["POST"]),
     Route(f"{API}/process/{{process_name}}/events", list_events, methods=["GET"]),
     Route(f"{API}/process/{{process_name}}/events", purge_events, methods=["DELETE"]),
+    Route(f"{API}/token", token_rights, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/openapi.json", openapi_json, methods=["GET"]),

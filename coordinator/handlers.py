@@ -282,6 +282,16 @@ async def purge_events(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def token_rights(request: Request) -> Response:
+    """GET /api/v1/token: the caller's role and process patterns (all null: every process), so
+    the dashboard can hide what the token may not do; the API still decides each request."""
+    caller = _caller(request)
+    if caller is None:  # the open API: anyone may do everything
+        return JSONResponse({"role": "admin", "processes": None, "tokens_required": False})
+    processes = None if caller.processes is None else list(caller.processes)
+    return JSONResponse({"role": caller.role, "processes": processes, "tokens_required": True})
+
+
 async def healthz(_request: Request) -> Response:
     """The process is up."""
     return JSONResponse({"status": "ok"})

@@ -6,6 +6,7 @@ from functools import cache
 from typing import Any
 
 from coordinator import __version__, validation
+from coordinator.auth import ROLES
 from coordinator.browser_guard import STATE_CHANGING
 from coordinator.errors import RETRY_AFTER_MAX_SECONDS
 from coordinator.models import EVENT_TYPES
@@ -244,6 +245,19 @@ _SCHEMAS: dict[str, Schema] = {
         },
     },
     "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
+    "TokenRights": {
+        "type": "object",
+        "required": ["role", "processes", "tokens_required"],
+        "properties": {
+            "role": {"type": "string", "enum": list(ROLES)},
+            "processes": {
+                "type": ["array", "null"],
+                "items": {"type": "string"},
+                "description": "The process patterns the token covers; null: every process.",
+            },
+            "tokens_required": {"type": "boolean"},
+        },
+    },
     "Event": {
         "type": "object",
         "required": [
@@ -588,6 +602,16 @@ def _document() -> dict[str, Any]:
                         "204": {"description": "Purged"},
                         **_problems("unknown_process", "process_exists", "invalid_field"),
                     },
+                },
+            },
+            "/api/v1/token": {
+                "get": {
+                    "summary": "What the caller's token may do",
+                    "description": "Its role and process patterns (null: every process); with"
+                    " no tokens configured, admin of every process. The dashboard hides what"
+                    " the token may not do; the API still decides each request.",
+                    "operationId": "tokenRights",
+                    "responses": _ok(200, "The token's rights", _ref("TokenRights")),
                 },
             },
             "/healthz": {

@@ -426,6 +426,7 @@ API_OPERATIONS = {
     ("/api/v1/process/batch_keys/{}/revoke", "post"),
     ("/api/v1/process/{}/events", "get"),
     ("/api/v1/process/{}/events", "delete"),
+    ("/api/v1/token", "get"),
     ("/healthz", "get"),
     ("/readyz", "get"),
 }

@@ -730,17 +730,22 @@ def test_tokens_are_sent_and_refusals_shown(browser: Browser, tmp_path: Path) ->
         expect(page.locator('#grid [data-lease="held"]')).to_have_count(1)
         assert page.evaluate("sessionStorage.getItem('coordinator.token')") == worker
 
-        # A worker token may list but not revoke: the 403's detail is shown, the lease stays.
+        # A worker token may list but not revoke: the button is not offered, and a click that
+        # reaches it anyway is refused by the API (the 403's detail is shown, the lease stays).
+        revoke = page.locator(f'button[data-revoke="{held["external_id"]}"]').first
+        expect(revoke).to_be_hidden()
         page.once("dialog", lambda dialog: dialog.accept())
-        page.locator(f'button[data-revoke="{held["external_id"]}"]').first.click()
+        revoke.dispatch_event("click")
         expect(page.locator("#error-detail")).to_have_text("This needs an admin token.")
         assert api.get(f"{KEYS}/guarded").json()[0]["external_id"] == held["external_id"]
         # ... nor start a pass: the same refusal, the pass stays.
         page.get_by_role("button", name="Dismiss the error").click()
         expect(page.locator("#error")).to_be_hidden()
         page.locator('#process-list button[data-process="guarded-run"]').click()
+        expect(page.locator("#process-heading")).to_have_text("guarded-run")
         page.once("dialog", lambda dialog: dialog.accept())
-        page.get_by_role("button", name="Start next pass…").click()
+        expect(page.locator("#start-pass")).to_be_hidden()
+        page.locator("#start-pass").dispatch_event("click")
         expect(page.locator("#error-title")).to_have_text(
             "Could not start a pass of “guarded-run”:"
         )
@@ -817,3 +822,94 @@ def test_page_is_self_contained(api: httpx.Client) -> None:
         api.get("/").headers["content-security-policy"]
         != api.get("/ui").headers["content-security-policy"]
     )
+
+
+def _hidden_controls(page: Page) -> dict[str, bool]:
+    """Whether each admin control of the page is hidden (not displayed) now."""
+    hidden: dict[str, bool] = page.evaluate(
+        """() => Object.fromEntries(["#register", "#delete-process", "#start-pass",
+            "#held-body button[data-revoke]", "#key-detail button[data-revoke]"]
+            .map(s => [s, document.querySelector(s) === null
+                       || document.querySelector(s).offsetParent === null]))"""
+    )
+    return hidden
+
+
+def test_a_worker_token_is_not_offered_admin_actions(browser: Browser, tmp_path: Path) -> None:
+    admin, admin_line = new_token("admin")
+    worker, worker_line = new_token("worker", "roles-*")
+    env = _env(tmp_path / "data", COORDINATOR_TOKENS=f"{admin_line};{worker_line}")
+    with serving(env) as served, httpx.Client(base_url=served.base) as api:
+        api.headers["Authorization"] = f"Bearer {admin}"
+        _register(api, "roles-run", 2, mode="once")
+        held = _grant(api, "roles-run", "worker-3")
+        rights = api.get("/api/v1/token", headers={"Authorization": f"Bearer {worker}"})
+        assert rights.json() == {
+            "role": "worker",
+            "processes": ["roles-*"],
+            "tokens_required": True,
+        }
+        assert api.get("/api/v1/token").json()["role"] == "admin"
+        assert api.get("/api/v1/token", headers={"Authorization": ""}).status_code == 401
+        tab = Tab(browser, viewport=DESKTOP)
+        page = tab.page
+        page.goto(f"{served.base}/")
+        for token, role in ((worker, "worker"), (admin, "admin"), (worker, "worker")):
+            page.get_by_label("API token").fill(token)
+            page.get_by_role("button", name="Use token").click()
+            expect(page.locator("body")).to_have_attribute("data-role", role)
+            expect(page.locator("#process-heading")).to_have_text("roles-run")
+            page.locator("#key-0").click()
+            expect(page.locator("#key-detail")).to_contain_text(held["external_id"])
+            expect(page.locator("#held-body tr")).to_have_count(1)
+            hidden = _hidden_controls(page)
+            assert hidden == dict.fromkeys(hidden, role == "worker"), (role, hidden)
+        # The API still decides: the worker's token is refused the revoke the page hid.
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.locator("#key-detail button[data-revoke]").dispatch_event("click")
+        expect(page.locator("#error-detail")).to_have_text("This needs an admin token.")
+        assert api.get(f"{KEYS}/roles-run").json()[0]["external_id"] == held["external_id"]
+        tab.close()
+
+
+def test_control_characters_are_escaped_in_the_revoke_question(
+    page: Page, base: str, api: httpx.Client
+) -> None:
+    name = _name("controls")
+    _register(api, name, 2)
+    machine = "w1?\n\nThe key stays held: nothing is revoked.\r\u202eok\x1b[2J"
+    held = _grant(api, name, machine)
+    _open(page, base, name)
+    questions: list[str] = []
+    _answer_next_dialog(page, questions, accept=False)
+    page.locator(f'#held-body button[data-revoke="{held["external_id"]}"]').click()
+    _wait_for_refresh(page)
+    [question] = questions
+    first_line = question.split("\n", 1)[0]
+    assert first_line == (
+        "Revoke the lease on key 0 held by w1?\\n\\nThe key stays held: nothing is revoked."
+        "\\r\\u202eok\\u001b[2J?"
+    )
+    assert question.count("\n") == 2  # only the page's own blank line
+    assert "\u202e" not in question
+    assert "\x1b" not in question
+    assert api.get(f"{KEYS}/{name}").json()[0]["external_id"] == held["external_id"]
+
+
+@pytest.mark.parametrize("fragment", ["#process=%", "#process=%E2%82", "#process=%zz"])
+def test_a_malformed_process_link_shows_a_message(
+    page: Page, base: str, api: httpx.Client, fragment: str
+) -> None:
+    name = _name("links")
+    _register(api, name, 1)
+    page.goto(f"{base}/{fragment}")
+    expect(page.locator("#error")).to_be_visible()
+    expect(page.locator("#error-title")).to_have_text("This link names no process:")
+    expect(page.locator("#error-detail")).to_contain_text(
+        f"“{fragment}” is not a link to a process"
+    )
+    # The rest of the page works: it loads, lists the processes and shows one.
+    expect(page.locator("#status")).to_contain_text("Updated")
+    expect(page.locator("#process-list button", has_text=name)).to_be_visible()
+    page.locator("#process-list button", has_text=name).click()
+    expect(page.locator("#process-heading")).to_have_text(name)

@@ -51,6 +51,8 @@ class Settings:
     redis_max_connections: int = 64
     # Grants waiting for a key at once on one replica; the next is answered 409 at once.
     max_waiters: int = 10_000
+    # Open HTTP connections one API process holds; the next is answered 503 at once.
+    max_connections: int = 10_000
     min_replica_acks: int = 0
     events_cap: int = 10_000
     deleted_history_seconds: int = DELETED_HISTORY_SECONDS_DEFAULT
@@ -127,6 +129,9 @@ class Settings:
                 10_000,
             ),
             max_waiters=_int(get("MAX_WAITERS"), "MAX_WAITERS", defaults.max_waiters, 0, 1_000_000),
+            max_connections=_int(
+                get("MAX_CONNECTIONS"), "MAX_CONNECTIONS", defaults.max_connections, 1, 1_000_000
+            ),
             allowed_hosts=_host_names(get("ALLOWED_HOSTS")),
         )
 

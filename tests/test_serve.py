@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,8 +38,14 @@ class Served:
 
 
 @contextmanager
-def serving(env: dict[str, str], *args: str, port: int | None = None) -> Iterator[Served]:
-    """Run `coordinator serve` until the block ends (then SIGTERM), on `port` or a free one."""
+def serving(
+    env: dict[str, str],
+    *args: str,
+    port: int | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Iterator[Served]:
+    """Run `coordinator serve` until the block ends (then SIGTERM), on `port` or a free one
+    (`preexec_fn` runs in the child first, e.g. to set its resource limits)."""
     port = port or free_port()
     log = Path(env["COORDINATOR_DATA_DIR"]).parent / f"serve-{port}.log"
     with log.open("wb") as out:
@@ -48,6 +54,7 @@ def serving(env: dict[str, str], *args: str, port: int | None = None) -> Iterato
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,  # noqa: PLW1509 - sets limits only, no threads involved
         )
     served = Served(f"http://127.0.0.1:{port}", process, log)
     base = served.base

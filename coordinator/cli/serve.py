@@ -9,12 +9,14 @@ import gc
 import importlib.util
 import logging
 import os
+import resource
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from coordinator.auth import load_tokens
 from coordinator.cli import listen
@@ -145,6 +147,8 @@ def settle_gc() -> None:
 # the lifespan's end after it, a stop takes at most SHUTDOWN_BOUND_SECONDS (README "Stopping").
 GRACEFUL_SHUTDOWN_SECONDS = 5
 SHUTDOWN_BOUND_SECONDS = 10
+# The exit status of a server that could not start (uvicorn.run's own).
+STARTUP_FAILURE = 3
 
 
 def worker_app() -> Starlette:
@@ -197,7 +201,32 @@ def _run_uvicorn(address: listen.Address, workers: int, settings: Settings) -> N
     import uvicorn  # noqa: PLC0415 - only the server needs it
     from uvicorn.supervisors import Multiprocess  # noqa: PLC0415
 
+    from coordinator import http_limits  # noqa: PLC0415 - imports uvicorn's protocols
+
     logger.info("HTTP on %s", http_stack())
+    # Raised before the workers start: they inherit it.
+    open_files = http_limits.raise_open_files_limit()
+    max_connections = http_limits.connection_bound(
+        settings.max_connections, open_files, settings.redis_max_connections
+    )
+    logger.info(
+        "open files limit %s; at most %d HTTP connections per process, request heads up to"
+        " %d bytes within %g s",
+        "unlimited" if open_files == resource.RLIM_INFINITY else open_files,
+        max_connections,
+        http_limits.MAX_HEAD_BYTES,
+        http_limits.HEAD_TIMEOUT_SECONDS,
+    )
+    common: dict[str, Any] = {
+        "factory": True,
+        "host": address.host,
+        "port": address.port,
+        "log_level": settings.log_level,
+        "access_log": False,  # coordinator.logs writes one JSON line per request
+        "proxy_headers": True,
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS,
+        "max_connections": max_connections,
+    }
 
     if workers == 1:
         from coordinator.app import create_app  # noqa: PLC0415
@@ -205,16 +234,13 @@ def _run_uvicorn(address: listen.Address, workers: int, settings: Settings) -> N
         app = create_app(settings)
         settle_gc()
 
-        uvicorn.run(
-            lambda: stop_waiting_at_signals(app),  # a factory: called once the handlers are in
-            factory=True,
-            host=address.host,
-            port=address.port,
-            log_level=settings.log_level,
-            access_log=False,  # coordinator.logs writes one JSON line per request
-            proxy_headers=True,
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        server = uvicorn.Server(
+            # A factory: called once the signal handlers are in.
+            http_limits.LimitedConfig(lambda: stop_waiting_at_signals(app), **common)
         )
+        server.run()
+        if not server.started:
+            sys.exit(STARTUP_FAILURE)
         return
     # Worker processes import the factory and read the URL from the environment.
     os.environ["COORDINATOR_REDIS_URL"] = str(settings.redis_url)
@@ -222,16 +248,8 @@ def _run_uvicorn(address: listen.Address, workers: int, settings: Settings) -> N
     from coordinator.metrics import multiprocess_directory  # noqa: PLC0415
 
     with multiprocess_directory(workers):
-        config = uvicorn.Config(
-            "coordinator.cli.serve:worker_app",
-            factory=True,
-            host=address.host,
-            port=address.port,
-            workers=workers,
-            log_level=settings.log_level,
-            access_log=False,  # coordinator.logs writes one JSON line per request
-            proxy_headers=True,
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        config = http_limits.LimitedConfig(
+            "coordinator.cli.serve:worker_app", workers=workers, **common
         )
         sock = listening_socket(config)
         Multiprocess(config, sockets=[sock]).run()

@@ -259,7 +259,8 @@ class _Snapshot:
             ("keys_held", "Keys under a lease that has not expired.", lambda s: s.held),
             (
                 "keys_free",
-                "Keys a grant could hand out now (expired leases included).",
+                "Keys a grant could hand out now: state free (expired leases and ended"
+                " backoffs included; done, backing-off and quarantined keys are not).",
                 lambda s: s.free,
             ),
             (
@@ -288,7 +289,8 @@ class _Snapshot:
             ),
             (
                 "keys_in_backoff",
-                "Keys held back after a failed lease until their retry_at.",
+                "Keys held back after a failed lease whose retry_at has not yet come"
+                " (state backoff).",
                 lambda s: s.in_backoff,
             ),
         ]

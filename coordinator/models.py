@@ -26,6 +26,10 @@ EVENT_TYPES = (
     "deleted",
 )
 
+# Every state a key can be in, as inspect.lua computes it; every surface (the key object, the
+# CLI's listing and its --state choices, the per-process gauges) takes its states from here.
+KEY_STATES = ("free", "held", "done", "backoff", "quarantined")
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NAIVE_EPOCH = datetime(1970, 1, 1)  # UTC by construction: see rfc3339
 

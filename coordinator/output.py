@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime
 from itertools import chain, islice
 
 import orjson
@@ -76,28 +75,18 @@ def key_detail(key: BatchKey) -> str:
     return table([(name.upper(), value) for name, value in fields])
 
 
-def key_state(key: BatchKey, now: datetime) -> str:
-    """`held` while its lease has neither ended nor expired at `now`, else `free`.
-
-    A released or revoked key still names its ended lease (`external_id`), without an expiry.
-    """
-    held = key.external_id is not None and key.expires_at is not None and key.expires_at > now
-    return "held" if held else "free"
-
-
 def keys_table(keys: Sequence[BatchKey]) -> str:
     """One line per key."""
-    now = datetime.now(UTC)
-    return table([KEYS_HEADER, *(_key_row(k, now) for k in keys)])
+    return table([KEYS_HEADER, *(_key_row(k) for k in keys)])
 
 
-def key_table_lines(keys: Iterable[BatchKey], now: datetime) -> Iterator[str]:
+def key_table_lines(keys: Iterable[BatchKey]) -> Iterator[str]:
     """The keys as table lines, produced as they are read rather than held all at once.
 
     The columns are as wide as the header and the first SIZING_ROWS rows need; a later,
     longer cell widens only its own line.
     """
-    rows = (_key_row(k, now) for k in keys)
+    rows = (_key_row(k) for k in keys)
     first = [KEYS_HEADER, *islice(rows, SIZING_ROWS)]
     widths = [max(len(row[i]) for row in first) for i in range(len(KEYS_HEADER))]
     for row in chain(first, rows):
@@ -109,10 +98,11 @@ def json_line(record: BatchKey | Event) -> bytes:
     return orjson.dumps(record.to_json(), option=orjson.OPT_APPEND_NEWLINE)
 
 
-def _key_row(k: BatchKey, now: datetime) -> tuple[str, ...]:
+def _key_row(k: BatchKey) -> tuple[str, ...]:
+    # The state the store read with the key (inspect.lua), never one worked out here again.
     return (
         str(k.key),
-        key_state(k, now),
+        k.state,
         k.machine or "-",
         "-" if k.fencing_token is None else str(k.fencing_token),
         timestamp(k.expires_at) or "-",

@@ -10,6 +10,7 @@ import pytest
 
 from coordinator.cli.completion import walk
 from coordinator.cli.parser import build_parser
+from coordinator.cli.values import KEY_STATE_CHOICES
 from tests.test_cli import CLI, _clean_env
 
 # The parser's commands: `coordinator <path> <TAB>` offers exactly these subcommands.
@@ -51,7 +52,7 @@ def _bash(script: Path, *words: str) -> list[str]:
         (["--url", "http://127.0.0.1:8000", "k"], ["key", "keys"]),  # an option's value is skipped
         (["process", "list", "--js"], ["--json"]),
         (["keys", "nightly", "--st"], ["--state"]),
-        (["keys", "nightly", "--state", ""], ["free", "held", "never"]),
+        (["keys", "nightly", "--state", ""], sorted(KEY_STATE_CHOICES)),
         (["serve", "--log-level", ""], ["debug", "error", "info", "warning"]),
         (["release", "id", "--outcome", ""], ["completed", "failed", "interrupted"]),
         (["token", "create", "--role", ""], ["admin", "worker"]),
@@ -86,7 +87,7 @@ def test_fish_completes_commands_options_and_values(tmp_path: Path) -> None:
 
     assert offered("coordinator pro") == ["process"]
     assert offered("coordinator --json process l") == ["list"]
-    assert offered("coordinator keys x --state ") == ["free", "held", "never"]
+    assert offered("coordinator keys x --state ") == sorted(KEY_STATE_CHOICES)
     for path, subcommands in SUBCOMMANDS.items():
         if subcommands:
             assert offered(f"coordinator {path} ".replace("  ", " ")) == subcommands, path

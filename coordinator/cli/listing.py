@@ -11,25 +11,26 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
-from datetime import UTC, datetime
 from itertools import islice
 
 from coordinator import output
+from coordinator.cli.values import NEVER
 from coordinator.client.sync import Coordinator
-from coordinator.models import BatchKey
+from coordinator.models import KEY_STATES, BatchKey
 
 FOLLOW_POLL_SECONDS = 0.5
+_BATCH_STATES = tuple(s for s in KEY_STATES if s not in ("held", "free"))
+_SUMMARY_WORDS = {"backoff": "in backoff"}
 
 
 def print_keys(coordinator: Coordinator, args: argparse.Namespace) -> int:
     """List a process's keys (of `--state`, after `--after`, at most `--limit`)."""
-    now = datetime.now(UTC)
-    wanted = _state_filter(args.state, now)
+    wanted = _state_filter(args.state)
     # Without a filter the service stops at the limit; with one, only the shown keys count.
     read_limit = args.limit if wanted is None else None
     counts: Counter[str] = Counter()
     with closing(coordinator.iter_keys(args.name, args.after, read_limit)) as keys:
-        shown: Iterable[BatchKey] = _tally(keys, counts, now)
+        shown: Iterable[BatchKey] = _tally(keys, counts)
         if wanted is not None:
             shown = filter(wanted, shown)
         if args.limit is not None:
@@ -41,7 +42,7 @@ def print_keys(coordinator: Coordinator, args: argparse.Namespace) -> int:
             out.flush()
             return 0
         printed = 0
-        for line in output.key_table_lines(shown, now):
+        for line in output.key_table_lines(shown):
             print(line)
             printed += 1
     sys.stdout.flush()
@@ -68,30 +69,39 @@ def print_events(coordinator: Coordinator, args: argparse.Namespace) -> int:
             time.sleep(FOLLOW_POLL_SECONDS)
 
 
-def _state_filter(state: str | None, now: datetime) -> Callable[[BatchKey], bool] | None:
-    """Which keys `--state` lets through: held, free, or free and never completed."""
+def _state_filter(state: str | None) -> Callable[[BatchKey], bool] | None:
+    """Which keys `--state` lets through: those in that state, or `never`: free, never completed.
+
+    The state is the one the store read with each key (inspect.lua), so the table, the
+    summary and --json cannot disagree with the API.
+    """
     if state is None:
         return None
-    if state == "never":
-        return lambda k: output.key_state(k, now) == "free" and k.last_completed_at is None
-    return lambda k: output.key_state(k, now) == state
+    if state == NEVER:
+        return _never_completed
+    return lambda k: k.state == state
 
 
-def _tally(keys: Iterable[BatchKey], counts: Counter[str], now: datetime) -> Iterator[BatchKey]:
+def _never_completed(key: BatchKey) -> bool:
+    return key.state == "free" and key.last_completed_at is None
+
+
+def _tally(keys: Iterable[BatchKey], counts: Counter[str]) -> Iterator[BatchKey]:
     """Pass the keys on, counting them by state (and the free ones never completed)."""
     for key in keys:
-        state = output.key_state(key, now)
-        counts[state] += 1
-        if state == "free" and key.last_completed_at is None:
-            counts["never"] += 1
+        counts[key.state] += 1
+        if _never_completed(key):
+            counts[NEVER] += 1
         yield key
 
 
 def _summary(counts: Counter[str], shown: int) -> str:
-    """`10 keys: 1 held, 9 free (8 never completed)`, saying how many were shown if fewer."""
-    read = counts["held"] + counts["free"]
+    """`10 keys: 1 held, 7 free (6 never completed), 2 quarantined`, saying how many were shown
+    if fewer; a batch-run state (done, backoff, quarantined) is named only when a key is in it."""
+    read = sum(counts[state] for state in KEY_STATES)
     noun = "key" if read == 1 else "keys"
-    states = f"{counts['held']} held, {counts['free']} free ({counts['never']} never completed)"
+    states = [f"{counts['held']} held", f"{counts['free']} free ({counts[NEVER]} never completed)"]
+    states += [f"{counts[s]} {_SUMMARY_WORDS.get(s, s)}" for s in _BATCH_STATES if counts[s]]
     if shown == read:
-        return f"{read} {noun}: {states}"
-    return f"{shown} shown of {read} {noun} read: {states}"
+        return f"{read} {noun}: {', '.join(states)}"
+    return f"{shown} shown of {read} {noun} read: {', '.join(states)}"

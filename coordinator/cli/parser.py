@@ -12,7 +12,6 @@ from coordinator.cli import service_options, statuses, values
 from coordinator.cli.service_options import DEFAULT_URL
 
 SHELLS = ("bash", "zsh", "fish")
-KEY_STATES = ("held", "free", "never")
 MODES = ("rotate", "once")
 
 EPILOG = f"""\
@@ -199,13 +198,15 @@ def _add_key_commands(commands: Commands[Parser]) -> None:
         "keys",
         "list the state of a process's keys",
         "List a process's keys as they are read, in order, with a summary on stderr. A key is"
-        " held while its lease has not ended or expired, free otherwise.",
+        " held while its lease has not ended or expired; done once completed in the current"
+        " pass of a `once` process; in backoff until its retry_at after a failed lease;"
+        " quarantined after max_attempts failed leases in a row; free (grantable) otherwise.",
     )
     keys.add_argument("name", metavar="NAME", help="the process name")
     keys.add_argument(
         "--state",
-        choices=KEY_STATES,
-        help="only held keys, free ones, or free ones never completed",
+        choices=values.KEY_STATE_CHOICES,
+        help="only the keys in this state (never: free ones never completed)",
     )
     keys.add_argument("--limit", type=values.positive, help="list at most this many keys")
     keys.add_argument(

@@ -15,8 +15,14 @@ from typing import TypeVar
 from coordinator import validation
 from coordinator.config import ConfigError
 from coordinator.errors import InvalidField
+from coordinator.models import KEY_STATES
 
 T = TypeVar("T")
+
+# `keys --state never`: free keys never released completed (a filter, not a state of its own).
+NEVER = "never"
+# Every value `keys --state` accepts: the store's own states, then `never`.
+KEY_STATE_CHOICES = (*KEY_STATES, NEVER)
 
 
 def port(text: str) -> int:

@@ -9,7 +9,7 @@ from coordinator import __version__, validation
 from coordinator.auth import ROLES
 from coordinator.browser_guard import STATE_CHANGING
 from coordinator.errors import RETRY_AFTER_MAX_SECONDS
-from coordinator.models import EVENT_TYPES
+from coordinator.models import EVENT_TYPES, KEY_STATES
 from coordinator.problems import MEDIA_TYPE, PROBLEMS
 
 JSON = "application/json"
@@ -157,7 +157,7 @@ _SCHEMAS: dict[str, Schema] = {
             "expires_at": _TIME,
             "fencing_token": {"type": ["integer", "null"], "minimum": 1},
             "attempts": {"type": "integer", "minimum": 0},
-            "state": {"enum": ["free", "held", "done", "backoff", "quarantined"]},
+            "state": {"enum": list(KEY_STATES)},
             "retry_at": _TIME,
             "checkpoint": {
                 "type": ["string", "null"],

@@ -48,6 +48,12 @@ class RestartableApi:
         self.base = f"http://127.0.0.1:{self.port}"
         self._env, self._log = env, log
         self._process: subprocess.Popen[bytes] | None = None
+        self.exit_status: int | None = None  # of the last stop
+        self.stopped_in = 0.0  # seconds the last stop took, SIGTERM to exit
+
+    @property
+    def log(self) -> str:
+        return self._log.read_text()
 
     def start(self) -> None:
         with self._log.open("ab") as out:
@@ -67,9 +73,18 @@ class RestartableApi:
             time.sleep(0.05)
 
     def stop(self) -> None:
+        """SIGTERM, as a deploy sends it; waits for the exit (`exit_status`, `stopped_in`)."""
         if self._process is not None and self._process.poll() is None:
+            began = time.monotonic()
             self._process.send_signal(signal.SIGTERM)
-            self._process.wait(30)
+            self.exit_status = self._process.wait(30)
+            self.stopped_in = time.monotonic() - began
+
+    def kill(self) -> None:
+        """SIGKILL, for a test that failed midway."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
 
     def start_after(self, seconds: float) -> threading.Thread:
         """Start again `seconds` from now, on a thread: the outage the caller rides."""

@@ -12,7 +12,6 @@ or quarantined, and none left held.
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -25,10 +24,11 @@ import httpx
 import pytest
 
 from coordinator.client.sync import RedisCoordinator
-from coordinator.embedded import EmbeddedValkey, free_port
+from coordinator.embedded import EmbeddedValkey
 from coordinator.errors import StoreUnavailable
 from coordinator.models import Event
 from tests.test_cli import _clean_env
+from tests.test_client_outage import RestartableApi
 
 KEYS = 400
 WORKERS = 16
@@ -39,59 +39,23 @@ STOP_SECONDS = 25
 DRAIN_SECONDS = 150
 
 
-class Replica:
-    """One `coordinator serve` on a fixed port, against the shared Valkey, restartable."""
-
-    def __init__(self, redis_url: str, log_dir: Path, name: str) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self._env = _clean_env(COORDINATOR_REDIS_URL=redis_url)
-        self._log = log_dir / f"serve-{name}.log"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self._log.open("ab") as out:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "coordinator.cli", "serve", "--port", str(self.port)],
-                env=self._env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 30
-        while True:
-            assert self._process.poll() is None, self._log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "coordinator serve did not become ready"
-            time.sleep(0.05)
-
-    def stop(self) -> float:
-        """SIGTERM, as a deploy sends it; how long the replica took to exit (it must exit 0)."""
-        assert self._process is not None
-        began = time.monotonic()
-        self._process.send_signal(signal.SIGTERM)
-        status = self._process.wait(STOP_SECONDS)
-        took = time.monotonic() - began
-        assert status == 0, self._log.read_text()[-3000:]
-        return took
-
-    def restart(self) -> float:
-        took = self.stop()
-        self.start()
-        return took
-
-    def kill(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
+def _restart(replica: RestartableApi) -> float:
+    """Stop the replica as a deploy does, then start it again; how long the stop took (it must
+    exit 0 within STOP_SECONDS: its own shutdown bound is well below)."""
+    replica.stop()
+    assert replica.exit_status == 0, replica.log[-3000:]
+    assert replica.stopped_in < STOP_SECONDS
+    replica.start()
+    return replica.stopped_in
 
 
 @contextmanager
-def replicas(redis_url: str, log_dir: Path) -> Iterator[tuple[Replica, Replica]]:
-    both = (Replica(redis_url, log_dir, "a"), Replica(redis_url, log_dir, "b"))
+def replicas(redis_url: str, log_dir: Path) -> Iterator[tuple[RestartableApi, RestartableApi]]:
+    env = _clean_env(COORDINATOR_REDIS_URL=redis_url)
+    both = (
+        RestartableApi(env, log_dir / "serve-a.log"),
+        RestartableApi(env, log_dir / "serve-b.log"),
+    )
     try:
         for replica in both:
             replica.start()
@@ -158,9 +122,9 @@ def test_a_rolling_deploy_and_a_valkey_restart_lose_no_worker_key_or_attempt(
             # Each restart happens while the pass is well under way, and before it ends.
             stops = []
             _wait_for(lambda: _done(direct, name) >= KEYS // 8, "an eighth of the keys")
-            stops.append(a.restart())
+            stops.append(_restart(a))
             _wait_for(lambda: _done(direct, name) >= KEYS // 3, "a third of the keys")
-            stops.append(b.restart())
+            stops.append(_restart(b))
             _wait_for(lambda: _done(direct, name) >= KEYS // 2, "half of the keys")
             before_valkey = _done(direct, name)
             valkey.stop()

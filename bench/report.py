@@ -5,38 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench import report_cost
+from bench.targets import TARGETS, target_text, verdict
+
+__all__ = ["FIGURES", "TARGETS", "markdown", "render", "update_readme", "verdict"]
+
 # Commands clients send; INFO commandstats also counts those the scripts run inside EVALSHA.
 TOP_LEVEL = ("evalsha", "ping", "blpop")
 
-FIGURES = ("http", "latency", "workers", "direct", "held", "size", "options")
-TARGETS = {
-    "http_ratio": (">=", 0.8),
-    "direct_ratio": (">=", 0.8),
-    "vs_hand_rolled": (">=", 10.0),
-    "size_ratio": ("<=", 1.3),
-    "bytes_per_key": ("<=", 200.0),
-    "options_cost_ratio": ("<=", 1.3),
-    "latency_p50_ms": ("<=", 1.0),
-    "latency_p99_ms": ("<=", 5.0),
-    "http_non_2xx": ("==", 0),
-}
-
-
-def verdict(name: str, value: float) -> str:
-    """PASS or MISS against the fixed target."""
-    op, target = TARGETS[name]
-    ok = {">=": value >= target, "<=": value <= target, "==": value == target}[op]
-    return "PASS" if ok else "MISS"
-
-
-def target_text(name: str) -> str:
-    """The target as printed."""
-    op, target = TARGETS[name]
-    if name == "vs_hand_rolled":
-        return f"{op} {target:g}x"
-    if name == "bytes_per_key":
-        return f"{op} {target:g} B"
-    return f"{op} {target:g}"
+FIGURES = (
+    "http", "latency", "workers", "direct", "held", "size", "options", "floor", "scale",
+    "postgres",
+)  # fmt: skip
 
 
 # Output --------------------------------------------------------------------------------
@@ -205,6 +185,14 @@ def render(results: dict[str, Any]) -> str:
             "",
             "",
         ),
+    ]
+    lines += [
+        wide.format(
+            r.figure[:44], r.ours[:16], r.theirs[:22], r.ratio, r.target_text(), r.verdict_text()
+        )
+        for r in report_cost.rows(results)
+    ]
+    lines += [
         "",
         "Valkey commands sent per cycle (commands run inside scripts not shown): "
         + "; ".join(
@@ -361,13 +349,17 @@ def markdown(results: dict[str, Any]) -> str:
             f" {o['plain']['valkey_cpu_us_per_cycle']:.0f}",
         ),
     ]
+    rows += [
+        (r.figure, r.ours, r.theirs, r.ratio, r.met_text(), r.note)
+        for r in report_cost.rows(results)
+    ]
     lines = [
         f"`make bench` on {env['date_utc'][:10]}: {env['cpus']} cores ({env['cpu_model']}),"
         f" Valkey {env['valkey_version']}, Python {env['python']}, redis-py {env['redis_py']};"
         f" {results['wall_seconds'] / 60:.0f} minutes. CPU is in cores (CPU seconds per"
         " second of the window).",
         "",
-        "| figure | ours | ceiling / theirs | ratio | target | CPU each side used |",
+        "| figure | ours | ceiling / theirs | ratio | target | CPU each side used / notes |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]

@@ -15,7 +15,13 @@ only) serves every measurement. Prints a table and writes bench/results.json.
 4. Size: mean acquire + release latency at 1,000,000 keys vs 10 keys, and used_memory per
    key after each of the million keys was granted and completed once.
 5. Batch-run options: Valkey's time in the scripts (and its process CPU) per grant + release
-   with every option on, vs a process with none (bench/script_cost.py).
+   with every option on, vs a process with none (bench/script_cost.py); and our scripts beside
+   a hand-written floor (bench/script_floor.py, bench/floor/).
+6. Scale: `/metrics`, one process page and the dashboard's first render at 1,000 / 10,000 /
+   100,000 registered processes; other clients' renewals during a scrape and during a whole
+   listing of a million keys; memory per idle process (bench/scale_figure.py).
+7. What users build instead: the same cycle on a PostgreSQL table of keys with `FOR UPDATE
+   SKIP LOCKED`, cycles/s and server CPU per cycle beside ours (bench/postgres.py).
 
 CPU: each side's utime + stime over each window (servers with their workers, Valkey, the load
 generator), and what other processes on the machine took meanwhile.
@@ -41,9 +47,10 @@ from typing import Any
 import psutil
 import redis
 
-from bench import direct, http_load, script_cost, size
+from bench import direct, http_load, postgres, report_cost, script_cost, script_floor, size
 from bench.cpu import CpuWindow, machine_busy_seconds
 from bench.report import FIGURES, TARGETS, markdown, render, update_readme, verdict
+from bench.scale_figure import scale_figure
 from coordinator.embedded import EmbeddedValkey, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,6 +79,14 @@ class Plan:
     options_seconds: float
     latency_seconds: float
     workers_rounds: int
+    floor_rounds: int
+    floor_seconds: float
+    scale_sizes: tuple[int, ...]
+    scale_repeats: int
+    listing_keys: int
+    listing_repeats: int
+    postgres_rounds: int
+    postgres_seconds: float
 
 
 FULL = Plan(
@@ -92,6 +107,14 @@ FULL = Plan(
     options_seconds=3,
     latency_seconds=10,
     workers_rounds=3,
+    floor_rounds=4,
+    floor_seconds=3,
+    scale_sizes=(1_000, 10_000, 100_000),
+    scale_repeats=3,
+    listing_keys=1_000_000,
+    listing_repeats=2,
+    postgres_rounds=3,
+    postgres_seconds=3,
 )
 QUICK = Plan(
     workers=1,
@@ -111,6 +134,14 @@ QUICK = Plan(
     options_seconds=2,
     latency_seconds=3,
     workers_rounds=1,
+    floor_rounds=1,
+    floor_seconds=1,
+    scale_sizes=(200, 2_000),
+    scale_repeats=1,
+    listing_keys=20_000,
+    listing_repeats=1,
+    postgres_rounds=1,
+    postgres_seconds=2,
 )
 
 
@@ -479,6 +510,35 @@ def options_figure(url: str, valkey_pid: int, plan: Plan) -> dict[str, Any]:
     return script_cost.summary(runs)
 
 
+def floor_figure(url: str, plan: Plan) -> dict[str, Any]:
+    """Our scripts' time per cycle beside the hand-written floor's."""
+    runs = asyncio.run(
+        script_floor.measure(
+            url, warmup=plan.direct_warmup, duration=plan.floor_seconds, rounds=plan.floor_rounds
+        )
+    )
+    return script_floor.summary(runs)
+
+
+def postgres_figure(url: str, valkey_pid: int, plan: Plan) -> dict[str, Any]:
+    """The direct cycle beside the same cycle on PostgreSQL (skipped where it is missing)."""
+    if postgres.binaries() is None:
+        log("PostgreSQL is missing (`make bench` installs it as root): skipping its figure")
+        return {"skipped": "PostgreSQL not installed (apt-get install postgresql)"}
+    runs = asyncio.run(
+        postgres.side_by_side(
+            url,
+            valkey_pid,
+            tasks=64,
+            keys=128,
+            warmup=plan.direct_warmup,
+            duration=plan.postgres_seconds,
+            rounds=plan.postgres_rounds,
+        )
+    )
+    return postgres.summary(runs, tasks=64, cores=os.cpu_count() or 1)
+
+
 def _environment(valkey: EmbeddedValkey) -> dict[str, Any]:
     client = redis.Redis(port=valkey.port)
     info = client.info("server")
@@ -561,6 +621,19 @@ def main() -> None:
                 ("held", lambda: held_figure(valkey.url, valkey_pid, plan)),
                 ("size", lambda: size_figure(valkey.url, valkey_pid, plan)),
                 ("options", lambda: options_figure(valkey.url, valkey_pid, plan)),
+                ("floor", lambda: floor_figure(valkey.url, plan)),
+                (
+                    "scale",
+                    lambda: scale_figure(
+                        valkey,
+                        sizes=plan.scale_sizes,
+                        repeats=plan.scale_repeats,
+                        listing_keys=plan.listing_keys,
+                        listing_repeats=plan.listing_repeats,
+                        work=work,
+                    ),
+                ),
+                ("postgres", lambda: postgres_figure(valkey.url, valkey_pid, plan)),
             )
             for name, step in steps:
                 if name in only:
@@ -579,6 +652,7 @@ def main() -> None:
             "options_cost_ratio": verdict("options_cost_ratio", results["options"]["ratio"]),
             "latency_p50_ms": verdict("latency_p50_ms", results["latency"]["half"]["p50_ms"]),
             "latency_p99_ms": verdict("latency_p99_ms", results["latency"]["half"]["p99_ms"]),
+            **{name: verdict(name, v) for name, v in report_cost.values(results).items()},
         }
         table = render(results)
         results["table"] = table

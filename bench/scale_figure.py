@@ -1,0 +1,115 @@
+"""The scale figure of `make bench`: one `coordinator serve`, processes registered up to each
+size in turn, and at each size a scrape, a process page and the dashboard's first render
+(bench/scale.py); memory per idle process at the first size; bystanders' renewals during a
+scrape at the largest size and during a whole listing of a process of a million keys
+(bench/bystander.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bench import bystander, scale
+from bench.http_load import Server
+from coordinator.embedded import EmbeddedValkey, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+LISTED = "bench-million"
+TIMEOUT = 120.0  # seconds any one request may take before it counts as failed
+DASHBOARD_TIMEOUT = 60.0
+DASHBOARD_WATCH = 4.0  # the page refreshes every 2 s
+
+
+def _log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _used_memory(port: int) -> int:
+    client = redis.Redis(port=port)
+    used = int(client.info("memory")["used_memory"])
+    client.close()
+    return used
+
+
+def serve(valkey: EmbeddedValkey, work: Path) -> Server:
+    """`coordinator serve` at its defaults, on its own key prefix."""
+    port = free_port()
+    command = [str(ROOT / ".venv/bin/python"), "-m", "coordinator.cli", "serve", "--port",
+               str(port)]  # fmt: skip
+    env = {
+        **os.environ,
+        "COORDINATOR_REDIS_URL": valkey.url,
+        "COORDINATOR_KEY_PREFIX": scale.PREFIX,
+    }
+    return Server(command, env, port, work / "scale.log")
+
+
+def at_size(base: str, valkey_port: int, repeats: int) -> dict[str, Any]:
+    """Scrape, one page and the dashboard at the processes registered now."""
+    return {
+        "metrics": scale.scrape(base, valkey_port, repeats, TIMEOUT),
+        "page": scale.page(base, repeats, TIMEOUT),
+        "dashboard": scale.dashboard(base, DASHBOARD_TIMEOUT, DASHBOARD_WATCH),
+    }
+
+
+def scale_figure(
+    valkey: EmbeddedValkey,
+    *,
+    sizes: tuple[int, ...],
+    repeats: int,
+    listing_keys: int,
+    listing_repeats: int,
+    work: Path,
+) -> dict[str, Any]:
+    """Every scale measurement on one server; see the module's docstring."""
+    out: dict[str, Any] = {"sizes": {}, "keys_per_process": scale.KEYS_PER_PROCESS}
+    with serve(valkey, work) as server:
+        registered = 0
+        for size in sizes:
+            before = _used_memory(valkey.port)
+            seconds = asyncio.run(scale.register_range(valkey.url, registered, size))
+            grown = _used_memory(valkey.port) - before
+            _log(f"scale: registered {size - registered:,} processes in {seconds:.1f} s")
+            if registered == 0:
+                out["memory"] = {
+                    **asyncio.run(scale.idle_memory(valkey.url, min(size, 200))),
+                    "used_memory_per_process": grown / size,
+                }
+            registered = size
+            figures = at_size(server.url, valkey.port, repeats)
+            out["sizes"][str(size)] = {"register_seconds": seconds, **figures}
+            _log(
+                f"scale {size:,}: /metrics {figures['metrics']['seconds_median']:.3f} s"
+                f" {figures['metrics']['bytes']:,} B; page {figures['page']['seconds_median']:.3f}"
+                f" s {figures['page']['bytes']:,} B; dashboard {figures['dashboard']['seconds']}"
+            )
+        out["largest"] = registered
+        out["bystanders_scrape"] = asyncio.run(
+            bystander.during(server.url, f"{server.url}/metrics", repeats=3, limit_seconds=TIMEOUT)
+        )
+        _log(f"scale: renewal p99 during a scrape {out['bystanders_scrape']['p99_ms']:.1f} ms")
+        out["bystanders_listing"] = asyncio.run(_listing(server.url, listing_keys, listing_repeats))
+        out["listing_keys"] = listing_keys
+        _log(f"scale: renewal p99 during a listing {out['bystanders_listing']['p99_ms']:.1f} ms")
+    return out
+
+
+async def _listing(base: str, keys: int, repeats: int) -> dict[str, Any]:
+    import httpx  # noqa: PLC0415
+
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        answer = await client.post(
+            "/api/v1/process", json={"process_name": LISTED, "key_set_size": keys}
+        )
+        if answer.status_code not in (201, 409):
+            answer.raise_for_status()
+    return await bystander.during(
+        base, f"{base}/api/v1/process/batch_keys/{LISTED}", repeats=repeats, limit_seconds=TIMEOUT
+    )

@@ -56,11 +56,16 @@ COPY --from=builder /opt/venv /opt/venv
 
 # COORDINATOR_REDIS_URL is empty on purpose (an empty value counts as unset): set it to
 # redis://host:port/0 at run time. Empty means "start the embedded Valkey in /data".
+# COORDINATOR_HOST and COORDINATOR_PORT are where `coordinator serve` listens (its --host and
+# --port flags win over them): set COORDINATOR_PORT at run time to move the API, and the
+# health check below follows it.
 ENV PATH="/opt/venv/bin:${PATH}" \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     COORDINATOR_REDIS_URL="" \
-    COORDINATOR_DATA_DIR=/data
+    COORDINATOR_DATA_DIR=/data \
+    COORDINATOR_HOST=0.0.0.0 \
+    COORDINATOR_PORT=8000
 
 WORKDIR /data
 # Declared after the chown above: a fresh named or anonymous volume copies that ownership.
@@ -71,13 +76,19 @@ EXPOSE 8000
 
 # /readyz runs a real Lua script on Redis (503 when it cannot). No curl in slim: urllib, with
 # proxies disabled so an HTTP_PROXY injected into the container cannot capture 127.0.0.1.
-# Any exception (connection refused, HTTP 503) exits 1, which Docker reads as unhealthy.
+# Any exception (connection refused, HTTP 503) exits 1, which the engine reads as unhealthy.
+# It asks 127.0.0.1 on COORDINATOR_PORT, the port `coordinator serve` reads (empty or unset:
+# 8000, as the service's default), so COORDINATOR_HOST must stay 0.0.0.0 or 127.0.0.1.
+# compose.yaml repeats this check word for word (tests/test_compose_file.py holds them equal):
+# podman builds OCI images by default, which have no HEALTHCHECK (BUILDAH_FORMAT=docker keeps
+# it), so compose must not rely on the image's.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import urllib.request as u; u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:8000/readyz', timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request as u; u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:%s/readyz' % (os.environ.get('COORDINATOR_PORT', '').strip() or '8000'), timeout=4)"]
 
 # Binding 0.0.0.0 needs API tokens (COORDINATOR_TOKENS_FILE or COORDINATOR_TOKENS, see
 # `coordinator token create`); without them the service refuses to start unless the command
 # adds --insecure-open (compose.yaml does, for its loopback-only local stack).
 # Exec form: the coordinator is PID 1 (or tini's child with `init: true`) and gets SIGTERM
 # itself; it shuts uvicorn down gracefully and stops an embedded Valkey, flushing its AOF.
-CMD ["coordinator", "serve", "--host", "0.0.0.0", "--port", "8000"]
+# No --host or --port: they would override COORDINATOR_HOST and COORDINATOR_PORT.
+CMD ["coordinator", "serve"]

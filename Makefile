@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck docs pytest browser fuzz clean bench soak
+.PHONY: run test lint typecheck docs pytest browser fuzz clean bench soak compose-check
 
 # tests/test_dashboard.py drives Debian's chromium, and Playwright launches it from here.
 CHROMIUM := /usr/bin/chromium
@@ -93,6 +93,19 @@ bench: $(STAMP)
 # Not part of `make test`: the exclusion checker of tests/test_exclusion.py for 5 minutes.
 soak: $(STAMP)
 	$(BIN)/python -m tests.soak --seconds $${SOAK_SECONDS:-300}
+
+# Not part of `make test` (it needs a container engine): brings compose.yaml up with `docker
+# compose`, else podman-compose (COMPOSE_CHECK_ENGINE=docker or podman picks one), checks it
+# through nginx and takes it down (deploy/compose_check.py says what it checks; a few minutes
+# on a cold build cache). With podman and no podman-compose, installs the tested one here.
+PODMAN_COMPOSE := podman-compose==1.6.0
+compose-check: $(STAMP)
+	@if [ "$${COMPOSE_CHECK_ENGINE:-}" != docker ] && command -v podman >/dev/null 2>&1 \
+	  && ! command -v podman-compose >/dev/null 2>&1 && [ ! -x $(BIN)/podman-compose ] \
+	  && { [ "$${COMPOSE_CHECK_ENGINE:-}" = podman ] || ! docker compose version >/dev/null 2>&1; }; \
+	then echo "compose-check: installing $(PODMAN_COMPOSE) into $(VENV)"; \
+	  $(BIN)/pip install --quiet '$(PODMAN_COMPOSE)'; fi
+	$(BIN)/python deploy/compose_check.py
 
 clean:
 	rm -rf $(VENV) .coordinator-data .mypy_cache .ruff_cache

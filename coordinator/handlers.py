@@ -55,11 +55,28 @@ def _holder(caller: Principal | None) -> str:
 
 
 async def list_processes(request: Request) -> Response:
-    """GET /api/v1/process."""
+    """GET /api/v1/process[?limit=N&after=NAME&prefix=P]."""
     caller = _caller(request)
-    processes = await _store(request).processes()
-    visible = [p for p in processes if caller is None or caller.may_act_on(p.process_name)]
-    return JSONResponse([p.to_json() for p in visible])
+    page = schemas.process_page(request.query_params)
+    # One name past the page tells whether another page follows, in the same reads.
+    limit = None if page.limit is None else page.limit + 1
+    # A scoped token's listing reads only the names its patterns can match.
+    chunks = _store(request).process_chunks(page.prefix, page.after, limit, caller)
+    # The first chunk is read before answering, so a failing store is still a problem answer.
+    try:
+        head = await anext(chunks)
+    except StopAsyncIteration:
+        return JSONResponse([])
+    if page.limit is None:
+        return StreamingResponse(schemas.json_chunks(head, chunks), media_type="application/json")
+    rows = [*head, *[p async for chunk in chunks for p in chunk]]
+    headers = {}
+    if len(rows) > page.limit:
+        rows = rows[: page.limit]
+        query = {"limit": page.limit, "after": rows[-1].process_name}
+        query |= {"prefix": page.prefix} if page.prefix else {}
+        headers["Link"] = f'<{request.url.path}?{urlencode(query)}>; rel="next"'
+    return JSONResponse([p.to_json() for p in rows], headers=headers)
 
 
 async def register_process(request: Request) -> Response:
@@ -111,15 +128,15 @@ async def list_batch_keys(request: Request) -> Response:
     page = schemas.key_page(request.query_params)
     # One key past the page tells whether another page follows, in the same reads.
     limit = None if page.limit is None else page.limit + 1
-    keys = _store(request).iter_batch_keys(name, page.first, limit)
+    chunks = _store(request).batch_key_chunks(name, page.first, limit)
     # The first chunk is read before answering, so an unknown process is still a 404.
     try:
-        head = await anext(keys)
+        head = await anext(chunks)
     except StopAsyncIteration:
         return JSONResponse([])
     if page.limit is None:
-        return StreamingResponse(schemas.json_array(head, keys), media_type="application/json")
-    rows = [head, *[key async for key in keys]]
+        return StreamingResponse(schemas.json_chunks(head, chunks), media_type="application/json")
+    rows = [*head, *[key async for chunk in chunks for key in chunk]]
     headers = {}
     if len(rows) > page.limit:
         rows = rows[: page.limit]

@@ -10,6 +10,7 @@ import orjson
 from coordinator.models import BatchKey, Event, Pass, Process, rfc3339, timestamp
 
 KEYS_HEADER = ("KEY", "STATE", "MACHINE", "TOKEN", "EXPIRES_AT", "LAST_COMPLETED_AT", "EXTERNAL_ID")
+PROCESSES_HEADER = ("PROCESS", "KEYS", "LEASE_SECONDS")
 # A streamed table takes its column widths from the header and this many first rows.
 SIZING_ROWS = 1000
 
@@ -42,9 +43,16 @@ def table(rows: Sequence[Sequence[str]]) -> str:
 
 def processes_table(processes: Sequence[Process]) -> str:
     """One line per process."""
-    rows = [["PROCESS", "KEYS", "LEASE_SECONDS"]]
-    rows += [[p.process_name, str(p.key_set_size), str(p.lease_seconds)] for p in processes]
-    return table(rows)
+    return table([PROCESSES_HEADER, *(_process_row(p) for p in processes)])
+
+
+def process_table_lines(processes: Iterable[Process]) -> Iterator[str]:
+    """The processes as table lines, produced as they are read (sized as key_table_lines)."""
+    return _streamed_table(PROCESSES_HEADER, (_process_row(p) for p in processes))
+
+
+def _process_row(p: Process) -> tuple[str, ...]:
+    return (p.process_name, str(p.key_set_size), str(p.lease_seconds))
 
 
 def pass_table(process_name: str, found: Pass) -> str:
@@ -86,9 +94,13 @@ def key_table_lines(keys: Iterable[BatchKey]) -> Iterator[str]:
     The columns are as wide as the header and the first SIZING_ROWS rows need; a later,
     longer cell widens only its own line.
     """
-    rows = (_key_row(k) for k in keys)
-    first = [KEYS_HEADER, *islice(rows, SIZING_ROWS)]
-    widths = [max(len(row[i]) for row in first) for i in range(len(KEYS_HEADER))]
+    return _streamed_table(KEYS_HEADER, (_key_row(k) for k in keys))
+
+
+def _streamed_table(header: tuple[str, ...], rows: Iterator[tuple[str, ...]]) -> Iterator[str]:
+    """Table lines as the rows are read: widths from the header and the first SIZING_ROWS."""
+    first = [header, *islice(rows, SIZING_ROWS)]
+    widths = [max(len(row[i]) for row in first) for i in range(len(header))]
     for row in chain(first, rows):
         yield "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
 

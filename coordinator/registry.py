@@ -8,9 +8,11 @@ through. The Store mixes these operations in, so the HTTP API and direct workers
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from coordinator import lease_id, validation
+from coordinator import lease_id, name_ranges, validation
 from coordinator.errors import ProcessExists, UnknownProcess
 from coordinator.models import Event, Pass, Process, utc
 from coordinator.scripts import raise_for_status
@@ -19,8 +21,14 @@ from coordinator.unavailable import store_errors
 if TYPE_CHECKING:
     from coordinator.connection import RedisClient
     from coordinator.keys import KeySpace
+    from coordinator.name_ranges import Scope
     from coordinator.scripts import Scripts
     from coordinator.store import Limits
+
+
+# Names one listing read takes: a ZRANGEBYLEX of them, then one pipeline of two cheap reads
+# each (HMGET, ZCOUNT), so Valkey and the event loop are each held well under a few ms.
+PROCESS_CHUNK = 500
 
 
 class ProcessRegistry:
@@ -83,10 +91,59 @@ class ProcessRegistry:
         assert started is not None
         return Process(name, size, lease, mode, attempts, backoff, Pass(1, started))
 
-    async def processes(self) -> list[Process]:
-        """Every registered process, by name."""
+    async def processes(
+        self, prefix: str = "", after: str | None = None, limit: int | None = None
+    ) -> list[Process]:
+        """Registered processes by name: starting with `prefix`, after `after`, at most `limit`."""
+        return [p async for chunk in self.process_chunks(prefix, after, limit) for p in chunk]
+
+    async def process_chunks(
+        self,
+        prefix: str = "",
+        after: str | None = None,
+        limit: int | None = None,
+        scope: Scope | None = None,
+    ) -> AsyncIterator[list[Process]]:
+        """Registered processes in name order, PROCESS_CHUNK names read at a time: those
+        starting with `prefix`, after the name `after`, at most `limit`, and only those
+        `scope` covers (reading only the runs of names its patterns can match)."""
+        # A prefix of a name is itself a name, so both are checked as names.
+        prefix = prefix and validation.process_name(prefix, "prefix")
+        after = None if after is None else validation.process_name(after, "after")
+        left = limit
+        for run in name_ranges.ranges(prefix, None if scope is None else scope.processes):
+            cursor = after
+            while left is None or left > 0:
+                bounds = run.bounds(cursor)
+                if bounds is None:
+                    break
+                wanted = PROCESS_CHUNK if left is None else min(left, PROCESS_CHUNK)
+                with store_errors():
+                    names = [
+                        str(n)
+                        for n in await self.redis.zrangebylex(
+                            self.keys.registry, *bounds, start=0, num=wanted
+                        )
+                    ]
+                if not names:
+                    break
+                cursor = names[-1]
+                shown = names if scope is None else [n for n in names if scope.may_act_on(n)]
+                chunk = await self._listed(shown)
+                if left is not None:
+                    left -= len(chunk)
+                if chunk:
+                    yield chunk
+                if len(names) < wanted:
+                    break
+                # A long listing gives other requests their turn between chunks.
+                await asyncio.sleep(0)
+
+    async def _listed(self, names: list[str]) -> list[Process]:
+        """The processes of `names` still registered, in one round trip."""
+        if not names:
+            return []
         with store_errors():
-            names = [str(n) for n in await self.redis.zrange(self.keys.registry, 0, -1)]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for name in names:
                     k = self.keys.process(name)

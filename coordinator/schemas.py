@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
@@ -13,7 +13,6 @@ from starlette.responses import Response
 
 from coordinator import validation
 from coordinator.errors import InvalidField
-from coordinator.models import BatchKey
 from coordinator.problems import (
     BodyTooLarge,
     ClientClosedRequest,
@@ -88,6 +87,29 @@ def key_page(query: Mapping[str, str]) -> KeyPage:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ProcessPage:
+    """?limit=N&after=NAME&prefix=P on the process list: names starting with P after NAME, at
+    most N; no limit is every one."""
+
+    prefix: str
+    after: str | None
+    limit: int | None
+
+
+def process_page(query: Mapping[str, str]) -> ProcessPage:
+    """Parse and check the paging parameters of the process list (a prefix of a name is a
+    name, so both are checked as one)."""
+    prefix = query.get("prefix", "")
+    after = query.get("after")
+    limit = query.get("limit")
+    return ProcessPage(
+        prefix=prefix and validation.process_name(prefix, "prefix"),
+        after=None if after is None else validation.process_name(after, "after"),
+        limit=None if limit is None else _query_int(limit, "limit", 1, validation.PAGE_MAX),
+    )
+
+
 def event_page(query: Mapping[str, str]) -> tuple[str, int]:
     """?after=<event id>&limit=N on an event listing (limit 1 to 10,000, default 100)."""
     after = validation.event_id(query.get("after", "-"))
@@ -97,11 +119,22 @@ def event_page(query: Mapping[str, str]) -> tuple[str, int]:
     return after, _query_int(limit, "limit", 1, validation.PAGE_MAX)
 
 
-async def json_array(head: BatchKey, rest: AsyncIterator[BatchKey]) -> AsyncIterator[bytes]:
-    """A JSON array of keys, produced as the keys are read rather than built whole."""
-    yield b"[" + orjson.dumps(head.to_json())
-    async for key in rest:
-        yield b"," + orjson.dumps(key.to_json())
+class Jsonable(Protocol):
+    """A record the API answers with."""
+
+    def to_json(self) -> dict[str, Any]:
+        """Its JSON object."""
+        ...
+
+
+async def json_chunks(
+    head: Sequence[Jsonable], rest: AsyncIterator[Sequence[Jsonable]]
+) -> AsyncIterator[bytes]:
+    """A JSON array produced a chunk at a time as the chunks are read: one orjson call each."""
+    yield b"[" + orjson.dumps([item.to_json() for item in head])[1:-1]
+    async for chunk in rest:
+        if chunk:
+            yield b"," + orjson.dumps([item.to_json() for item in chunk])[1:-1]
     yield b"]"
 
 

@@ -11,6 +11,7 @@ process registry (`coordinator.registry`) and batch runs (`coordinator.runs`) ar
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
@@ -34,7 +35,9 @@ from coordinator.waiters import DEFAULT_MAX_WAITERS, Waiters
 if TYPE_CHECKING:
     from coordinator.connection import RedisClient
 
-INSPECT_CHUNK = 1000
+# Keys one inspect.lua call of a listing reads: 1,000 held Valkey 3.6-8 ms when every key
+# had been touched; 250 holds it about 1 ms, and the server's loop as long for the chunk.
+INSPECT_CHUNK = 250
 
 _PROCESS_ID_CACHE_MAX = 65_536
 
@@ -123,6 +126,15 @@ class Store(ProcessRegistry, BatchRuns):
         self, name: str, first: int = 0, limit: int | None = None
     ) -> AsyncIterator[BatchKey]:
         """The keys of a process, read in consistent chunks so no script runs long."""
+        async for chunk in self.batch_key_chunks(name, first, limit):
+            for key in chunk:
+                yield key
+
+    async def batch_key_chunks(
+        self, name: str, first: int = 0, limit: int | None = None
+    ) -> AsyncIterator[list[BatchKey]]:
+        """The keys of a process, one consistent read of at most INSPECT_CHUNK keys per
+        (non-empty) chunk, giving other requests their turn between chunks."""
         name = validation.process_name(name)
         k = self.keys.process(name)
         stop = None if limit is None else first + limit
@@ -133,9 +145,10 @@ class Store(ProcessRegistry, BatchRuns):
                 reply = await self.scripts.call("inspect", k.of("inspect"), [first, count])
             raise_for_status(reply, process_name=name)
             size = int(reply[1])
-            for row in reply[4:]:
-                yield batch_key_of(name, row)
+            if rows := reply[4:]:
+                yield [batch_key_of(name, row) for row in rows]
             first += count
+            await asyncio.sleep(0)
 
     async def grant(
         self,

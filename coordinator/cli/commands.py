@@ -1,7 +1,8 @@
 """The commands that call the service: one client call each, then one document printed.
 
-`keys` and `events` stream instead (coordinator.cli.listing); `pass` and `key` are batch
-runs' (coordinator.cli.passes); `run` holds a key while a command runs (coordinator.cli.run).
+`keys`, `events` and `process list` stream instead (coordinator.cli.listing); `pass` and `key`
+are batch runs' (coordinator.cli.passes); `run` holds a key while a command runs
+(coordinator.cli.run).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from coordinator.models import BatchKey, Process
 Result = Process | BatchKey | list[Process] | None
 # One call per command (`process` commands by their action).
 _CALLS: dict[str, Callable[[Coordinator, argparse.Namespace], Result]] = {
-    "list": lambda c, a: c.processes(),
     "register": lambda c, a: c.register(
         a.name,
         a.keys,
@@ -65,6 +65,8 @@ def client_command(args: argparse.Namespace) -> int:
                 lease_seconds=args.lease_seconds,
                 announce=lambda lease: _announce(lease, as_json=args.json),
             )
+        if args.command == "process" and args.action == "list":
+            return listing.print_processes(coordinator, args)
         if args.command == "process" and args.action == "purge":
             coordinator.purge_history(args.name)
             purged = {"process_name": args.name, "purged": True}

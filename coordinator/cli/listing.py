@@ -1,6 +1,7 @@
-"""`keys` and `events`: listings printed as they are read, never held whole.
+"""`keys`, `events` and `process list`: listings printed as they are read, never held whole.
 
-A table for people (with, for keys, a one-line summary on stderr), or JSON Lines.
+A table for people (with, for keys, a one-line summary on stderr), or JSON Lines (for
+`process list`, the one JSON array the API answers, written a process at a time).
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from itertools import islice
 
+import orjson
+
 from coordinator import output
 from coordinator.cli.values import NEVER
 from coordinator.client.sync import Coordinator
-from coordinator.models import KEY_STATES, BatchKey
+from coordinator.models import KEY_STATES, BatchKey, Process
 
 FOLLOW_POLL_SECONDS = 0.5
 _BATCH_STATES = tuple(s for s in KEY_STATES if s not in ("held", "free"))
@@ -48,6 +51,30 @@ def print_keys(coordinator: Coordinator, args: argparse.Namespace) -> int:
     sys.stdout.flush()
     print(_summary(counts, printed - 1), file=sys.stderr)
     return 0
+
+
+def print_processes(coordinator: Coordinator, args: argparse.Namespace) -> int:
+    """List the registered processes by name (starting with `--name-prefix`, at most
+    `--limit`), page by page as they are printed."""
+    processes = coordinator.iter_processes(args.name_prefix or "", None, args.limit)
+    with closing(processes):
+        if args.json:
+            _print_json_array(processes)
+            return 0
+        for line in output.process_table_lines(processes):
+            print(line)
+    sys.stdout.flush()
+    return 0
+
+
+def _print_json_array(processes: Iterable[Process]) -> None:
+    """The bytes `output.as_json` gives for the whole list, without holding it."""
+    out = sys.stdout.buffer
+    out.write(b"[")
+    for i, process in enumerate(processes):
+        out.write((b"," if i else b"") + orjson.dumps(process.to_json()))
+    out.write(b"]\n")
+    out.flush()
 
 
 def print_events(coordinator: Coordinator, args: argparse.Namespace) -> int:

@@ -152,7 +152,19 @@ def _add_process(commands: Commands[Parser]) -> None:
         commands, "process", "list, register or delete processes, or purge a deleted one's history"
     )
     actions = process.add_subparsers(dest="action", metavar="COMMAND", required=True)
-    _client_command(actions, "list", "list the registered processes")
+    listed = _client_command(
+        actions,
+        "list",
+        "list the registered processes",
+        "List the registered processes by name, page by page as they are printed.",
+    )
+    # Not --prefix: that is the Redis key prefix of every client command.
+    listed.add_argument(
+        "--name-prefix",
+        metavar="PREFIX",
+        help="only the processes whose names start with this (e.g. nightly-)",
+    )
+    listed.add_argument("--limit", type=values.positive, help="list at most this many processes")
     register = _client_command(actions, "register", "register a process")
     register.add_argument(
         "name", metavar="NAME", help="the process name (letters, digits and . _ : -)"

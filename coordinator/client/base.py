@@ -62,6 +62,13 @@ class AsyncCoordinator(ABC):
     async def processes(self) -> list[Process]:
         """Every registered process, by name."""
 
+    @abstractmethod
+    def iter_processes(
+        self, prefix: str = "", after: str | None = None, limit: int | None = None
+    ) -> AsyncIterator[Process]:
+        """Registered processes by name, starting with `prefix`, after the name `after`, at most
+        `limit`: read page by page as they are consumed, never the whole list at once."""
+
     async def process(self, name: str) -> Process:
         """One registered process; raises UnknownProcess."""
         return await self._riding_outages(lambda: self._process(name))

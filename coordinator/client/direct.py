@@ -48,6 +48,14 @@ class AsyncRedisCoordinator(AsyncCoordinator):
         """Every registered process, by name."""
         return await self.store.processes()
 
+    async def iter_processes(
+        self, prefix: str = "", after: str | None = None, limit: int | None = None
+    ) -> AsyncIterator[Process]:
+        """Registered processes by name, read from the registry in chunks."""
+        async for chunk in self.store.process_chunks(prefix, after, limit):
+            for process in chunk:
+                yield process
+
     async def _process(self, name: str) -> Process:
         """One registered process; raises UnknownProcess."""
         return await self.store.process(name)

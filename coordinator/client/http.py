@@ -18,6 +18,7 @@ from coordinator.validation import Unset
 
 API = "/api/v1"
 KEYS_PAGE = 10_000  # keys per request of iter_keys: the most a page may hold
+PROCESSES_PAGE = 1000  # processes per request of iter_processes
 
 
 class AsyncHttpCoordinator(AsyncCoordinator):
@@ -67,6 +68,29 @@ class AsyncHttpCoordinator(AsyncCoordinator):
     async def processes(self) -> list[Process]:
         """Every registered process, by name."""
         return [Process.from_json(p) for p in await self._call("GET", f"{API}/process")]
+
+    async def iter_processes(
+        self, prefix: str = "", after: str | None = None, limit: int | None = None
+    ) -> AsyncIterator[Process]:
+        """Registered processes by name: one paged request (`?limit=N&after=NAME&prefix=P`) at
+        a time, following each page's Link to the next."""
+        left = limit
+        while left is None or left > 0:
+            params: dict[str, str | int] = {
+                "limit": PROCESSES_PAGE if left is None else min(left, PROCESSES_PAGE)
+            }
+            params |= {"prefix": prefix} if prefix else {}
+            params |= {"after": after} if after is not None else {}
+            response = await self._send("GET", f"{API}/process", params=params)
+            rows = _json(response)
+            for row in rows:
+                yield Process.from_json(row)
+            if left is not None:
+                left -= len(rows)
+            following = response.links.get("next", {}).get("url")
+            if following is None:
+                return
+            after = httpx.URL(following).params["after"]
 
     async def _process(self, name: str) -> Process:
         """One request for a process; raises UnknownProcess."""

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+)
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
@@ -20,7 +27,7 @@ from coordinator.models import BatchKey, Event, Pass, Process
 from coordinator.validation import UNSET, Unset
 
 T = TypeVar("T")
-ITER_CHUNK = 1000  # keys iter_keys fetches per call into the client's thread
+ITER_CHUNK = 1000  # items iter_keys and iter_processes fetch per call into the client's thread
 
 
 class _Portal:
@@ -123,12 +130,22 @@ class Coordinator:
         Fetched ITER_CHUNK keys at a time as they are consumed, so any number of keys can be
         listed without holding them all; raises UnknownProcess at the first.
         """
-        keys = self.async_client.iter_keys(name, after, limit)
+        return self._drained(self.async_client.iter_keys(name, after, limit))
 
-        async def chunk() -> list[BatchKey]:
-            taken: list[BatchKey] = []
-            async for key in keys:  # leaving the loop early does not close `keys`
-                taken.append(key)
+    def iter_processes(
+        self, prefix: str = "", after: str | None = None, limit: int | None = None
+    ) -> Generator[Process, None, None]:
+        """Registered processes by name, starting with `prefix`, after `after`, at most
+        `limit`: fetched ITER_CHUNK at a time as they are consumed."""
+        return self._drained(self.async_client.iter_processes(prefix, after, limit))
+
+    def _drained(self, items: AsyncIterator[T]) -> Generator[T, None, None]:
+        """An async listing as a blocking generator, ITER_CHUNK items per hop to the loop."""
+
+        async def chunk() -> list[T]:
+            taken: list[T] = []
+            async for item in items:  # leaving the loop early does not close `items`
+                taken.append(item)
                 if len(taken) == ITER_CHUNK:
                     break
             return taken
@@ -137,8 +154,8 @@ class Coordinator:
             while taken := self._run(chunk()):
                 yield from taken
         except GeneratorExit:  # the caller stopped early: stop reading too
-            if isinstance(keys, AsyncGenerator):
-                self._run(keys.aclose())
+            if isinstance(items, AsyncGenerator):
+                self._run(items.aclose())
             raise
 
     def acquire(

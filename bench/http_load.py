@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -72,6 +73,16 @@ def _parse(text: str, generator: str, cpu_seconds: float) -> LoadResult:
         grant_latencies_us=latencies,
         cpu_seconds=cpu_seconds,
     )
+
+
+def register(url: str, name: str, keys: int) -> None:
+    """Register process `name` of `keys` keys on the server at `url`."""
+    body = json.dumps({"process_name": name, "key_set_size": keys}).encode()
+    request = urllib.request.Request(  # noqa: S310 - loopback URL we built
+        f"{url}/api/v1/process", body, {"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+        assert answer.status == 201
 
 
 def wrk_binary() -> str | None:

@@ -14,7 +14,7 @@ __all__ = ["FIGURES", "TARGETS", "markdown", "render", "update_readme", "verdict
 TOP_LEVEL = ("evalsha", "ping", "blpop")
 
 FIGURES = (
-    "http", "latency", "workers", "direct", "held", "size", "options", "floor", "scale",
+    "http", "latency", "workers", "pinned", "direct", "held", "size", "options", "floor", "scale",
     "postgres",
 )  # fmt: skip
 
@@ -186,12 +186,14 @@ def render(results: dict[str, Any]) -> str:
             "",
         ),
     ]
-    lines += [
-        wide.format(
-            r.figure[:44], r.ours[:16], r.theirs[:22], r.ratio, r.target_text(), r.verdict_text()
+    for r in report_cost.rows(results):
+        # A long label gets a line of its own, its figures the next.
+        label = r.figure if len(r.figure) <= 44 else ""
+        if not label:
+            lines.append(r.figure)
+        lines.append(
+            wide.format(label, r.ours, r.theirs, r.ratio, r.target_text(), r.verdict_text())
         )
-        for r in report_cost.rows(results)
-    ]
     lines += [
         "",
         "Valkey commands sent per cycle (commands run inside scripts not shown): "

@@ -74,6 +74,8 @@ def values(results: dict[str, Any]) -> dict[str, float | None]:
 def rows(results: dict[str, Any]) -> list[Row]:
     """Every row of the figures measured."""
     out: list[Row] = []
+    if "pinned" in results and "skipped" not in results["pinned"]:
+        out += _pinned(results["pinned"])
     if "floor" in results:
         out += _floor(results["floor"])
     if "scale" in results:
@@ -81,6 +83,30 @@ def rows(results: dict[str, Any]) -> list[Row]:
     if "postgres" in results:
         out += _postgres(results["postgres"])
     return out
+
+
+def _pinned(p: dict[str, Any]) -> list[Row]:
+    ours, ceiling = p["ours_pinned"], p["ceiling_pinned"]
+    steal = sum(v["steal_seconds"] for v in p.values() if isinstance(v, dict))
+    return [
+        Row(
+            f"HTTP cycles/s, each server alone on core {p['server_core']}, Valkey and wrk on"
+            f" {p['valkey_and_wrk_cores']}",
+            f"{ours['cycles_per_second']:,.0f}",
+            f"{ceiling['cycles_per_second']:,.0f} bare app",
+            f"{p['ratio_pinned']:.2f}",
+            note=f"unpinned in the same run: {p['ratio_unpinned']:.2f}; server cores pinned"
+            f" {max(ours['server_cores']):.2f} vs {max(ceiling['server_cores']):.2f}; per"
+            f" server CPU-second {p['ratio_per_server_cpu_second']:.2f}",
+        ),
+        Row(
+            "  the bare app beside ours (idle) over it alone, unpinned",
+            f"{p['ceiling_beside_ours']['cycles_per_second']:,.0f}",
+            f"{p['ceiling_alone']['cycles_per_second']:,.0f} alone",
+            f"{p['ceiling_beside_over_alone']:.2f}",
+            note=f"steal over every window: {steal:.2f} s",
+        ),
+    ]
 
 
 def _floor(f: dict[str, Any]) -> list[Row]:

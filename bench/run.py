@@ -9,7 +9,9 @@ only) serves every measurement. Prints a table and writes bench/results.json.
    metrics on) under wrk (64 threads x 1 connection each), vs a bare Starlette app on the same
    uvicorn stack doing one PING per request (bench/ceiling_app.py); non-2xx answers (must be
    0). Then grant latency offered open loop at half that rate (bench/open_loop.py), and
-   `--workers 2` against 1 with wrk pinned to a core of its own.
+   `--workers 2` against 1 with wrk pinned to a core of its own; and whose fault a gap is:
+   the ceiling alone vs beside ours, both with each server on a core of its own
+   (bench/pinned.py).
 2. Direct: AsyncRedisCoordinator acquire + release with 64 tasks, vs two PINGs per cycle.
 3. Keys 0-47 of 64 held all along: ours vs one redis-py Lock per key tried in turn.
 4. Size: mean acquire + release latency at 1,000,000 keys vs 10 keys, and used_memory per
@@ -39,7 +41,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ import redis
 
 from bench import direct, http_load, postgres, report_cost, script_cost, script_floor, size
 from bench.cpu import CpuWindow, machine_busy_seconds
+from bench.pinned import pinned_figure
 from bench.report import FIGURES, TARGETS, markdown, render, update_readme, verdict
 from bench.scale_figure import scale_figure
 from coordinator.embedded import EmbeddedValkey, free_port
@@ -87,6 +89,8 @@ class Plan:
     listing_repeats: int
     postgres_rounds: int
     postgres_seconds: float
+    pinned_rounds: int
+    pinned_seconds: float
 
 
 FULL = Plan(
@@ -115,6 +119,8 @@ FULL = Plan(
     listing_repeats=2,
     postgres_rounds=3,
     postgres_seconds=3,
+    pinned_rounds=3,
+    pinned_seconds=5,
 )
 QUICK = Plan(
     workers=1,
@@ -142,6 +148,8 @@ QUICK = Plan(
     listing_repeats=1,
     postgres_rounds=1,
     postgres_seconds=2,
+    pinned_rounds=1,
+    pinned_seconds=2,
 )
 
 
@@ -162,12 +170,7 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def _register(url: str, name: str, keys: int) -> None:
-    body = json.dumps({"process_name": name, "key_set_size": keys}).encode()
-    request = urllib.request.Request(  # noqa: S310 - loopback URL we built
-        f"{url}/api/v1/process", body, {"Content-Type": "application/json"}, method="POST"
-    )
-    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
-        assert answer.status == 201
+    http_load.register(url, name, keys)
 
 
 def http_figure(valkey: EmbeddedValkey, valkey_pid: int, plan: Plan, work: Path) -> dict[str, Any]:
@@ -617,6 +620,16 @@ def main() -> None:
                     ),
                 ),
                 ("workers", lambda: workers_figure(valkey, valkey_pid, plan, work)),
+                (
+                    "pinned",
+                    lambda: pinned_figure(
+                        valkey,
+                        valkey_pid,
+                        rounds=plan.pinned_rounds,
+                        seconds=plan.pinned_seconds,
+                        work=work,
+                    ),
+                ),
                 ("direct", lambda: direct_figure(valkey.url, valkey_pid, plan)),
                 ("held", lambda: held_figure(valkey.url, valkey_pid, plan)),
                 ("size", lambda: size_figure(valkey.url, valkey_pid, plan)),

@@ -14,10 +14,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+if TYPE_CHECKING:  # imported where a server starts: a worker's CLI reads this module's
+    import redis  # helpers (datadir) without the [server] extra that brings redis
 
 _PR_SET_PDEATHSIG = 1
 LOG_FILE = "valkey.log"
@@ -179,6 +179,10 @@ class EmbeddedValkey:
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout
+        import redis  # noqa: PLC0415 - the [server] extra's: see the imports above
+        from redis.backoff import NoBackoff  # noqa: PLC0415
+        from redis.retry import Retry  # noqa: PLC0415
+
         # One attempt per call: redis-py's retries would outlast a server that already exited.
         client = redis.Redis(
             port=self.port,
@@ -203,7 +207,9 @@ class EmbeddedValkey:
     @staticmethod
     def _answers(client: redis.Redis, pid: int) -> bool:
         """Whether the server of process `pid` answers on the port, its data loaded."""
-        with contextlib.suppress(redis.exceptions.RedisError):
+        from redis.exceptions import RedisError  # noqa: PLC0415 - see _wait_ready
+
+        with contextlib.suppress(RedisError):
             # Another program may listen on the port (then ours fails to bind): not it.
             if client.info("server").get("process_id") == pid:
                 # LOADING answers are errors too: wait until the AOF is replayed.

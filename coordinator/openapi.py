@@ -9,6 +9,8 @@ from coordinator import __version__, validation
 from coordinator.auth import ROLES
 from coordinator.browser_guard import STATE_CHANGING
 from coordinator.errors import RETRY_AFTER_MAX_SECONDS
+from coordinator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from coordinator.metrics import PATH as METRICS_PATH
 from coordinator.models import EVENT_TYPES, KEY_STATES
 from coordinator.problems import MEDIA_TYPE, PROBLEMS
 
@@ -287,6 +289,22 @@ _SCHEMAS: dict[str, Schema] = {
 _HOLDER_ONLY = frozenset({"renewBatchKey", "releaseBatchKey"})
 
 
+def _dashboard(operation_id: str) -> dict[str, Any]:
+    """The operators' page (coordinator/ui.py), served at / and /ui without a token."""
+    return {
+        "get": {
+            "summary": "The operators' dashboard, one HTML page that asks for a token",
+            "operationId": operation_id,
+            "responses": {
+                "200": {
+                    "description": "The page",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                },
+            },
+        },
+    }
+
+
 @cache
 def document() -> dict[str, Any]:
     """The whole OpenAPI document (built once; it never changes while the service runs)."""
@@ -298,15 +316,19 @@ def document() -> dict[str, Any]:
             codes = ["host_not_allowed"]
             if method.upper() in STATE_CHANGING:
                 codes.append("cross_site_request")
-            # Every /api route takes a Bearer token when tokens are configured; health checks
-            # do not. Renew and release also answer 403 to a token not the lease's holder.
-            if path.startswith("/api/"):
+            # Every /api route and /metrics take a Bearer token when tokens are configured;
+            # health checks, this document and the dashboard page never do, which `[]` says
+            # (no requirement at all, so linters and generators send no token). Renew and
+            # release also answer 403 to a token not the lease's holder.
+            if path.startswith("/api/") or path == METRICS_PATH:
                 operation["security"] = [{}, {"bearer": []}]
                 codes += ["unauthorized", "forbidden"]
                 if operation["operationId"] in _HOLDER_ONLY:
                     codes.append("not_lease_holder")
+            else:
+                operation["security"] = []
             # One call, so codes sharing a status (403) share one response entry; the routes
-            # outside /api touch no store, so they gain no 503 here.
+            # outside /api answer no 503 (/metrics serves what it has while the store is down).
             added = _problems(*codes)
             if not path.startswith("/api/"):
                 del added["503"]
@@ -322,7 +344,11 @@ def _document() -> dict[str, Any]:
             "version": __version__,
             "description": "Hands out numbered batch keys to workers. Every error is an"
             " RFC 9457 problem document with a stable `code`.",
+            "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
+        # Relative: the paths are under whatever origin served this document, so one document
+        # is right behind every proxy and on every replica.
+        "servers": [{"url": "/"}],
         "paths": {
             "/api/v1/process": {
                 "get": {
@@ -635,6 +661,22 @@ def _document() -> dict[str, Any]:
                     "responses": {**_ok(200, "Ready", _ref("Status")), **_problems()},
                 },
             },
+            METRICS_PATH: {
+                "get": {
+                    "summary": "Prometheus metrics: requests, operations, per-process figures",
+                    "operationId": "metrics",
+                    "description": "With tokens configured, any valid token (a scoped one sees"
+                    " only its processes' figures); without, loopback clients only (else 403).",
+                    "responses": {
+                        "200": {
+                            "description": "The Prometheus text exposition format",
+                            "content": {METRICS_CONTENT_TYPE: {"schema": {"type": "string"}}},
+                        },
+                    },
+                },
+            },
+            "/ui": _dashboard("dashboard"),
+            "/": _dashboard("dashboardRoot"),
         },
         "components": {
             "schemas": _SCHEMAS,

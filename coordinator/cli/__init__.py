@@ -16,8 +16,9 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+from coordinator import extras
 from coordinator.auth import TOKEN_PREFIX, new_token
-from coordinator.cli import commands, completion, messages, serve, service_options, statuses
+from coordinator.cli import commands, completion, messages, service_options, statuses
 from coordinator.cli.parser import UsageError, build_parser
 from coordinator.cli.run import CommandNotRunnable
 from coordinator.cli.stop import Stopped
@@ -81,6 +82,10 @@ def _run(argv: list[str]) -> int:
     if args.command in LOCAL_COMMANDS:
         _refuse_client_options(args)
     if args.command == "serve":
+        # The server stack is an extra: a worker's install has the CLI without it.
+        extras.require("server", "`coordinator serve`")
+        from coordinator.cli import serve  # noqa: PLC0415 - imports the server stack
+
         return serve.serve(args)
     if args.command == "token":
         return _create_token(args)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
+from coordinator import extras
 from coordinator.client.base import AsyncCoordinator
 from coordinator.client.outage import without_credentials
 from coordinator.config import Settings
-from coordinator.connection import connect
 from coordinator.models import BatchKey, Event, Pass, Process
-from coordinator.store import Limits, Store
 from coordinator.validation import Unset
+
+if TYPE_CHECKING:  # redis comes with the [direct] extra: imported when a client is made
+    from coordinator.store import Limits, Store
 
 
 class AsyncRedisCoordinator(AsyncCoordinator):
@@ -25,8 +28,14 @@ class AsyncRedisCoordinator(AsyncCoordinator):
     ) -> None:
         """`outage_budget_seconds`: how long a worker's call rides out an outage (README)."""
         super().__init__(f"Redis at {without_credentials(redis_url)}", outage_budget_seconds)
+        extras.require(
+            "direct", "Working on Redis directly (--redis-url, --direct, RedisCoordinator)"
+        )
+        from coordinator.connection import connect  # noqa: PLC0415 - needs the extra
+        from coordinator.store import Store  # noqa: PLC0415 - needs the extra
+
         self._redis = connect(redis_url, Settings())
-        self.store = Store(self._redis, prefix=prefix, limits=limits)
+        self.store: Store = Store(self._redis, prefix=prefix, limits=limits)
 
     async def register(
         self,

@@ -57,6 +57,7 @@ browser:
 	$(call require,/sbin/ldconfig -p | grep -q libatomic.so.1,libatomic1,Playwright's driver)
 	$(call require,command -v zsh,zsh,tests/test_cli_completion.py)
 	$(call require,command -v fish,fish,tests/test_cli_completion.py)
+	$(call require,command -v promtool,prometheus,tests/test_prometheus_rules.py)
 
 # The Python API reference, from the docstrings (open build/api/index.html). `-W error` turns
 # every warning pdoc gives (an annotation it cannot resolve, a module it cannot import) into a

@@ -13,9 +13,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from coordinator import validation
-from coordinator.errors import UnknownPass, UnknownProcess
+from coordinator.errors import StoreUnavailable, UnknownPass, UnknownProcess
 from coordinator.models import BatchKey, Pass, Process, utc
-from coordinator.scripts import raise_for_status
+from coordinator.scripts import Status, raise_for_status
 from coordinator.unavailable import store_errors
 
 if TYPE_CHECKING:
@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from coordinator.scripts import Scripts
     from coordinator.store import Limits
     from coordinator.waiters import Waiters
+
+
+# start_pass.lua calls in a row that leave no fewer keys parked before a start gives up.
+START_PASS_STALLED_CALLS = 8
 
 
 class BatchRuns:
@@ -77,12 +81,26 @@ class BatchRuns:
         name = validation.process_name(name)
         expected = None if after is None else validation.pass_number(after, "after")
         k = self.keys.process(name)
-        with store_errors():
-            reply = await self.scripts.call(
-                "start_pass",
-                k.of("start_pass"),
-                [self.limits.events_cap, "" if expected is None else expected],
-            )
+        args: list[str | int] = [self.limits.events_cap, "" if expected is None else expected]
+        # The script lifts parked keys a chunk per call and starts the pass in the call that
+        # finds few enough left, so no call holds Redis long whatever the quarantine's size.
+        # Each call lifts more keys than a process can park between two calls, so `left`
+        # falls; if it stops falling (keys parked as fast as they are lifted), the caller
+        # gets a 503 and may send the same request again: nothing lifted is lost.
+        least, stalled = None, 0
+        while True:
+            with store_errors():
+                reply = await self.scripts.call("start_pass", k.of("start_pass"), args)
+            if reply[0] != Status.MORE_PARKED:
+                break
+            left = int(reply[1])
+            stalled = 0 if least is None or left < least else stalled + 1
+            least = left if least is None else min(least, left)
+            if stalled >= START_PASS_STALLED_CALLS:
+                raise StoreUnavailable(
+                    f"Process '{name}' parks keys as fast as the start of its pass lifts them"
+                    f" ({left} parked); try again."
+                )
         raise_for_status(reply, process_name=name, number=expected or 0)
         return await self.process(name), bool(reply[3])
 

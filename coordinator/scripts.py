@@ -63,6 +63,7 @@ class Status(IntEnum):
     ALL_QUARANTINED = 9
     UNKNOWN_KEY = 10
     UNKNOWN_PASS = 11
+    MORE_PARKED = 12
 
 
 def lua_dir() -> Path:

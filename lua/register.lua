@@ -1,7 +1,9 @@
 -- register.lua: create a process's key space, or refuse because the name is taken.
 --
 -- KEYS[1] meta   hash {size, lease_ms, fresh, created_us}; its existence is the registration
--- KEYS[2] events stream (optional) the process's history (kept across delete and re-register)
+-- KEYS[2] events stream (optional) the process's history (kept across delete and re-register);
+--                a new one is written once and reloaded from its DUMP, so it is stored at its
+--                size (about 300 bytes) rather than in a 4 KB node
 -- ARGV[1] key_set_size  integer, 1 to 2^40
 -- ARGV[2] lease_ms      default lease length of this process's grants, 1 to 86400000 ms
 -- ARGV[3] events_cap    (optional, default 10000) entries the stream keeps, 1 to 10000000
@@ -73,9 +75,15 @@ for _, option in ipairs({{5, 'max_attempts'}, {6, 'backoff_ms'}}) do
 end
 if events then
   -- A deleted process's history was set to expire (unregister.lua): the name lives again.
+  local new = redis.call('EXISTS', events) == 0
   redis.call('PERSIST', events)
   redis.call('XADD', events, 'MAXLEN', '~', string.format('%d', events_cap), '*',
     'type', 'registered', 'key', '', 'token', '', 'machine', '', 'at_us',
     string.format('%.0f', created_us), 'size', size)
+  -- Valkey gives a new stream's first node 4 KB ahead of its entries, most of an idle
+  -- process's memory; a stream loaded from its DUMP takes only what it holds (~300 bytes).
+  if new then
+    redis.call('RESTORE', events, 0, redis.call('DUMP', events), 'REPLACE')
+  end
 end
 return {0, created_us}

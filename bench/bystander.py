@@ -80,14 +80,13 @@ async def during(
     `heavy_url` one after another, each given `limit_seconds`."""
     stop, renewals = asyncio.Event(), Renewals()
     # One connection per bystander, as separate workers have.
-    clients = [httpx.AsyncClient(base_url=base, timeout=30) for _ in range(BYSTANDERS)]
-    async with clients[0] as setup:
+    async with httpx.AsyncClient(base_url=base, timeout=30) as setup:
         registered = await setup.post(
             "/api/v1/process", json={"process_name": PROCESS, "key_set_size": 2 * BYSTANDERS}
         )
-        if registered.status_code not in (201, 409):
+        if registered.status_code not in (201, 409):  # 409: an earlier call registered it
             registered.raise_for_status()
-    clients[0] = httpx.AsyncClient(base_url=base, timeout=30)
+    clients = [httpx.AsyncClient(base_url=base, timeout=30) for _ in range(BYSTANDERS)]
     tasks = [asyncio.create_task(_renewer(c, stop, renewals)) for c in clients]
     try:
         await asyncio.sleep(0.5)  # every bystander holds its lease

@@ -203,7 +203,7 @@ def _postgres(p: dict[str, Any]) -> list[Row]:
         return [
             Row("PostgreSQL `FOR UPDATE SKIP LOCKED`, same cycle", "not measured", p["skipped"])
         ]
-    ours, pg = p["ours"], p["postgres"]
+    ours, pg, tx = p["ours"], p["postgres"], p["postgres_transaction"]
     version = f"PostgreSQL {p['postgres_version']}"
     return [
         Row(
@@ -219,6 +219,8 @@ def _postgres(p: dict[str, Any]) -> list[Row]:
             f"{ours['server_cpu_us_per_cycle']:.0f} µs",
             f"{pg['server_cpu_us_per_cycle']:.0f} µs",
             f"{p['server_cpu_ratio']:.2f}",
+            note="as a transaction (SELECT … SKIP LOCKED, then UPDATE):"
+            f" {tx['cycles_per_second']:,.0f} cycles/s, {tx['server_cpu_us_per_cycle']:.0f} µs",
         ),
         Row(
             "  one process's ceiling per server core (1e6 / CPU µs per cycle)",

@@ -574,25 +574,8 @@ def _environment(valkey: EmbeddedValkey) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    """Run every figure on one private Valkey and print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--workers",
-        type=int,
-        choices=(1, 2),
-        default=FULL.workers,
-        help="uvicorn workers for both HTTP servers (default 1)",
-    )
-    parser.add_argument("--quick", action="store_true", help="short smoke run (not the figures)")
-    parser.add_argument("--only", nargs="*", choices=FIGURES)
-    parser.add_argument("--out", type=Path, help="default bench/results.json (--quick: in /tmp)")
-    args = parser.parse_args()
-    plan = QUICK if args.quick else FULL
-    out_path = args.out or (
-        Path(tempfile.gettempdir()) / "bpc-bench-quick.json" if args.quick else RESULTS
-    )
-    plan = Plan(**{**plan.__dict__, "workers": args.workers})
+def measure(plan: Plan, only: set[str]) -> dict[str, Any]:
+    """Every figure in `only`, on one private Valkey."""
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bpc-bench-") as tmp:
         work = Path(tmp)
@@ -604,9 +587,6 @@ def main() -> None:
             )
             log(f"Valkey pid {valkey_pid} on {valkey.url}")
             results: dict[str, Any] = {"environment": _environment(valkey), "plan": plan.__dict__}
-            only = set(args.only or FIGURES)
-            if "latency" in only and "http" not in only:
-                parser.error("--only latency needs http too: its rate is half of http's")
             steps = (
                 ("http", lambda: http_figure(valkey, valkey_pid, plan, work)),
                 (
@@ -653,7 +633,45 @@ def main() -> None:
                     log(f"measuring {name}")
                     results[name] = step()
     results["wall_seconds"] = time.perf_counter() - started
+    return results
+
+
+def main() -> None:
+    """Run every figure on one private Valkey and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--workers",
+        type=int,
+        choices=(1, 2),
+        default=FULL.workers,
+        help="uvicorn workers for both HTTP servers (default 1)",
+    )
+    parser.add_argument("--quick", action="store_true", help="short smoke run (not the figures)")
+    parser.add_argument("--only", nargs="*", choices=FIGURES)
+    parser.add_argument("--out", type=Path, help="default bench/results.json (--quick: in /tmp)")
+    parser.add_argument(
+        "--table-from",
+        type=Path,
+        metavar="RESULTS",
+        help="measure nothing: draw the table (and the README's) from a results file",
+    )
+    args = parser.parse_args()
+    plan = QUICK if args.quick else FULL
+    out_path = args.out or (
+        Path(tempfile.gettempdir()) / "bpc-bench-quick.json" if args.quick else RESULTS
+    )
+    plan = Plan(**{**plan.__dict__, "workers": args.workers})
+    only = set(args.only or FIGURES)
+    if "latency" in only and "http" not in only:
+        parser.error("--only latency needs http too: its rate is half of http's")
+    if args.table_from:
+        results = json.loads(args.table_from.read_text())
+        only = {name for name in FIGURES if name in results}
+    else:
+        results = measure(plan, only)
     results["targets"] = {name: {"op": op, "value": value} for name, (op, value) in TARGETS.items()}
+    # Written before the table is drawn, so a figure the table cannot print loses no run.
+    out_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     if only == set(FIGURES):
         results["verdicts"] = {
             "http_ratio": verdict("http_ratio", results["http"]["ratio"]),

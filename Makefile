@@ -78,8 +78,21 @@ fuzz: $(STAMP)
 
 # Not part of `make test`: measures the service against its ceilings on one private Valkey,
 # prints a table and writes bench/results.json (a few minutes). The HTTP load comes from wrk,
-# installed here when missing if we are root on Debian/Ubuntu.
+# the side-by-side figure from Debian's postgresql (and asyncpg, the `bench` extra), both
+# installed here when missing if we are root on Debian/Ubuntu; the dashboard's render needs
+# chromium, as its tests do.
 bench: $(STAMP)
+	$(call require,test -x $(CHROMIUM),chromium,the dashboard figure of bench/scale.py)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "bench: installing postgresql with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
+	  fi; \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || echo "bench: postgresql is" \
+	    "missing and could not be installed (needs root and apt-get): its figure is skipped"; \
+	}
+	@$(BIN)/python -c 'import asyncpg' 2>/dev/null || $(BIN)/pip install --quiet -e '.[bench]'
 	@command -v wrk >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "bench: installing wrk with apt-get"; \

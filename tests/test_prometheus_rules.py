@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "coordinator-rules.yaml"
 RULE_TESTS = ROOT / "deploy" / "prometheus" / "coordinator-rules.test.yaml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "coordinator.json"
+SCRAPE = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+KUBE = ROOT / "deploy" / "kubernetes"
 API = "/api/v1/process"
 # Labels Prometheus adds to every scraped series (Kubernetes service discovery adds the last
 # two where the scrape configuration relabels them so); the rest come from /metrics.
@@ -258,3 +260,52 @@ def test_the_check_catches_a_misspelt_metric(exposition: str) -> None:
     assert "coordinator_grants_total" in served
     (names, _) = promql_names("sum(rate(coordinator_grants[5m]))")
     assert names - served == {"coordinator_grants"}
+
+
+# --- the scrape configuration --------------------------------------------------------------
+
+
+def test_scrape_config_passes_promtool(tmp_path: Path) -> None:
+    """Debian's promtool is built without Kubernetes discovery: its block is swapped for a
+    static target, and the rest (authorization, relabelling, the rules) checked as written."""
+    config = yaml.safe_load(SCRAPE.read_text())
+    token = tmp_path / "coordinator-token"
+    token.write_text("bpc_not-a-real-token\n")
+    config["rule_files"] = [str(SCRAPE.parent / name) for name in config["rule_files"]]
+    for job in config["scrape_configs"]:
+        assert job.pop("kubernetes_sd_configs")
+        job["static_configs"] = [{"targets": ["coordinator:8000"]}]
+        job["authorization"]["credentials_file"] = str(token)
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [_promtool(), "check", "config", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert RULES.name in result.stdout
+
+
+def test_scrape_config_finds_the_manifests_pods() -> None:
+    """The discovery block names the namespace, pod label and port name of deploy/kubernetes,
+    and scrapes pods (not the Service's endpoints, which drop a replica that lost Redis: its
+    coordinator_store_up 0 would never be seen)."""
+    (job,) = yaml.safe_load(SCRAPE.read_text())["scrape_configs"]
+    (discovery,) = job["kubernetes_sd_configs"]
+    assert discovery["role"] == "pod"
+    namespace = yaml.safe_load((KUBE / "kustomization.yaml").read_text())["namespace"]
+    assert discovery["namespaces"]["names"] == [namespace]
+    deployment = yaml.safe_load((KUBE / "api" / "deployment.yaml").read_text())
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    keeps = {
+        tuple(r["source_labels"]): r["regex"]
+        for r in job["relabel_configs"]
+        if r.get("action") == "keep"
+    }
+    pod_label = keeps[("__meta_kubernetes_pod_label_app_kubernetes_io_name",)]
+    assert labels["app.kubernetes.io/name"] == pod_label
+    assert keeps[("__meta_kubernetes_pod_container_port_name",)] in {
+        p["name"] for p in container["ports"]
+    }
+    targets = {r.get("target_label") for r in job["relabel_configs"]}
+    assert TARGET_LABELS - {"job", "instance"} <= targets

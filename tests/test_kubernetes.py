@@ -113,6 +113,14 @@ def test_every_manifest_is_valid_for_kubernetes(path: Path) -> None:
             kubernetes_validate.validate(document, version, strict=True)
 
 
+def test_the_manifests_hold_every_part_of_the_deployment() -> None:
+    """What the validation above covers (an empty list would validate nothing)."""
+    kinds = {kind for kind, _ in _resources()}
+    assert kinds == {
+        "Namespace", "Deployment", "Service", "PodDisruptionBudget", "StatefulSet", "NetworkPolicy"
+    }  # fmt: skip
+
+
 @pytest.mark.usefixtures("offline")
 def test_the_validator_refuses_an_unknown_field() -> None:
     """The check above can fail: a misspelt field is refused, offline."""
@@ -126,6 +134,7 @@ def test_the_validator_refuses_an_unknown_field() -> None:
 def test_every_file_is_in_a_kustomization() -> None:
     """`kubectl apply -k` applies only what a kustomization names: no file is left out, and
     every name it gives exists."""
+    assert (KUBE / "kustomization.yaml").is_file()  # what `kubectl apply -k` reads
     named: set[Path] = set()
     for path, kustomization in _kustomizations().items():
         assert kustomization["kind"] == "Kustomization", path

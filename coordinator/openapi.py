@@ -61,6 +61,16 @@ def _ok(
     return {str(status): response}
 
 
+def _paged(response: dict[str, Any]) -> dict[str, Any]:
+    """A listing's page response, with the Link header naming the next page."""
+    ((status, body),) = response.items()
+    link = {
+        "description": 'While more remain: `<URL of the next page>; rel="next"`.',
+        "schema": {"type": "string"},
+    }
+    return {status: {**body, "headers": {**body.get("headers", {}), "Link": link}}}
+
+
 def _body(schema: str, *, required: bool = True) -> dict[str, Any]:
     return {"required": required, "content": {JSON: {"schema": _ref(schema)}}}
 
@@ -90,6 +100,13 @@ _BACKOFF = {
     "default": 0,
 }
 _NAME_PARAM = {"name": "process_name", "in": "path", "required": True, "schema": _PROCESS_NAME}
+# A listing's page size (key and process listings share the bound).
+_LIMIT_PARAM = {
+    "name": "limit",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 1, "maximum": validation.PAGE_MAX},
+}
 # OpenAPI holds /batch_keys/{a} and /batch_keys/{b} to be one path, so GET (a process name)
 # and PATCH/DELETE (an external id) share the template variable `id`.
 _KEYS_NAME_PARAM = {**_NAME_PARAM, "name": "id", "description": "The process name."}
@@ -354,9 +371,37 @@ def _document() -> dict[str, Any]:
                 "get": {
                     "summary": "List registered processes, by name",
                     "operationId": "listProcesses",
+                    "description": "Those whose names start with `prefix`. Without `limit`"
+                    " every one, streamed as one array. With `limit`, a page of the names after"
+                    ' `after`, and a `Link: <...>; rel="next"` header while names remain. A'
+                    " token limited to some processes is shown only those.",
+                    "parameters": [
+                        _LIMIT_PARAM,
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "required": False,
+                            "description": "The last name of the previous page.",
+                            "schema": _PROCESS_NAME,
+                        },
+                        {
+                            "name": "prefix",
+                            "in": "query",
+                            "required": False,
+                            "schema": {
+                                "type": "string",
+                                "maxLength": validation.PROCESS_NAME_MAX,
+                                # A name's start, or nothing: every name.
+                                "pattern": f"^({validation.PROCESS_NAME_PATTERN[1:-1]})?$",
+                                "default": "",
+                            },
+                        },
+                    ],
                     "responses": {
-                        **_ok(200, "The processes", {"type": "array", "items": _ref("Process")}),
-                        **_problems(),
+                        **_paged(
+                            _ok(200, "The processes", {"type": "array", "items": _ref("Process")})
+                        ),
+                        **_problems("invalid_field"),
                     },
                 },
                 "post": {
@@ -432,16 +477,7 @@ def _document() -> dict[str, Any]:
                     ' rel="next"` header while keys remain.',
                     "parameters": [
                         _KEYS_NAME_PARAM,
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "required": False,
-                            "schema": {
-                                "type": "integer",
-                                "minimum": 1,
-                                "maximum": validation.PAGE_MAX,
-                            },
-                        },
+                        _LIMIT_PARAM,
                         {
                             "name": "after",
                             "in": "query",
@@ -455,7 +491,9 @@ def _document() -> dict[str, Any]:
                         },
                     ],
                     "responses": {
-                        **_ok(200, "The keys", {"type": "array", "items": _ref("BatchKey")}),
+                        **_paged(
+                            _ok(200, "The keys", {"type": "array", "items": _ref("BatchKey")})
+                        ),
                         **_problems("unknown_process", "invalid_field"),
                     },
                 },

@@ -172,7 +172,11 @@ async def _targets(client: httpx.AsyncClient, register: Register) -> dict[str, T
     async def finished_pass() -> str:
         return f"{API}/process/{quote(done)}/passes/1"
 
+    async def processes() -> str:
+        return f"{API}/process"
+
     return {
+        "listProcesses": processes,
         "listBatchKeys": keys,
         "listEvents": events,
         "releaseBatchKey": lease,
@@ -210,5 +214,8 @@ async def test_openapi_states_the_bounds_the_service_enforces(
         "listBatchKeys?limit",
         "listEvents?after",
         "listEvents?limit",
+        "listProcesses?after",
+        "listProcesses?limit",
+        "listProcesses?prefix",
         "releaseBatchKey?outcome",
     ]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -35,8 +36,11 @@ COMPOSE_FILE = ROOT / "compose.yaml"
 # Build output and every container's logs, for reading after a failure.
 LOG_FILE = ROOT / "build" / "compose-check.log"
 PROJECT = "bpc-compose-check"
-# Where compose.yaml publishes nginx (tests/test_compose_file.py holds the two equal).
-NGINX_URL = "http://127.0.0.1:8000"
+# compose.yaml publishes nginx on this host address, on the port this variable names (8000
+# when unset); tests/test_compose_file.py holds the two equal. Unless it is set already, the
+# check picks a free port, so a server or stack of yours on 8000 is no obstacle.
+NGINX_HOST = "127.0.0.1"
+PORT_VARIABLE = "NGINX_PORT"
 REPLICAS = 3
 SERVICES = {"valkey": 1, "api": REPLICAS, "nginx": 1}
 # An image build on a cold cache downloads every dependency: minutes, not seconds.
@@ -170,12 +174,13 @@ def version(engine: Engine) -> str:
 
 def check(engine: Engine, volumes: set[str]) -> None:
     """Every step in order; each raises CheckFailed."""
+    choose_port()
     compose(engine, "up", "-d", "--build")
     stack = wait_healthy(engine)
     volumes.update(v for c in stack for v in c.volumes)
     print(f"compose-check: up: {describe(stack)}")
     wait_ready()
-    print(f"compose-check: GET {NGINX_URL}/readyz through nginx: 200")
+    print(f"compose-check: GET {nginx_url()}/readyz through nginx: 200")
     process = f"compose-check-{uuid.uuid4().hex[:8]}"
     key = register_grant_release(process)
     print(f"compose-check: register, grant (key {key}), release through nginx: ok")
@@ -196,6 +201,28 @@ def check(engine: Engine, volumes: set[str]) -> None:
     )
 
 
+def choose_port() -> None:
+    """Set PORT_VARIABLE to a free port unless it is set; if it is, refuse at once when the
+    port is taken (the engine would say so only after building, at more length)."""
+    chosen = os.environ.get(PORT_VARIABLE, "").strip()
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((NGINX_HOST, int(chosen) if chosen.isdigit() else 0))
+        except OSError as error:
+            raise CheckFailed(
+                f"{NGINX_HOST}:{chosen} ({PORT_VARIABLE}) is taken ({error.strerror}):"
+                f" stop what listens there, or leave {PORT_VARIABLE} unset"
+            ) from None
+        # compose reads it from the environment the check passes on, http() from here.
+        os.environ[PORT_VARIABLE] = str(probe.getsockname()[1])
+
+
+def nginx_url() -> str:
+    """Where the check reaches nginx from this host."""
+    return f"http://{NGINX_HOST}:{os.environ[PORT_VARIABLE]}"
+
+
 def compose(engine: Engine, *args: str) -> None:
     """Run one compose command on the project, its output to the log file."""
     command = [*engine.compose, "-f", str(COMPOSE_FILE), "-p", PROJECT, *args]
@@ -204,7 +231,16 @@ def compose(engine: Engine, *args: str) -> None:
     env = {**os.environ, "BUILDAH_FORMAT": "docker"}
     done = run(command, check=False, env=env, timeout=UP_TIMEOUT)
     if done.returncode != 0:
-        raise CheckFailed(f"`{' '.join(command[len(engine.compose) :])}` exited {done.returncode}")
+        # The engine's own reason, when it gave one, rather than the whole build log: its
+        # last error line, passing over podman's complaint that there is no systemd to time
+        # health checks with (printed on every start here, and not a failure).
+        lines = [line.strip() for line in done.stdout.splitlines()]
+        errors = [line for line in lines if "error" in line.lower() and "systemd" not in line]
+        reason = errors[-1] if errors else ""
+        raise CheckFailed(
+            f"`compose {' '.join(args)}` exited {done.returncode}"
+            + (f": {reason}" if reason else "")
+        )
 
 
 def containers(engine: Engine, *filters: str) -> list[Container]:
@@ -223,6 +259,9 @@ def wait_healthy(engine: Engine) -> list[Container]:
     while True:
         stack = containers(engine, f"label=com.docker.compose.project={PROJECT}")
         counts = {s: sum(c.service == s for c in stack) for s in SERVICES}
+        # `up -d` has returned, so every container it will make exists already.
+        if counts != SERVICES:
+            raise CheckFailed(f"compose made containers {counts}, not {SERVICES}")
         # A replica may exit once or twice and be restarted (podman-compose before podman 4.6
         # starts it before Valkey is healthy); more is a crash loop.
         looping = [c for c in stack if c.restarts >= CRASH_LOOP]
@@ -231,19 +270,16 @@ def wait_healthy(engine: Engine) -> list[Container]:
                 f"container {looping[0].name} restarted {looping[0].restarts} times:"
                 f" {last_log_line(engine, looping[0].name)}"
             )
-        if counts == SERVICES and all(
-            c.status == "running" and c.health in (None, "healthy") for c in stack
-        ):
+        waiting = [c for c in stack if c.status != "running" or c.health not in (None, "healthy")]
+        if not waiting:
             return stack
         if time.monotonic() > deadline:
-            waiting = [
-                f"{c.name} {c.health or c.status} ({last_log_line(engine, c.name)})"
-                for c in stack
-                if c.health not in (None, "healthy") or c.status != "running"
-            ]
             raise CheckFailed(
-                f"not healthy after {HEALTHY_TIMEOUT:.0f} s: containers {counts} (want"
-                f" {SERVICES}); {', '.join(waiting) or 'all healthy'}"
+                f"not healthy after {HEALTHY_TIMEOUT:.0f} s: "
+                + ", ".join(
+                    f"{c.name} {c.health or c.status} ({last_log_line(engine, c.name)})"
+                    for c in waiting
+                )
             )
         if engine.ticks_health:
             for c in stack:
@@ -406,7 +442,7 @@ def expect(method: str, path: str, body: dict[str, Any] | None = None) -> Any:  
 def http(method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
     """Status and JSON body (None if not JSON) of one request through nginx."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"{NGINX_URL}{path}", data=data, method=method)  # noqa: S310
+    request = urllib.request.Request(f"{nginx_url()}{path}", data=data, method=method)  # noqa: S310
     if data is not None:
         request.add_header("Content-Type", "application/json")
     try:

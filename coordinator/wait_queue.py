@@ -6,11 +6,21 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections import deque
+from enum import Enum
 
 from coordinator.errors import CoordinatorError, StoreUnavailable
 
 # Wake a little after the earliest lease's expiry, not a little before it.
 EXPIRY_MARGIN_SECONDS = 0.002
+
+
+class Wake(Enum):
+    """Why a waiter was woken, which says whether the waiter after it should look too."""
+
+    # A release's signal: it freed one key, for this waiter alone.
+    FREED = "freed"
+    # An expiry or backoff due, or a waiter before it that got a key: maybe more are free.
+    LOOK = "look"
 
 
 class WaitQueue:
@@ -22,20 +32,20 @@ class WaitQueue:
         # Signals popped while no member was waiting for its turn: the next turn takes one,
         # and the listener gives back those left when the last member goes.
         self.banked: list[str] = []
-        self._turns: deque[asyncio.Future[None]] = deque()
+        self._turns: deque[asyncio.Future[Wake]] = deque()
         self._expiry: asyncio.TimerHandle | None = None
         self._closed_for: str | None = None
 
     def signal(self, freed_key: str) -> None:
         """A key was released: wake the first waiter, or keep the signal for the next one."""
-        if not self.wake_first():
+        if not self.wake_first(Wake.FREED):
             self.banked.append(freed_key)
 
-    def wake_first(self) -> bool:
+    def wake_first(self, why: Wake = Wake.LOOK) -> bool:
         """Wake the waiter at the front of the queue; False when none is waiting."""
         if not self._turns:
             return False
-        self._turns.popleft().set_result(None)
+        self._turns.popleft().set_result(why)
         return True
 
     def expect_expiry(self, retry_after_us: int) -> None:
@@ -68,13 +78,17 @@ class WaitQueue:
 
     async def turn(self, deadline: float, *, front: bool) -> bool:
         """Wait until this waiter is woken (True) or `deadline`, in loop time, passes (False)."""
+        return await self.woken(deadline, front=front) is not None
+
+    async def woken(self, deadline: float, *, front: bool) -> Wake | None:
+        """Wait until this waiter is woken (why) or `deadline`, in loop time, passes (None)."""
         if self._closed_for is not None:
             raise StoreUnavailable(self._closed_for)
         if self.banked:
             self.banked.pop()
-            return True
+            return Wake.FREED
         loop = asyncio.get_running_loop()
-        turn = loop.create_future()
+        turn: asyncio.Future[Wake] = loop.create_future()
         if front:
             self._turns.appendleft(turn)
         else:
@@ -86,10 +100,13 @@ class WaitQueue:
             if not turn.done():
                 self._turns.remove(turn)
             elif turn.exception() is None:
-                self.signal("")  # woken, but its caller hung up: the next waiter goes instead
+                # Woken, but its caller hung up: the next waiter goes instead.
+                if turn.result() is Wake.FREED:
+                    self.signal("")
+                else:
+                    self.wake_first()
             raise
         if not turn.done():
             self._turns.remove(turn)
-            return False
-        turn.result()  # raises the failure the listener or shutdown set
-        return True
+            return None
+        return turn.result()  # raises the failure the listener or shutdown set

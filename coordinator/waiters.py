@@ -9,9 +9,11 @@ the rest of the pool however many grants wait.
 
 A woken waiter tries the grant again; if another grant took the key first it goes back to
 the front of the queue. An expired lease pushes no signal (grants reclaim expired leases as
-they go), so the queue also wakes its first waiter when the earliest lease is due to expire,
-and every waiter that gets a key wakes the next one too: that grant may have reclaimed more
-expired keys than it took.
+they go), so the queue also wakes its first waiter when the earliest lease is due to expire;
+a waiter woken that way (or whose grant reclaimed expired leases) that gets a key wakes the
+next one too, as that grant may have freed more keys than it took. A waiter woken by a
+release's signal does not: that release freed one key, the one it took, so a release wakes
+one waiter at the cost of one grant.
 
 A pass that ends (PassComplete, AllQuarantined) ends every wait on it at once: the waiter that
 learns of it answers its whole queue alike and pushes a signal back on `freed`, so another
@@ -44,7 +46,7 @@ from coordinator.errors import (
     StoreUnavailable,
 )
 from coordinator.unavailable import store_errors
-from coordinator.wait_queue import WaitQueue
+from coordinator.wait_queue import WaitQueue, Wake
 
 if TYPE_CHECKING:
     from coordinator.connection import RedisClient
@@ -129,11 +131,11 @@ class Waiters:
             front = False
             while True:
                 queue.expect_expiry(retry_after_us)
-                woken = await queue.turn(deadline, front=front)
+                woken = await queue.woken(deadline, front=front)
                 try:
                     granted = await self._whole(attempt, give_back)
                 except NoFreeKey as busy:
-                    if not woken:
+                    if woken is None:
                         raise  # the wait is over
                     retry_after_us, front = busy.retry_after_us, True
                     continue
@@ -141,7 +143,12 @@ class Waiters:
                     queue.end(error)  # the others here would only learn the same, one by one
                     ended = error
                     break
-                queue.wake_first()  # this grant may have reclaimed more than one expired key
+                # A release's signal freed one key, the one taken: waking the next waiter would
+                # only cost a grant that finds none. Woken any other way (an expiry or backoff
+                # due), or having reclaimed expired leases, this grant may have freed more
+                # keys than it took, which no release signals: the next waiter looks.
+                if woken is not Wake.FREED or _reclaimed(granted):
+                    queue.wake_first()
                 return granted
         # Outside the queue, so this replica's listener, once its queue is empty, stops rather
         # than taking the signal meant for the waiters of other replicas.
@@ -295,6 +302,13 @@ class Waiters:
             await asyncio.sleep(POLL_SECONDS)
             return None
         return str(freed_key)
+
+
+def _reclaimed(granted: object) -> int:
+    """Expired leases a grant ended (grant.lua's reply, element 9), for replies of that shape."""
+    if isinstance(granted, list) and len(granted) > 8:
+        return int(granted[8] or 0)
+    return 0
 
 
 def per_token_cap(max_waiters: int) -> int:

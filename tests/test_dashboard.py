@@ -913,3 +913,63 @@ def test_a_malformed_process_link_shows_a_message(
     expect(page.locator("#process-list button", has_text=name)).to_be_visible()
     page.locator("#process-list button", has_text=name).click()
     expect(page.locator("#process-heading")).to_have_text(name)
+
+
+def test_the_process_list_pages_searches_and_polls_one_page(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """300 processes: the list shows a page of them, pages on, finds names by their start, and
+    every request for the list (first render and each poll) asks for one page only."""
+    names = [f"paged-{i:03d}" for i in range(300)]
+    with serving(_env(tmp_path / "data")) as served, httpx.Client(base_url=served.base) as api:
+        for name in reversed(names):
+            _register(api, name, 1)
+        tab = Tab(browser, viewport=DESKTOP)
+        page = tab.page
+        listed: list[str] = []
+        page.on(
+            "request",
+            lambda request: (
+                listed.append(request.url) if httpx.URL(request.url).path == PROCESS else None
+            ),
+        )
+        buttons = page.locator("#process-list button")
+
+        def shown() -> list[str]:
+            found: list[str] = buttons.evaluate_all("bs => bs.map(b => b.dataset.process)")
+            return found
+
+        page.goto(f"{served.base}/")
+        expect(page.locator("#process-heading")).to_have_text(names[0])  # the first, selected
+        expect(buttons).to_have_count(50)
+        assert shown() == names[:50]
+        expect(page.locator("#process-page")).to_have_text("Page 1")
+        expect(page.locator("#processes-previous")).to_be_disabled()
+
+        page.locator("#processes-next").click()
+        expect(page.locator("#process-page")).to_have_text("Page 2")
+        expect(buttons.first).to_have_attribute("data-process", names[50])
+        assert shown() == names[50:100]
+        # The selected process stays shown though its page is not: it is asked for alone.
+        expect(page.locator("#process-heading")).to_have_text(names[0])
+        page.locator("#process-list button", has_text=names[60]).click()
+        expect(page.locator("#process-heading")).to_have_text(names[60])
+        page.locator("#processes-previous").click()
+        expect(buttons.first).to_have_attribute("data-process", names[0])
+
+        page.locator("#process-prefix").fill("paged-12")
+        expect(buttons).to_have_count(10)
+        assert shown() == names[120:130]
+        expect(page.locator("#process-pages")).to_be_hidden()  # one page holds them all
+        page.locator("#process-prefix").fill("paged-9")
+        expect(page.locator("#no-processes")).to_have_text("No process name starts with “paged-9”.")
+        page.locator("#process-prefix").fill("bad prefix")
+        expect(page.locator("#search-hint")).to_be_visible()
+        page.locator("#process-prefix").fill("")
+        expect(buttons).to_have_count(50)
+        _wait_for_refresh(page)
+        _wait_for_refresh(page)
+        tab.close()
+    pages = [httpx.URL(url).params for url in listed]
+    assert len(pages) >= 8  # the first render, the clicks, the searches and the polls
+    assert all(0 < int(p.get("limit", "0")) <= 50 for p in pages), listed

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,16 @@ class _Reads(dict[str, str]):
     def get(self, key: str, default: Any = None) -> Any:
         self.asked.add(key)
         return super().get(key, default)
+
+
+def test_image_installs_the_extra_that_holds_the_server() -> None:
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    (server,) = [name for name, needs in extras.items() if any("uvicorn" in n for n in needs)]
+    installs = re.findall(r"/opt/venv/bin/pip install (.+?) \\$", DOCKERFILE.read_text(), re.M)
+    # The plain package is the clients and the CLI: `coordinator serve` needs the extra.
+    assert installs == [f'"$(ls /wheels/*.whl)[{server}]"']
 
 
 def test_every_coordinator_variable_set_is_one_the_service_reads() -> None:

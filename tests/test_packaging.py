@@ -80,6 +80,11 @@ def test_a_worker_install_has_no_server_stack_and_runs_a_cycle(
     assert cycle[1:] == ["[False,", "True]"]
     listed = _run(worker_venv / "coordinator", "--url", server, "--json", "process", "list")
     assert '"packaged"' in listed.stdout
+    ran = _run(
+        *(worker_venv / "coordinator", "--url", server, "run", "packaged", "--"),
+        *("sh", "-c", 'echo "key $BATCH_KEY of $KEY_SET_SIZE"'),
+    )
+    assert ran.stdout.strip() in {"key 0 of 2", "key 1 of 2"}
 
 
 @pytest.mark.parametrize(

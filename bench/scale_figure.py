@@ -1,8 +1,9 @@
 """The scale figure of `make bench`: one `coordinator serve`, processes registered up to each
 size in turn, and at each size a scrape, a process page and the dashboard's first render
-(bench/scale.py); memory per idle process at the first size; bystanders' renewals during a
-scrape at the largest size and during a whole listing of a process of a million keys
-(bench/bystander.py)."""
+(bench/scale.py); memory per idle process at the first size; bystanders' renewals
+(bench/bystander.py) during scrapes and a whole (unpaged) process list at the largest size,
+and during a whole listing of a process of a million keys, every key touched
+(bench/listing_scale.py)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,11 @@ from typing import Any
 
 import redis
 
-from bench import bystander, scale
+from bench import bystander, listing_scale, scale
 from bench.http_load import Server
 from coordinator.embedded import EmbeddedValkey, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-LISTED = "bench-million"
 TIMEOUT = 120.0  # seconds any one request may take before it counts as failed
 DASHBOARD_TIMEOUT = 60.0
 DASHBOARD_WATCH = 4.0  # the page refreshes every 2 s
@@ -95,21 +95,25 @@ def scale_figure(
             bystander.during(server.url, f"{server.url}/metrics", repeats=3, limit_seconds=TIMEOUT)
         )
         _log(f"scale: renewal p99 during a scrape {out['bystanders_scrape']['p99_ms']:.1f} ms")
-        out["bystanders_listing"] = asyncio.run(_listing(server.url, listing_keys, listing_repeats))
+        out["bystanders_process_list"] = asyncio.run(
+            bystander.during(
+                server.url, f"{server.url}/api/v1/process", repeats=1, limit_seconds=TIMEOUT
+            )
+        )
+        _log(
+            "scale: renewal p99 during a whole process list"
+            f" {out['bystanders_process_list']['p99_ms']:.1f} ms"
+        )
+        out["bystanders_listing"] = asyncio.run(
+            listing_scale.listing_bystanders(
+                server.url,
+                valkey.url,
+                keys=listing_keys,
+                repeats=listing_repeats,
+                limit_seconds=TIMEOUT,
+                prefix=scale.PREFIX,
+            )
+        )
         out["listing_keys"] = listing_keys
         _log(f"scale: renewal p99 during a listing {out['bystanders_listing']['p99_ms']:.1f} ms")
     return out
-
-
-async def _listing(base: str, keys: int, repeats: int) -> dict[str, Any]:
-    import httpx  # noqa: PLC0415
-
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-        answer = await client.post(
-            "/api/v1/process", json={"process_name": LISTED, "key_set_size": keys}
-        )
-        if answer.status_code not in (201, 409):
-            answer.raise_for_status()
-    return await bystander.during(
-        base, f"{base}/api/v1/process/batch_keys/{LISTED}", repeats=repeats, limit_seconds=TIMEOUT
-    )

@@ -477,7 +477,13 @@ def save_logs(engine: Engine) -> None:
 
 def take_down(engine: Engine, volumes: set[str]) -> None:
     """`down -v`, then any volume a container used that it left (podman-compose keeps the
-    anonymous ones)."""
+    anonymous ones): those of the containers there now, whatever step failed, and those
+    of the containers an earlier `down` removed."""
+    try:
+        there = containers(engine, f"label=com.docker.compose.project={PROJECT}")
+    except CheckFailed:  # the engine itself failing: `down` below is still worth trying
+        there = []
+    volumes = volumes | {v for c in there for v in c.volumes}
     run([*engine.compose, "-f", str(COMPOSE_FILE), "-p", PROJECT, "down", "-v"], check=False)
     for volume in sorted(volumes):
         run([engine.cli, "volume", "rm", volume], check=False)

@@ -5,8 +5,11 @@
                                             [--source DIR]
 
 Standalone, it starts a private Valkey and one `coordinator serve` (from `--source`, a checkout
-of another commit, to measure before and after) and prints the figures as JSON. The bench
-calls `listing_bystanders` and `process_list_bystanders` on a server of its own.
+of another commit, to measure before and after), registers `--processes` idle ones (through
+the store, as bench/scale.py does) and prints the figures as JSON: the key listing's, then one
+process page and the dashboard's first render, then the whole process list's. The bench calls
+`listing_bystanders`, `page_and_dashboard` and `process_list_bystanders` on a server of its
+own.
 
 The listed process's keys are all touched first (each in the free set with a completion time,
 below `fresh`), as after one completed lease each: inspect.lua's costly path, which untouched
@@ -29,16 +32,14 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 
-from bench import bystander
+from bench import bystander, scale
 from bench.http_load import Server
 from coordinator.embedded import EmbeddedValkey, free_port
 from coordinator.keys import KeySpace
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTED = "bench-listed"
-PROCESS_STEM = "bench-list"
 TOUCH_CHUNK = 20_000
-REGISTER_CHUNK = 200
 
 
 async def touch_every_key(redis_url: str, name: str, keys: int, prefix: str = "bpc") -> None:
@@ -83,26 +84,22 @@ async def listing_bystanders(
 
 
 async def process_list_bystanders(
-    base: str, *, processes: int, repeats: int = 2, limit_seconds: float = 300.0
+    base: str, *, repeats: int = 2, limit_seconds: float = 300.0
 ) -> dict[str, Any]:
-    """Renewal latency of bystanders during `repeats` whole (unpaged) process lists, with
-    `processes` registered (registered here if fewer are)."""
-    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
-        names = [f"{PROCESS_STEM}-{i:07d}" for i in range(processes)]
-        for start in range(0, processes, REGISTER_CHUNK):
-            answers = await asyncio.gather(
-                *(
-                    client.post("/api/v1/process", json={"process_name": n, "key_set_size": 1})
-                    for n in names[start : start + REGISTER_CHUNK]
-                )
-            )
-            for answer in answers:
-                if answer.status_code not in (201, 409):
-                    answer.raise_for_status()
-    figures = await bystander.during(
+    """Renewal latency of bystanders during `repeats` whole (unpaged) process lists of the
+    processes registered now."""
+    return await bystander.during(
         base, f"{base}/api/v1/process", repeats=repeats, limit_seconds=limit_seconds
     )
-    return {"processes": processes, **figures}
+
+
+def page_and_dashboard(base: str, repeats: int = 3) -> dict[str, Any]:
+    """One process page (`bench.scale.PAGE`) and the dashboard's first render, as the scale
+    figure takes them."""
+    return {
+        "page": scale.page(base, repeats, 120.0),
+        "dashboard": scale.dashboard(base, 60.0, 4.0),
+    }
 
 
 def _serve(valkey: EmbeddedValkey, source: Path, work: Path) -> Server:
@@ -122,7 +119,7 @@ def _serve(valkey: EmbeddedValkey, source: Path, work: Path) -> Server:
 def main() -> None:
     """Measure on a private Valkey and one server; print the figures as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--keys", type=int, default=1_000_000, help="0: no key listing")
     parser.add_argument("--processes", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--source", type=Path, default=ROOT, help="the checkout that serves")
@@ -131,13 +128,18 @@ def main() -> None:
         work = Path(tmp)
         with EmbeddedValkey(work / "valkey") as valkey, _serve(valkey, args.source, work) as srv:
             out: dict[str, Any] = {"source": str(args.source)}
-            out["key_listing"] = asyncio.run(
-                listing_bystanders(srv.url, valkey.url, keys=args.keys, repeats=args.repeats)
-            )
-            print(json.dumps(out["key_listing"]), file=sys.stderr, flush=True)
+            if args.keys:
+                out["key_listing"] = asyncio.run(
+                    listing_bystanders(srv.url, valkey.url, keys=args.keys, repeats=args.repeats)
+                )
+                print(json.dumps(out["key_listing"]), file=sys.stderr, flush=True)
             if args.processes:
+                seconds = asyncio.run(scale.register_range(valkey.url, 0, args.processes, "bpc"))
+                out["registered"] = {"processes": args.processes, "seconds": seconds}
+                out["page_and_dashboard"] = page_and_dashboard(srv.url)
+                print(json.dumps(out["page_and_dashboard"]), file=sys.stderr, flush=True)
                 out["process_list"] = asyncio.run(
-                    process_list_bystanders(srv.url, processes=args.processes, repeats=args.repeats)
+                    process_list_bystanders(srv.url, repeats=args.repeats)
                 )
     print(json.dumps(out, indent=2))
 

@@ -167,6 +167,7 @@ def create_app(settings: Settings | None = None, *, redis: RedisClient | None = 
                 max_waiters=settings.max_waiters,
             )
             store.on_reclaimed = metrics.expiries_reclaimed.inc
+            metrics.start_refreshing(store)
             running.state.store = store  # for stop_waiting, which a signal calls
             yield {
                 "store": store,
@@ -174,6 +175,7 @@ def create_app(settings: Settings | None = None, *, redis: RedisClient | None = 
                 "eviction": eviction,
             }
         finally:
+            await metrics.stop_refreshing()
             if store is not None:
                 await store.aclose()  # its waiters' listeners, before the client they use
             if redis is None:
@@ -192,7 +194,7 @@ def create_app(settings: Settings | None = None, *, redis: RedisClient | None = 
     # DELETE .../batch_keys/ (empty id) would land on deleting a process named "batch_keys".
     app.router.redirect_slashes = False
     # Prometheus: counts every request and serves GET /metrics (coordinator/metrics.py).
-    metrics = install_metrics(app)
+    metrics = install_metrics(app, settings)
     # Outside the routes and /metrics, so a page in a browser reaches none of them.
     app.add_middleware(BrowserGuard, listed=settings.allowed_hosts)
     # Outermost, so its line and X-Request-ID cover every answer, errors included.

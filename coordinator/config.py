@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from coordinator import validation
+from coordinator.errors import InvalidField
 from coordinator.validation import (
     DELETED_HISTORY_SECONDS_DEFAULT,
     DELETED_HISTORY_SECONDS_MAX,
@@ -27,6 +29,9 @@ REDIS_URL_SCHEMES = (
     "redis+sentinel://",
     "rediss+sentinel://",
 )
+
+# Processes with series of their own on /metrics: each is about a dozen series.
+METRICS_PROCESSES_LIMIT = 10_000
 
 # A DNS name or IPv4 address (letters, digits, dots, hyphens), or an IPv6 address in brackets,
 # as it appears in a Host header once its port is taken off.
@@ -62,6 +67,12 @@ class Settings:
     # Host names (any port) the API answers besides the loopback ones; None: only those, and
     # only when no tokens are configured (coordinator.browser_guard says why).
     allowed_hosts: tuple[str, ...] | None = None
+    # GET /metrics (coordinator.metrics_refresh): series of their own for at most this many of
+    # the busiest processes and for the named ones (None: none named); totals cover them all.
+    # One API process of all sharing the Redis refreshes the figures, at most once per interval.
+    metrics_processes_max: int = 100
+    metrics_processes: tuple[str, ...] | None = None
+    metrics_refresh_seconds: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -133,6 +144,19 @@ class Settings:
                 get("MAX_CONNECTIONS"), "MAX_CONNECTIONS", defaults.max_connections, 1, 1_000_000
             ),
             allowed_hosts=_host_names(get("ALLOWED_HOSTS")),
+            metrics_processes_max=_int(
+                get("METRICS_PROCESSES_MAX"),
+                "METRICS_PROCESSES_MAX",
+                defaults.metrics_processes_max,
+                0,
+                METRICS_PROCESSES_LIMIT,
+            ),
+            metrics_processes=_process_names(get("METRICS_PROCESSES")),
+            metrics_refresh_seconds=_float(
+                get("METRICS_REFRESH_SECONDS"),
+                "METRICS_REFRESH_SECONDS",
+                defaults.metrics_refresh_seconds,
+            ),
         )
 
 
@@ -147,6 +171,26 @@ def _host_names(raw: str | None) -> tuple[str, ...] | None:
                 "COORDINATOR_ALLOWED_HOSTS must list host names or addresses without ports,"
                 f" separated by commas (api.example.com,10.0.0.5,[fd00::1]), not {name!r}"
             )
+    return names
+
+
+def _process_names(raw: str | None) -> tuple[str, ...] | None:
+    """COORDINATOR_METRICS_PROCESSES: comma-separated process names (not patterns)."""
+    if raw is None:
+        return None
+    names = tuple(name.strip() for name in raw.split(","))
+    if len(names) > METRICS_PROCESSES_LIMIT:
+        raise ConfigError(
+            f"COORDINATOR_METRICS_PROCESSES names at most {METRICS_PROCESSES_LIMIT} processes"
+        )
+    for name in names:
+        try:
+            validation.process_name(name)
+        except InvalidField as error:
+            raise ConfigError(
+                f"COORDINATOR_METRICS_PROCESSES must list process names separated by commas:"
+                f" {name!r} {str(error).partition(' ')[2]}"
+            ) from None
     return names
 
 

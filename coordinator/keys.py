@@ -119,3 +119,14 @@ class KeySpace:
     def process_ids(self) -> str:
         """Hash from a process id (see `lease_id`) to the name it was derived from."""
         return f"{self.prefix}:{{registry}}:pids"
+
+    @property
+    def metrics_snapshot(self) -> str:
+        """String holding the last figures for GET /metrics (coordinator.metrics_snapshot)."""
+        return f"{self.prefix}:{{registry}}:metrics"
+
+    @property
+    def metrics_refresher(self) -> str:
+        """String naming the API process whose turn it is to refresh the metrics snapshot;
+        it expires when the next turn may start (coordinator.metrics_refresh)."""
+        return f"{self.prefix}:{{registry}}:metrics-refresher"

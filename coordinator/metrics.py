@@ -6,9 +6,11 @@ several worker processes (`coordinator serve --workers N`) every process writes 
 in PROMETHEUS_MULTIPROC_DIR (prometheus-client's multiprocess mode) and `/metrics` sums the
 files, so whichever worker answers, each request is counted exactly once.
 
-The per-process figures (keys held and free, expired leases, the stalest completion) are read
-from Redis when scraped (`coordinator.stats`), by the one worker that answers, into a registry
-of their own: never summed across workers.
+The per-process figures (keys held and free, expired leases, the stalest completion) and
+their totals over every process are not read when scraped: one API process at a time reads
+them in the background (`coordinator.metrics_refresh`) into one snapshot stored in Redis,
+and a scrape reads that with one GET (`coordinator.metrics_snapshot`), so every worker and
+replica answers the same figures, never summed across workers.
 
 With API tokens configured `/metrics` needs one (admin or worker; a token limited to some
 processes sees only their figures), from every client: a client's address is no credential,
@@ -24,7 +26,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import parse_qsl
 
@@ -35,7 +37,6 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
@@ -46,7 +47,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coordinator import validation
 from coordinator.auth import Forbidden, Principal, TokenTable
-from coordinator.stats import ProcessStats, process_stats
+from coordinator.config import Settings
+from coordinator.metrics_refresh import FIRST_WAIT_SECONDS, MetricsRefresher
+from coordinator.metrics_snapshot import Snapshot, SnapshotCollector
 from coordinator.store import Store
 
 logger = logging.getLogger("coordinator")
@@ -112,7 +115,10 @@ def _outcome(operation: str, status: int, query_string: bytes) -> str:
 class Metrics:
     """The counters of one app; in multiprocess mode their values live in the shared files."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        # The per-process figures' refresher, while the app's lifespan runs.
+        self.refresher: MetricsRefresher | None = None
         self.multiprocess = multiprocess()
         self.registry = CollectorRegistry()
         labels = ("method", "route", "status")
@@ -203,6 +209,24 @@ class Metrics:
             if outcome == "no_free_key":
                 self.no_free_key.inc()
 
+    def start_refreshing(self, store: Store) -> None:
+        """Refresh the per-process figures in the background (from the lifespan's start)."""
+        settings = self.settings
+        self.refresher = MetricsRefresher(
+            store.redis,
+            store.keys,
+            interval_seconds=settings.metrics_refresh_seconds,
+            limit=settings.metrics_processes_max,
+            named=settings.metrics_processes or (),
+        )
+        self.refresher.start()
+
+    async def stop_refreshing(self) -> None:
+        """Stop the background refresh (at the lifespan's end)."""
+        if self.refresher is not None:
+            await self.refresher.aclose()
+            self.refresher = None
+
     def exposition(self) -> bytes:
         """The counters in text format: this process's, or every worker's summed."""
         if not self.multiprocess:
@@ -238,85 +262,6 @@ class MetricsMiddleware:
             self.metrics.observe(scope, status, time.perf_counter() - started)
 
 
-class _Snapshot:
-    """Per-process gauges of one scrape, as a prometheus-client collector."""
-
-    def __init__(self, stats: list[ProcessStats] | None) -> None:
-        self.stats = stats
-
-    def collect(self) -> Iterable[Metric]:
-        up = GaugeMetricFamily(
-            "coordinator_store_up",
-            "1 if this scrape read the per-process figures from Redis, 0 if Redis failed"
-            " (the coordinator_process_* figures are then missing).",
-            value=0 if self.stats is None else 1,
-        )
-        yield up
-        if self.stats is None:
-            return
-        families: list[tuple[str, str, Callable[[ProcessStats], float]]] = [
-            ("key_set_size", "Keys of the process (key_set_size).", lambda s: s.key_set_size),
-            ("keys_held", "Keys under a lease that has not expired.", lambda s: s.held),
-            (
-                "keys_free",
-                "Keys a grant could hand out now: state free (expired leases and ended"
-                " backoffs included; done, backing-off and quarantined keys are not).",
-                lambda s: s.free,
-            ),
-            (
-                "keys_never_completed",
-                "Free keys never released as completed (expired leases not yet reclaimed"
-                " are not counted).",
-                lambda s: s.never_completed,
-            ),
-            (
-                "leases_expired_unreclaimed",
-                "Leases past their expiry that no grant has returned to the free set yet"
-                " (grants reclaim up to 16 each; coordinator_expiries_reclaimed_total counts"
-                " them as they are); the gauge to watch for abandoned work.",
-                lambda s: s.expired,
-            ),
-            ("pass", "The process's current pass (batch runs), from 1.", lambda s: s.pass_number),
-            (
-                "keys_done",
-                "Keys completed at least once in the current pass.",
-                lambda s: s.keys_done,
-            ),
-            (
-                "keys_quarantined",
-                "Keys quarantined after max_attempts failed leases in a row.",
-                lambda s: s.quarantined,
-            ),
-            (
-                "keys_in_backoff",
-                "Keys held back after a failed lease whose retry_at has not yet come"
-                " (state backoff).",
-                lambda s: s.in_backoff,
-            ),
-        ]
-        for suffix, help_text, value in families:
-            family = GaugeMetricFamily(
-                f"coordinator_process_{suffix}", help_text, labels=["process"]
-            )
-            for s in self.stats:
-                family.add_metric([s.process_name], value(s))
-            yield family
-        stalest = GaugeMetricFamily(
-            "coordinator_process_stalest_completion_age_seconds",
-            "Seconds since the oldest last_completed_at among the process's free keys that"
-            " have completed (keys never completed are not in it: see"
-            " coordinator_process_keys_never_completed). Absent while none has completed.",
-            labels=["process"],
-        )
-        for s in self.stats:
-            if (age := s.stalest_age_seconds) is not None:
-                stalest.add_metric([s.process_name], age)
-        yield stalest
-        yield GaugeMetricFamily(
-            "coordinator_processes", "Registered processes.", value=len(self.stats)
-        )
-
-
 def _is_loopback(request: Request) -> bool:
     if request.client is None:
         return False
@@ -340,22 +285,35 @@ def _viewer(request: Request) -> Principal | None:
     )
 
 
-def install(app: Starlette) -> Metrics:
+def install(app: Starlette, settings: Settings) -> Metrics:
     """Count every request of `app` and serve GET /metrics."""
-    metrics = Metrics()
+    metrics = Metrics(settings)
 
     async def endpoint(request: Request) -> Response:
         viewer = _viewer(request)
-        store: Store = request.state.store
-        stats: list[ProcessStats] | None
-        try:
-            stats = await process_stats(store)
-        except RedisError as error:
-            logger.warning("metrics: per-process figures unavailable: %s", error)
-            stats = None
-        if stats is not None and viewer is not None:
-            stats = [s for s in stats if viewer.may_act_on(s.process_name)]
-        body = metrics.exposition() + generate_latest(_Snapshot(stats))
+        refresher = metrics.refresher
+        snapshot: Snapshot | None = None
+        store_up = True
+        if refresher is not None:
+            refresher.want()
+            try:
+                snapshot = await refresher.snapshot()
+                if snapshot is None:
+                    snapshot = await refresher.first_snapshot(FIRST_WAIT_SECONDS)
+            except RedisError as error:
+                logger.warning(
+                    "metrics: the snapshot of per-process figures is unavailable: %s", error
+                )
+                store_up = False
+        else:
+            store_up = False  # outside the app's lifespan: no store to read
+        collector = SnapshotCollector(
+            snapshot,
+            store_up=store_up,
+            now_us=int(time.time() * 1_000_000),
+            may_see=None if viewer is None or viewer.processes is None else viewer.may_act_on,
+        )
+        body = metrics.exposition() + generate_latest(collector)
         return Response(body, media_type=CONTENT_TYPE)
 
     # First, so no catch-all route added later can shadow it.

@@ -1,23 +1,31 @@
-"""Per-process figures read from Redis when metrics are scraped (read-only, no script).
+"""Per-process figures read from Redis for /metrics (read-only, no script), in bounded chunks.
 
-Three round trips per scrape, however many processes: the registry of names, one pipeline
-of each process's meta (a `once` pass's done keys are counted from its start), then one with
-seven cheap reads per process (ZCARD, five ZCOUNT, ZRANGEBYSCORE LIMIT 1), each sent in chunks
-of `CHUNK` processes. A key's state is counted as inspect.lua decides it for one key (a backoff
-or lease that has ended is free); figures of different processes are not one snapshot.
+The registry is paged by name (ZRANGEBYLEX, `CHUNK` names at a time), and each page's
+figures come from one pipeline of eight cheap reads per process (HMGET of the meta, ZCARD,
+four ZCOUNT, ZRANGEBYSCORE LIMIT 1, GET of the fencing token), plus one ZCOUNT per `once`
+process of the page in a second, small pipeline (its done keys are counted from its pass's
+start). So Valkey and the event loop are each held for one page at a time, however many
+processes exist. A key's state is counted as inspect.lua decides it for one key (a backoff or
+lease that has ended is free); figures of different pages are not one snapshot.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from coordinator.store import Store
+    from coordinator.connection import RedisClient
+    from coordinator.keys import KeySpace
 
-CHUNK = 500
-# The meta fields a scrape reads, in this order.
+# Processes read per page: 200 x 8 commands in one pipeline hold Valkey about 1 ms and the
+# event loop a few ms (packing the commands and building the figures).
+CHUNK = 200
+# Commands per process in a page's first pipeline (the reads listed above).
+READS_PER_PROCESS = 8
+# The meta fields read, in this order.
 _META = ("size", "fresh", "pass", "done", "mode", "pass_started_us")
 
 
@@ -41,6 +49,9 @@ class ProcessStats:
     keys_done: int = 0
     quarantined: int = 0
     in_backoff: int = 0
+    # The last fencing token handed out (0: never granted). Tokens are at least the
+    # microseconds since 2026-01-01 at the grant, so a larger one was granted more recently.
+    last_token: int = 0
 
     @property
     def stalest_age_seconds(self) -> float | None:
@@ -50,57 +61,73 @@ class ProcessStats:
         return max(0.0, (self.now_us - self.stalest_completed_us) / 1e6)
 
 
-async def process_stats(store: Store) -> list[ProcessStats]:
-    """Every registered process's figures, by name.
+async def registry_pages(
+    redis: RedisClient, keys: KeySpace, chunk: int = CHUNK
+) -> AsyncIterator[list[str]]:
+    """The registered names in name order, `chunk` at a time (each page one ZRANGEBYLEX past
+    the last name seen, so names added or removed meanwhile shift no page)."""
+    low = "-"
+    while True:
+        page = [str(n) for n in await redis.zrangebylex(keys.registry, low, "+", 0, chunk)]
+        if page:
+            yield page
+        if len(page) < chunk:
+            return
+        low = "(" + page[-1]
+
+
+async def page_stats(redis: RedisClient, keys: KeySpace, names: list[str]) -> list[ProcessStats]:
+    """The figures of the processes `names` (those deleted meanwhile are left out).
 
     "Now" is this API process's clock (TIME cannot join a cluster pipeline); keep the clocks
     in sync, as the fencing tokens ask anyway.
     """
-    redis = store.redis
-    names = [str(n) for n in await redis.zrange(store.keys.registry, 0, -1)]
     now_us = int(time.time() * 1_000_000)
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            k = keys.process(name)
+            pipe.hmget(k.meta, *_META)
+            pipe.zcard(k.held)
+            pipe.zcount(k.held, "-inf", now_us)
+            # Scores below 0 are keys that never completed: (key - size).
+            pipe.zcount(k.free, "-inf", "(0")
+            pipe.zrangebyscore(k.free, 0, "+inf", start=0, num=1, withscores=True)
+            # Quarantined keys are parked at +inf, keys in backoff at their retry time.
+            pipe.zcount(k.parked, "+inf", "+inf")
+            pipe.zcount(k.parked, f"({now_us}", "(+inf")
+            pipe.get(k.fence)
+        replies: list[Any] = await pipe.execute()
+    rows = [replies[i : i + READS_PER_PROCESS] for i in range(0, len(replies), READS_PER_PROCESS)]
+    # As inspect.lua: a `once` key is done when completed since its pass started.
+    once = [i for i, row in enumerate(rows) if row[0][4] == "once"]
+    done = dict.fromkeys(range(len(rows)), 0)
+    if once:
+        async with redis.pipeline(transaction=False) as pipe:
+            for i in once:
+                pipe.zcount(keys.process(names[i]).free, f"({rows[i][0][5] or 0}", "+inf")
+            done.update(zip(once, [int(n) for n in await pipe.execute()], strict=True))
     stats: list[ProcessStats] = []
-    for start in range(0, len(names), CHUNK):
-        chunk = names[start : start + CHUNK]
-        async with redis.pipeline(transaction=False) as pipe:
-            for name in chunk:
-                pipe.hmget(store.keys.process(name).meta, *_META)
-            metas = await pipe.execute()
-        async with redis.pipeline(transaction=False) as pipe:
-            for name, meta in zip(chunk, metas, strict=True):
-                k = store.keys.process(name)
-                pipe.zcard(k.held)
-                pipe.zcount(k.held, "-inf", now_us)
-                # Scores below 0 are keys that never completed: (key - size).
-                pipe.zcount(k.free, "-inf", "(0")
-                pipe.zrangebyscore(k.free, 0, "+inf", start=0, num=1, withscores=True)
-                # Quarantined keys are parked at +inf, keys in backoff at their retry time.
-                pipe.zcount(k.parked, "+inf", "+inf")
-                pipe.zcount(k.parked, f"({now_us}", "(+inf")
-                # As inspect.lua: a `once` key is done when completed since its pass started.
-                pipe.zcount(k.free, f"({meta[5] or 0}", "+inf" if meta[4] == "once" else "-inf")
-            replies = await pipe.execute()
-        for i, (name, meta) in enumerate(zip(chunk, metas, strict=True)):
-            reads = replies[7 * i : 7 * i + 7]
-            held, expired, free_never, stalest, quarantined, backoff, done = reads
-            if not meta[0]:
-                continue  # deleted between the round trips
-            size, fresh = int(meta[0]), int(meta[1] or 0)
-            live = int(held) - int(expired)
-            stats.append(
-                ProcessStats(
-                    process_name=name,
-                    key_set_size=size,
-                    held=live,
-                    free=max(0, size - live - int(done) - int(quarantined) - int(backoff)),
-                    expired=int(expired),
-                    never_completed=int(free_never) + (size - fresh),
-                    stalest_completed_us=int(stalest[0][1]) if stalest else None,
-                    now_us=now_us,
-                    pass_number=int(meta[2] or 1),
-                    keys_done=int(meta[3] or 0),
-                    quarantined=int(quarantined),
-                    in_backoff=int(backoff),
-                )
+    for i, (name, row) in enumerate(zip(names, rows, strict=True)):
+        meta, held, expired, free_never, stalest, quarantined, backoff, token = row
+        if not meta[0]:
+            continue  # deleted since its name was read
+        size, fresh = int(meta[0]), int(meta[1] or 0)
+        live = int(held) - int(expired)
+        stats.append(
+            ProcessStats(
+                process_name=name,
+                key_set_size=size,
+                held=live,
+                free=max(0, size - live - done[i] - int(quarantined) - int(backoff)),
+                expired=int(expired),
+                never_completed=int(free_never) + (size - fresh),
+                stalest_completed_us=int(stalest[0][1]) if stalest else None,
+                now_us=now_us,
+                pass_number=int(meta[2] or 1),
+                keys_done=int(meta[3] or 0),
+                quarantined=int(quarantined),
+                in_backoff=int(backoff),
+                last_token=int(token or 0),
             )
+        )
     return stats

@@ -1,4 +1,7 @@
-"""GET /metrics: request and operation counters, per-process gauges, access, several workers."""
+"""GET /metrics: request and operation counters, per-process gauges, access, several workers.
+
+The per-process gauges come from a snapshot refreshed in the background (every 50 ms here):
+`fresh` scrapes until the figures were read after the test's last change."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import fakeredis
 import httpx
 import pytest
@@ -25,7 +29,7 @@ from coordinator.auth import new_token
 from coordinator.config import Settings
 from coordinator.embedded import free_port
 from coordinator.store import Store
-from tests.conftest import FakeClock, Register
+from tests.conftest import FakeClock, Register, serve
 from tests.test_serve import _env, serving
 
 pytestmark = pytest.mark.anyio
@@ -38,6 +42,20 @@ LIMITED, LIMITED_LINE = new_token("worker", "seen-*")
 OUTSIDE = ("203.0.113.5", 1234)
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+# The snapshot's refresh interval in these tests, so a fresh one is never far off.
+REFRESH_SECONDS = 0.05
+REFRESHES = "coordinator_metrics_refreshes_total"
+
+
+def _settings(prefix: str, **fields: Any) -> Settings:
+    return Settings(key_prefix=prefix, metrics_refresh_seconds=REFRESH_SECONDS, **fields)
+
+
+@pytest.fixture
+async def client(redis: Redis, prefix: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The app on either backend (as conftest's), refreshing its snapshot every 50 ms."""
+    async with serve(create_app(_settings(prefix), redis=redis)) as http:
+        yield http
 
 
 def parse(text: str) -> Samples:
@@ -74,6 +92,18 @@ async def serve_from(
         transport = httpx.ASGITransport(app=with_state, client=client, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
             yield http
+
+
+async def fresh(client: httpx.AsyncClient, **kwargs: Any) -> Samples:
+    """A scrape of a snapshot begun after this call: two refreshes on (the first may have been
+    under way already)."""
+    wanted = (value(await scrape(client, **kwargs), REFRESHES) or 0) + 2
+    with anyio.fail_after(30):
+        while True:
+            samples = await scrape(client, **kwargs)
+            if (value(samples, REFRESHES) or 0) >= wanted:
+                return samples
+            await anyio.sleep(REFRESH_SECONDS / 2)  # the refresher is in another app's task
 
 
 async def _grant(client: httpx.AsyncClient, name: str, **fields: Any) -> httpx.Response:
@@ -175,7 +205,7 @@ async def test_an_unexpected_error_is_counted_as_500(
     )
 
 
-# --- per-process gauges, read from Redis at scrape time -----------------------------------
+# --- per-process gauges, from the snapshot ---------------------------------------------------
 
 
 def _gauges(samples: Samples, name: str) -> dict[str, float | None]:
@@ -197,7 +227,7 @@ async def test_process_gauges_follow_grants_and_releases(
 ) -> None:
     name = (await register(key_set_size=5))["process_name"]
     empty = (await register(key_set_size=3))["process_name"]
-    before = await scrape(client)
+    before = await fresh(client)
     assert value(before, "coordinator_store_up") == 1
     assert _gauges(before, name) == {
         "key_set_size": 5,
@@ -211,7 +241,7 @@ async def test_process_gauges_follow_grants_and_releases(
     assert (await client.delete(f"{KEYS}/{ids[0]}?outcome=completed")).status_code == 200
     assert (await client.delete(f"{KEYS}/{ids[1]}?outcome=failed")).status_code == 200
 
-    samples = await scrape(client)
+    samples = await fresh(client)
     gauges = _gauges(samples, name)
     age = gauges.pop("stalest_completion_age_seconds")
     assert gauges == {
@@ -238,7 +268,7 @@ async def clocked(
     """The app on fakeredis, with Redis's clock and the stats' clock both `fake_clock`."""
     monkeypatch.setattr(stats, "time", fake_clock)
     server = fakeredis.FakeAsyncRedis(decode_responses=True, server=fakeredis.FakeServer())
-    async with server, serve_from(create_app(Settings(key_prefix=prefix), redis=server)) as http:
+    async with server, serve_from(create_app(_settings(prefix), redis=server)) as http:
         yield http
 
 
@@ -252,21 +282,21 @@ async def test_stalest_age_and_unreclaimed_expiries(
         assert (await client.delete(f"{KEYS}/{lease['external_id']}")).status_code == 200
         fake_clock.advance(100)
     # Keys 0 and 1 completed 200 s and 100 s ago; the stalest is key 0.
-    gauges = _gauges(await scrape(client), "aging")
+    gauges = _gauges(await fresh(client), "aging")
     assert gauges["stalest_completion_age_seconds"] == pytest.approx(200, abs=0.01)
     assert gauges["keys_never_completed"] == 2
 
     abandoned = [(await _grant(client, "aging", lease_seconds=10)).json() for _ in range(2)]
     assert [a["key"] for a in abandoned] == [2, 3]
     fake_clock.advance(11)
-    gauges = _gauges(await scrape(client), "aging")
+    gauges = _gauges(await fresh(client), "aging")
     assert gauges["leases_expired_unreclaimed"] == 2
     assert gauges["keys_held"] == 0
     assert gauges["keys_free"] == 4
     before = value(await scrape(client), "coordinator_expiries_reclaimed_total")
     # The next grant returns both to the free set (and takes one of them).
     assert (await _grant(client, "aging")).status_code == 201
-    samples = await scrape(client)
+    samples = await fresh(client)
     assert value(samples, "coordinator_expiries_reclaimed_total") == (before or 0) + 2
     gauges = _gauges(samples, "aging")
     assert gauges["leases_expired_unreclaimed"] == 0
@@ -305,7 +335,7 @@ async def test_outside_clients_without_tokens_configured_are_refused(
 
 def _guarded(redis: Redis, prefix: str) -> Starlette:
     tokens = f"{WORKER_LINE};{LIMITED_LINE}"
-    return create_app(Settings(key_prefix=prefix, tokens=tokens), redis=redis)
+    return create_app(_settings(prefix, tokens=tokens), redis=redis)
 
 
 @pytest.mark.parametrize(
@@ -329,8 +359,9 @@ async def test_loopback_while_open_or_a_token_may_scrape(redis: Redis, prefix: s
     store = Store(redis, prefix=prefix)
     await store.register("seen-1", 2)
     await store.register("hidden-1", 3)
-    open_app = create_app(Settings(key_prefix=prefix), redis=redis)
+    open_app = create_app(_settings(prefix), redis=redis)
     shown: dict[str, set[str]] = {}
+    totals: dict[str, float | None] = {}
     for who, app, client_address, token in [
         ("loopback", open_app, ("127.0.0.1", 5000), None),
         ("loopback v6", open_app, ("::1", 5000), None),
@@ -339,16 +370,20 @@ async def test_loopback_while_open_or_a_token_may_scrape(redis: Redis, prefix: s
     ]:
         headers = {} if token is None else {"Authorization": f"Bearer {token}"}
         async with serve_from(app, client=client_address) as client:
-            samples = await scrape(client, headers=headers)
+            samples = await fresh(client, headers=headers)
         assert value(samples, "coordinator_grants_total", outcome="granted") == 0
         shown[who] = {
             dict(labels)["process"]
             for n, labels in samples
             if n == "coordinator_process_key_set_size"
         }
+        totals[who] = value(samples, "coordinator_processes_key_set_size")
     assert shown["loopback"] == shown["loopback v6"] == shown["worker"] == {"seen-1", "hidden-1"}
-    # A token limited to some processes sees only their figures, from loopback too.
+    assert totals["loopback"] == totals["worker"] == 5
+    # A token limited to some processes sees only their figures, from loopback too, and no
+    # totals (they would count the others).
     assert shown["limited"] == {"seen-1"}
+    assert totals["limited"] is None
 
 
 async def test_loopback_needs_a_token_once_tokens_are_configured(redis: Redis, prefix: str) -> None:
@@ -375,8 +410,19 @@ def _worker_counts(directory: Path) -> dict[str, float]:
     return counts
 
 
+def _fresh_from(base: str) -> Samples:
+    """`fresh`, over HTTP to a served API."""
+    wanted = (value(parse(httpx.get(f"{base}/metrics").text), REFRESHES) or 0) + 2
+    deadline = time.monotonic() + 30
+    while (value(samples := parse(httpx.get(f"{base}/metrics").text), REFRESHES) or 0) < wanted:
+        assert time.monotonic() < deadline, samples
+        time.sleep(REFRESH_SECONDS)
+    return samples
+
+
 def test_several_workers_count_each_request_once(tmp_path: Path) -> None:
-    with serving(_env(tmp_path / "data"), "--workers", "2") as served:
+    env = _env(tmp_path / "data", COORDINATOR_METRICS_REFRESH_SECONDS="0.2")
+    with serving(env, "--workers", "2") as served:
         found = re.search(r"summed from (\S+)", served.log)
         assert found, served.log
         directory = Path(found.group(1))
@@ -395,6 +441,7 @@ def test_several_workers_count_each_request_once(tmp_path: Path) -> None:
         per_worker = _worker_counts(directory)
         assert len(per_worker) == 2
         assert sum(per_worker.values()) == sent
+        _fresh_from(base)
         # Every scrape, whichever worker answers it, counts each request exactly once.
         for _ in range(6):
             samples = parse(httpx.get(f"{base}/metrics").text)
@@ -407,7 +454,7 @@ def test_several_workers_count_each_request_once(tmp_path: Path) -> None:
                 value(samples, "coordinator_http_request_duration_seconds_count", method="POST",
                       route=KEYS, status="201") == sent
             )  # fmt: skip
-            # Read from Redis by the answering worker alone: not multiplied by the workers.
+            # One snapshot read from Redis, whichever worker answers: not multiplied by them.
             assert value(samples, "coordinator_process_keys_held", process="spread") == sent
             assert value(samples, "coordinator_processes") == 1
     assert served.process.returncode == 0
@@ -428,7 +475,7 @@ async def test_batch_run_gauges_follow_the_pass(
             for suffix in ("pass", "keys_done", "keys_quarantined", "keys_in_backoff")
         }
 
-    before = await scrape(client)
+    before = await fresh(client)
     assert batch(before, name) == {
         "pass": 1,
         "keys_done": 0,
@@ -440,7 +487,7 @@ async def test_batch_run_gauges_follow_the_pass(
     assert (await client.delete(f"{KEYS}/{ids[1]}?outcome=failed")).status_code == 200
     failed = (await _grant(client, backing_off)).json()["external_id"]
     assert (await client.delete(f"{KEYS}/{failed}?outcome=failed")).status_code == 200
-    samples = await scrape(client)
+    samples = await fresh(client)
     assert batch(samples, name) == {
         "pass": 1,
         "keys_done": 1,
@@ -451,7 +498,7 @@ async def test_batch_run_gauges_follow_the_pass(
     # The last key done completes the once pass; a new pass starts from nothing.
     assert (await client.delete(f"{KEYS}/{ids[2]}?outcome=completed")).status_code == 200
     assert (await client.post(f"/api/v1/process/{name}/passes")).status_code == 201
-    assert batch(await scrape(client), name) == {
+    assert batch(await fresh(client), name) == {
         "pass": 2,
         "keys_done": 0,
         "keys_quarantined": 0,

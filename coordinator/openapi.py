@@ -86,7 +86,6 @@ _LEASE = {"type": "integer", "minimum": 1, "maximum": validation.LEASE_SECONDS_M
 # An optional request field may also be null, which means the same as leaving it out.
 _OPTIONAL_LEASE = {**_LEASE, "type": ["integer", "null"]}
 _TIME = {"type": ["string", "null"], "format": "date-time"}
-_MODE = {"enum": list(validation.MODES), "default": "rotate"}
 _MAX_ATTEMPTS = {
     "type": ["integer", "null"],
     "minimum": 1,
@@ -126,6 +125,12 @@ _ID_PARAM = {
 }
 
 _SCHEMAS: dict[str, Schema] = {
+    "Mode": {
+        "type": "string",
+        "enum": list(validation.MODES),
+        "description": "`rotate`: keys are granted again and again; `once`: each key once per"
+        " pass.",
+    },
     "Pass": {
         "type": "object",
         "required": ["number", "started_at", "completed_at", "keys_done", "keys_quarantined"],
@@ -145,7 +150,7 @@ _SCHEMAS: dict[str, Schema] = {
             "key_set_size": {"type": "integer", "minimum": 1},
             "key_space_size": {"type": "integer", "minimum": 1, "description": "= key_set_size"},
             "lease_seconds": _LEASE,
-            "mode": _MODE,
+            "mode": {**_ref("Mode"), "default": "rotate"},
             "max_attempts": _MAX_ATTEMPTS,
             "retry_backoff_seconds": _BACKOFF,
             "pass": _ref("Pass"),
@@ -192,7 +197,9 @@ _SCHEMAS: dict[str, Schema] = {
             "process_name": _PROCESS_NAME,
             "key_set_size": {"type": ["integer", "null"], "minimum": 1, "default": 10},
             "lease_seconds": _OPTIONAL_LEASE,
-            "mode": {**_MODE, "enum": [*validation.MODES, None]},
+            # One named enum for both, so generated clients share one type (not a second
+            # enum named after this field).
+            "mode": {"anyOf": [_ref("Mode"), {"type": "null"}], "default": "rotate"},
             "max_attempts": _MAX_ATTEMPTS,
             "retry_backoff_seconds": {**_BACKOFF, "type": ["integer", "null"]},
         },

@@ -149,7 +149,7 @@ def test_the_core_cycle(gen: Any) -> None:
 def test_a_batch_run(gen: Any) -> None:
     models = gen.models
     name = _name("run")
-    mode = models.RegisterRequestModeType1.ONCE
+    mode = models.Mode.ONCE
     gen.call(
         "register_process",
         body=models.RegisterRequest(process_name=name, key_set_size=3, mode=mode),
@@ -178,7 +178,7 @@ def test_a_batch_run(gen: Any) -> None:
 
 def test_the_event_history_has_every_event_type(gen: Any) -> None:
     models = gen.models
-    once, outcome = models.RegisterRequestModeType1.ONCE, models.ReleaseBatchKeyOutcome
+    once, outcome = models.Mode.ONCE, models.ReleaseBatchKeyOutcome
     # A batch run where one failure quarantines a key (max_attempts 1), so every ending of a
     # lease shows, and a rotating process whose lease is left to run out.
     run, rotating = _name("events-run"), _name("events-expiry")

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+import coordinator
 from coordinator.app import ROUTES, create_app
 from coordinator.auth import TokenTable, load_tokens, new_token
 from coordinator.cli import listen
@@ -277,6 +278,15 @@ def test_shutdown_fits_in_the_grace_period() -> None:
     pre_stop = int(command[1])
     assert pre_stop >= 1  # endpoints are removed while the pod still answers
     assert pod["terminationGracePeriodSeconds"] > pre_stop + SHUTDOWN_BOUND_SECONDS
+
+
+def test_the_image_is_this_version() -> None:
+    """The Deployment runs the image `docker build -t batch-process-coordinator` makes, tagged
+    with this package's version, so a release's manifests run that release."""
+    name, _, tag = _api_container()["image"].partition(":")
+    assert name == "batch-process-coordinator"
+    assert re.search(rf"docker build -t {name} ", DOCKERFILE.read_text())
+    assert tag == coordinator.__version__
 
 
 def _dockerfile_user() -> int:

@@ -20,9 +20,10 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-# Only what the wheel is made of: hatchling needs pyproject.toml and README.md (the readme is
-# package metadata), the package, and lua/ (force-included as coordinator/lua).
-COPY pyproject.toml README.md ./
+# Only what the wheel is made of: hatchling needs pyproject.toml, README.md (the readme is
+# package metadata) and LICENSE (without it hatchling builds a wheel with no license file, and
+# says nothing), the package, and lua/ (force-included as coordinator/lua).
+COPY pyproject.toml README.md LICENSE ./
 COPY coordinator ./coordinator
 COPY lua ./lua
 

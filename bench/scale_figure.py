@@ -96,9 +96,7 @@ def scale_figure(
         )
         _log(f"scale: renewal p99 during a scrape {out['bystanders_scrape']['p99_ms']:.1f} ms")
         out["bystanders_process_list"] = asyncio.run(
-            bystander.during(
-                server.url, f"{server.url}/api/v1/process", repeats=1, limit_seconds=TIMEOUT
-            )
+            listing_scale.process_list_bystanders(server.url, repeats=1, limit_seconds=TIMEOUT)
         )
         _log(
             "scale: renewal p99 during a whole process list"

@@ -158,6 +158,9 @@ class MetricsRefresher:
                 if not self._failing:  # once per outage, not every half interval
                     logger.warning("metrics: refreshing the snapshot failed: %s", error)
                 self._failing = True
+            except Exception:  # a bug here must not end the refreshing for good: logged
+                logger.exception("metrics: refreshing the snapshot failed")
+                self._failing = True
             else:
                 self._failing = False
             self._tried.set()

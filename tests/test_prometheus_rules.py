@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,7 @@ def exposition(tmp_path_factory: pytest.TempPathFactory, valkey: EmbeddedValkey)
         tmp_path_factory.mktemp("prometheus") / "data",
         COORDINATOR_REDIS_URL=valkey.url,
         COORDINATOR_KEY_PREFIX=prefix,
+        COORDINATOR_METRICS_REFRESH_SECONDS="0.5",
     )
     with serving(env) as served:
         base = served.base
@@ -202,14 +204,15 @@ def exposition(tmp_path_factory: pytest.TempPathFactory, valkey: EmbeddedValkey)
             f"{base}{API}/batch_keys/{external_id}", params={"outcome": "completed"}
         )
         assert released.status_code == 200, released.text
-        # The per-process figures may be refreshed on an interval: poll until they show.
-        text = ""
-        for _ in range(300):
-            text = httpx.get(f"{base}/metrics").text
+        # The figures are refreshed in the background (each interval, from the first scrape
+        # on): poll until they include the release.
+        deadline = time.monotonic() + 60
+        while True:
+            text = httpx.get(f"{base}/metrics", timeout=10).text
             if 'coordinator_process_stalest_completion_age_seconds{process="nightly"' in text:
-                break
-            httpx.get(f"{base}/healthz")  # a pause that asks the server something
-        return text
+                return text
+            assert time.monotonic() < deadline, text
+            time.sleep(0.1)
 
 
 def _live(exposition: str) -> tuple[set[str], set[str]]:

@@ -328,3 +328,20 @@ def test_valkey_keeps_an_append_only_file_and_never_evicts() -> None:
     assert limit.endswith("Gi")
     assert options["--maxmemory"].endswith("mb")
     assert int(options["--maxmemory"][:-2]) < int(limit[:-2]) * 1024
+
+
+def test_only_the_api_pods_reach_valkey() -> None:
+    """The network policy admits the API's pods (a wrong label would cut every replica off
+    Redis) on Valkey's own port, and selects the Valkey pod."""
+    resources = _resources()
+    policy = resources["NetworkPolicy", "valkey"]["spec"]
+    valkey_pod = resources["StatefulSet", "valkey"]["spec"]["template"]
+    api_labels = resources["Deployment", "coordinator"]["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= valkey_pod["metadata"]["labels"].items()
+    (rule,) = policy["ingress"]
+    (peer,) = rule["from"]
+    assert peer["podSelector"]["matchLabels"].items() <= api_labels.items()
+    (port,) = rule["ports"]
+    (container,) = valkey_pod["spec"]["containers"]
+    (service_port,) = resources["Service", "valkey"]["spec"]["ports"]
+    assert _port(container, port["port"]) == _port(container, service_port["targetPort"]) == 6379

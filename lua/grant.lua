@@ -80,7 +80,7 @@ if not events_cap or events_cap < 1 or events_cap > EVENTS_CAP_MAX
     or events_cap ~= math.floor(events_cap) then
   return {6, 'events_cap'}
 end
-if #holder > HOLDER_MAX or not string.match(holder, '^%x*$') then
+if holder ~= '' and (#holder > HOLDER_MAX or not string.match(holder, '^%x+$')) then
   return {6, 'holder'}
 end
 if #request_id > REQUEST_ID_BYTES_MAX or (request_id ~= '' and not keyinfo) then
@@ -95,87 +95,90 @@ if holder ~= '' and request_id ~= '' then
   rid = holder .. ':' .. request_id
 end
 
-local m = redis.call('HMGET', meta, 'size', 'lease_ms', 'fresh', 'mode', 'pass_started_us',
-  'pass_completed_us')
-if not m[1] then
-  return {1}
-end
-local size, fresh = tonumber(m[1]), tonumber(m[3])
-local once = m[4] == 'once'
-if lease_ms == 0 then
-  lease_ms = tonumber(m[2])
-end
-
-local t = redis.call('TIME')
-local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+-- Numbers go to Redis as text: Lua's own conversion prints 1.7e+15 for microseconds, and
+-- string.format costs as much as a command, so each text is made once (tostring is exact
+-- below 10^14, enough for a cap, a lease length or a never-completed key's score).
+local events_cap_text = tostring(events_cap)
+-- Set once the process is read and the clock is: the helpers below share them. kinfo is
+-- whether keyinfo may hold anything (a process that never used a batch-run feature has no
+-- keyinfo, and then pays nothing for one).
+local p, now_us, now_text, kinfo
 
 -- Appends one entry to the history, when the caller passed the stream (older callers don't).
-local function record(kind, key, token, machine, at_us)
+local function record(kind, key, token, machine)
   if events then
-    redis.call('XADD', events, 'MAXLEN', '~', string.format('%d', events_cap), '*', 'type', kind,
-      'key', key, 'token', token, 'machine', machine, 'at_us', string.format('%.0f', at_us))
+    redis.call('XADD', events, 'MAXLEN', '~', events_cap_text, '*', 'type', kind, 'key', key,
+      'token', token, 'machine', machine, 'at_us', now_text)
   end
 end
 
 -- BEGIN shared: lease endings (the same text in grant.lua and release.lua; a test keeps them so)
+-- The process as meta holds it, read once by one HMGET (fields are Redis's text, false when
+-- absent) and kept current by the helpers below as they change meta, so no decision reads
+-- meta twice. register.lua stores the two options only when set: a process without them
+-- never parks a key, so it never reads `parked`.
+local function read_process()
+  local v = redis.call('HMGET', meta, 'size', 'lease_ms', 'fresh', 'mode', 'pass',
+    'pass_started_us', 'pass_completed_us', 'done', 'qdone', 'max_attempts', 'backoff_ms',
+    'epoch')
+  return {size = v[1], lease_ms = v[2], fresh = v[3], once = v[4] == 'once', pass = v[5] or '1',
+    started = v[6] or '0', completed = v[7] or '', done = v[8] or '0', qdone = v[9] or '0',
+    max_attempts = tonumber(v[10] or '0'), backoff_ms = tonumber(v[11] or '0'),
+    epoch = v[12] or '0', parks = (v[10] or v[11]) and true or false}
+end
+
 -- Completes the current pass once every key is done in it or quarantined: records it in
 -- `passes` and the history, and in `rotate` mode starts the next pass at the same instant.
-local function complete_pass_if_due(at_us)
-  if not parked or not passes then
+local function complete_pass_if_due()
+  if not parked or not passes or p.completed ~= '' then
     return
   end
-  local p = redis.call('HMGET', meta, 'size', 'mode', 'pass', 'pass_started_us',
-    'pass_completed_us', 'done', 'qdone')
-  if (p[5] or '') ~= '' then
-    return
-  end
-  local done, qdone = tonumber(p[6] or '0'), tonumber(p[7] or '0')
-  local quarantined = redis.call('ZCOUNT', parked, '+inf', '+inf')
-  local rotate = p[2] ~= 'once'
+  local done, qdone = tonumber(p.done), tonumber(p.qdone)
+  local quarantined = p.parks and redis.call('ZCOUNT', parked, '+inf', '+inf') or 0
   -- A rotate pass in which nothing was done would complete, and start again, forever.
-  if done + quarantined - qdone < tonumber(p[1]) or (rotate and done == 0) then
+  if done + quarantined - qdone < tonumber(p.size) or (not p.once and done == 0) then
     return
   end
-  local number = tonumber(p[3] or '1')
-  local at = string.format('%.0f', at_us)
-  redis.call('HSET', passes, number, string.format('%s|%s|%d|%d', p[4] or '0', at, done,
-    quarantined))
+  local number = tonumber(p.pass)
+  redis.call('HSET', passes, p.pass, p.started .. '|' .. now_text .. '|' .. p.done .. '|'
+    .. quarantined)
   redis.call('HDEL', passes, number - 100)
-  record('pass-completed', '', '', '', at_us)
-  if rotate then
-    redis.call('HSET', meta, 'pass', number + 1, 'pass_started_us', at, 'pass_completed_us', '',
-      'done', 0, 'qdone', 0)
-    record('pass-started', '', '', '', at_us)
+  record('pass-completed', '', '', '')
+  if p.once then
+    redis.call('HSET', meta, 'pass_completed_us', now_text)
+    p.completed = now_text
   else
-    redis.call('HSET', meta, 'pass_completed_us', at)
+    redis.call('HSET', meta, 'pass', number + 1, 'pass_started_us', now_text,
+      'pass_completed_us', '', 'done', 0, 'qdone', 0)
+    p.pass, p.started, p.done, p.qdone = tostring(number + 1), now_text, '0', '0'
+    record('pass-started', '', '', '')
   end
 end
 
 -- A lease ended without completion (failed, expired, revoked): count the attempt, then
 -- quarantine the key, hold it back for its backoff, or return it to the free set. Returns
 -- the key's attempts, its state and (in backoff) when it is grantable again.
-local function park(key, last, at_us)
-  if not keyinfo then
+local function park(key, last)
+  if not (keyinfo and p) then
     redis.call('ZADD', free, last, key)
     return 0, 'free', 0
   end
-  local o = redis.call('HMGET', meta, 'max_attempts', 'backoff_ms', 'epoch', 'pass_started_us')
-  local epoch = o[3] or '0'
   local e, n = string.match(redis.call('HGET', keyinfo, 'a:' .. key) or '', '^(%d+):(%d+)$')
-  local attempts = (e == epoch and tonumber(n) or 0) + 1
-  redis.call('HSET', keyinfo, 'a:' .. key, epoch .. ':' .. attempts)
-  local max_attempts, backoff_ms = tonumber(o[1] or '0'), tonumber(o[2] or '0')
-  if max_attempts > 0 and attempts >= max_attempts then
+  local attempts = (e == p.epoch and tonumber(n) or 0) + 1
+  redis.call('HSET', keyinfo, 'a:' .. key, p.epoch .. ':' .. attempts)
+  kinfo = true
+  if p.max_attempts > 0 and attempts >= p.max_attempts then
     redis.call('ZADD', parked, '+inf', key)
     redis.call('HSET', keyinfo, 'l:' .. key, last)
-    if tonumber(last) > tonumber(o[4] or '0') then
-      redis.call('HINCRBY', meta, 'qdone', 1)  -- done in this pass, then quarantined
+    if tonumber(last) > tonumber(p.started) then
+      -- done in this pass, then quarantined
+      p.qdone = tostring(redis.call('HINCRBY', meta, 'qdone', 1))
     end
-    record('quarantined', key, '', '', at_us)
-    complete_pass_if_due(at_us)
+    record('quarantined', key, '', '')
+    complete_pass_if_due()
     return attempts, 'quarantined', 0
-  elseif backoff_ms > 0 then
-    local retry_at = at_us + math.min(backoff_ms * 2 ^ (attempts - 1), 3600000) * 1000
+  elseif p.backoff_ms > 0 then
+    local retry_at = now_us + math.min(p.backoff_ms * 2 ^ (attempts - 1), 3600000) * 1000
     redis.call('ZADD', parked, string.format('%.0f', retry_at), key)
     redis.call('HSET', keyinfo, 'l:' .. key, last)
     return attempts, 'backoff', retry_at
@@ -185,27 +188,41 @@ local function park(key, last, at_us)
 end
 
 -- Ends the request id a lease was granted for. With `ended`, it is remembered (its r: entry
--- kept, pointing at the ended token) until length_ms after at_us, so a late duplicate of the
+-- kept, pointing at the ended token) until length_ms after now, so a late duplicate of the
 -- grant answers this lease's end rather than taking a second key; without (older callers),
--- it is forgotten at once and a duplicate grants anew.
-local function end_request(token, length_ms, at_us)
-  local rid = keyinfo and redis.call('HGET', keyinfo, 't:' .. token)
+-- it is forgotten at once and a duplicate grants anew. No keyinfo, no request ids to end.
+local function end_request(token, length_ms)
+  local rid = kinfo and redis.call('HGET', keyinfo, 't:' .. token)
   if not rid then
     return
   end
   if ended then
     redis.call('HDEL', keyinfo, 't:' .. token)
-    redis.call('ZADD', ended, string.format('%.0f', at_us + tonumber(length_ms) * 1000), rid)
+    redis.call('ZADD', ended, string.format('%.0f', now_us + tonumber(length_ms) * 1000), rid)
   else
     redis.call('HDEL', keyinfo, 't:' .. token, 'r:' .. rid)
   end
 end
 -- END shared
 
+p = read_process()
+if not p.size then
+  return {1}
+end
+local size, fresh = tonumber(p.size), tonumber(p.fresh)
+local lease_ms_text = lease_ms == 0 and p.lease_ms or tostring(lease_ms)
+if lease_ms == 0 then
+  lease_ms = tonumber(p.lease_ms)
+end
+local t = redis.call('TIME')
+now_us = t[1] * 1000000 + t[2]
+now_text = #t[2] == 6 and t[1] .. t[2] or t[1] .. string.rep('0', 6 - #t[2]) .. t[2]
+-- A request id and the batch-run options write keyinfo; otherwise ask whether it exists.
+kinfo = keyinfo and (request_id ~= '' or p.parks or redis.call('EXISTS', keyinfo) == 1)
+
 -- Ended leases' request ids whose time is up are forgotten: a few per grant.
-if ended then
-  local due = redis.call('ZRANGEBYSCORE', ended, '-inf', string.format('%.0f', now_us),
-    'LIMIT', 0, FORGET_LIMIT)
+if ended and kinfo then
+  local due = redis.call('ZRANGEBYSCORE', ended, '-inf', now_text, 'LIMIT', 0, FORGET_LIMIT)
   for _, rid in ipairs(due) do
     redis.call('ZREM', ended, rid)
     redis.call('HDEL', keyinfo, 'r:' .. rid)
@@ -222,9 +239,8 @@ if request_id ~= '' then
     '^(%d+):?%x*|(%d+)|(%d+)|(%d+)|(-?%d+)|(.*)$')
   if own == earlier and own and tonumber(expires) > now_us then
     local e, n = string.match(redis.call('HGET', keyinfo, 'a:' .. key) or '', '^(%d+):(%d+)$')
-    local epoch = redis.call('HGET', meta, 'epoch') or '0'
     return {0, tonumber(key), tonumber(own), tonumber(started), tonumber(expires), tonumber(last),
-      size, tonumber(own_ms), 0, e == epoch and tonumber(n) or 0,
+      size, tonumber(own_ms), 0, e == p.epoch and tonumber(n) or 0,
       redis.call('HGET', keyinfo, 'c:' .. key) or 0, 1}
   end
   if earlier then
@@ -235,29 +251,27 @@ end
 -- An expired lease has ended without completion: count the attempt and park or free the key,
 -- no background job needed. A record that is missing or unreadable (never written by these
 -- scripts) names no token or completion: the key goes back as never completed.
-local expired = redis.call('ZRANGEBYSCORE', held, '-inf', string.format('%.0f', now_us),
-  'LIMIT', 0, RECLAIM_LIMIT)
+local expired = redis.call('ZRANGEBYSCORE', held, '-inf', now_text, 'LIMIT', 0, RECLAIM_LIMIT)
 for _, key in ipairs(expired) do
   local token, own_ms, last, machine_then = string.match(redis.call('HGET', leases, key) or '',
     '^(%d+):?%x*|%d+|%d+|(%d+)|(-?%d+)|(.*)$')
   if token then
     redis.call('HDEL', tokens, token)
-    end_request(token, own_ms, now_us)
+    end_request(token, own_ms)
   else
     token, last, machine_then = '', string.format('%d', (tonumber(key) or 0) - size), ''
   end
   redis.call('HDEL', leases, key)
   redis.call('ZREM', held, key)
-  record('expired', key, token, machine_then, now_us)
+  record('expired', key, token, machine_then)
   if tonumber(key) then
-    park(key, last, now_us)
+    park(key, last)
   end
 end
 
 -- A backoff that has ended returns its key to the free set, at its old place.
-if parked then
-  local due = redis.call('ZRANGEBYSCORE', parked, '-inf', string.format('%.0f', now_us),
-    'LIMIT', 0, RECLAIM_LIMIT)
+if parked and p.parks then
+  local due = redis.call('ZRANGEBYSCORE', parked, '-inf', now_text, 'LIMIT', 0, RECLAIM_LIMIT)
   for _, key in ipairs(due) do
     redis.call('ZREM', parked, key)
     redis.call('ZADD', free, redis.call('HGET', keyinfo, 'l:' .. key) or '0', key)
@@ -265,25 +279,26 @@ if parked then
   end
 end
 
--- The pass state may have moved above (a quarantine completing it): read it now.
-local pass_started = tonumber(redis.call('HGET', meta, 'pass_started_us') or '0')
-if once and (redis.call('HGET', meta, 'pass_completed_us') or '') ~= '' then
+-- The pass state as the steps above left it (a quarantine may have completed it).
+if p.once and p.completed ~= '' then
   return {8}
 end
+local pass_started = tonumber(p.started)
 
--- The stalest free key; in a `once` pass, only if it is not done in this pass.
-local key, last
+-- The stalest free key; in a `once` pass, only if it is not done in this pass. `name` and
+-- `last` are the key and its score as text.
+local name, last
 local stalest = redis.call('ZRANGE', free, 0, 0, 'WITHSCORES')
 local candidate = stalest[1] and tonumber(stalest[2])
-if candidate and once and candidate > pass_started then
+if candidate and p.once and candidate > pass_started then
   candidate = nil
 end
 if fresh < size and (candidate == nil or candidate > fresh - size) then
-  key, last = fresh, fresh - size
+  name, last = p.fresh, tostring(fresh - size)
   redis.call('HINCRBY', meta, 'fresh', 1)
 elseif candidate then
-  key, last = tonumber(stalest[1]), candidate
-  redis.call('ZREM', free, stalest[1])
+  name, last = stalest[1], stalest[2]
+  redis.call('ZREM', free, name)
 else
   -- Nothing grantable: wait for the earliest expiry or backoff end, or stop for good.
   local earliest = redis.call('ZRANGE', held, 0, 0, 'WITHSCORES')
@@ -296,7 +311,7 @@ else
   if wake then
     return {3, wake - now_us}
   end
-  if backoff[1] and not once then
+  if backoff[1] and not p.once then
     return {9}
   end
   -- Nothing held either can only be a damaged process (keys removed behind our back):
@@ -304,28 +319,28 @@ else
   return {3, 1000000}
 end
 
--- Numbers go to Redis as formatted strings: Lua's own conversion may print 1.7e+15.
-local name = string.format('%d', key)
 local token = math.max(tonumber(redis.call('GET', fence) or '0') + 1, now_us - TOKEN_EPOCH_US)
 local token_text = string.format('%.0f', token)
 redis.call('SET', fence, token_text)
 local expires_us = now_us + lease_ms * 1000
+local expires_text = string.format('%.0f', expires_us)
 local owner = holder == '' and token_text or token_text .. ':' .. holder
-redis.call('HSET', leases, name, string.format('%s|%.0f|%.0f|%d|%.0f|', owner, now_us,
-  expires_us, lease_ms, last) .. machine)
+redis.call('HSET', leases, name, owner .. '|' .. now_text .. '|' .. expires_text .. '|'
+  .. lease_ms_text .. '|' .. last .. '|' .. machine)
 redis.call('HSET', tokens, token_text, name)
-redis.call('ZADD', held, string.format('%.0f', expires_us), name)
-record('granted', name, token_text, machine, now_us)
+redis.call('ZADD', held, expires_text, name)
+record('granted', name, token_text, machine)
 local attempts, checkpoint = 0, 0
-if keyinfo then
+if kinfo then
   if request_id ~= '' then
     redis.call('HSET', keyinfo, 'r:' .. rid, token_text, 't:' .. token_text, rid)
   end
   local info = redis.call('HMGET', keyinfo, 'a:' .. name, 'c:' .. name)
   local e, n = string.match(info[1] or '', '^(%d+):(%d+)$')
-  if e and e == (redis.call('HGET', meta, 'epoch') or '0') then
+  if e and e == p.epoch then
     attempts = tonumber(n)
   end
   checkpoint = info[2] or 0
 end
-return {0, key, token, now_us, expires_us, last, size, lease_ms, #expired, attempts, checkpoint, 0}
+return {0, tonumber(name), token, now_us, expires_us, tonumber(last), size, lease_ms, #expired,
+  attempts, checkpoint, 0}

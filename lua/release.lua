@@ -48,6 +48,8 @@ local holder = ARGV[4] or ''
 -- The bounds of coordinator/validation.py, for callers that skip it (tests tie the two).
 local EVENTS_CAP_MAX = 10000000
 local HOLDER_MAX = 64
+-- Wake-up signals kept for waiting grants (see the store's wait_seconds).
+local FREED_MAX = 64
 
 -- The outcomes a release may name, each with the history entry it writes (the Python side
 -- declares them in coordinator/validation.py and models.py; a test ties the three).
@@ -60,80 +62,93 @@ if not events_cap or events_cap < 1 or events_cap > EVENTS_CAP_MAX
     or events_cap ~= math.floor(events_cap) then
   return {6, 'events_cap'}
 end
-if #holder > HOLDER_MAX or not string.match(holder, '^%x*$') then
+if holder ~= '' and (#holder > HOLDER_MAX or not string.match(holder, '^%x+$')) then
   return {6, 'holder'}
 end
 if keyinfo and not (meta and parked and passes) then
   return {6, 'keys'}
 end
 
+-- Numbers go to Redis as text, each made once (see grant.lua); tostring is exact for a cap.
+local events_cap_text = tostring(events_cap)
+-- Set once the lease is found: the helpers below share them (see grant.lua).
+local p, now_us, now_text, kinfo
+
 -- Appends one entry to the history, when the caller passed the stream (older callers don't).
-local function record(kind, key, token, machine, at_us)
+local function record(kind, key, token, machine)
   if events then
-    redis.call('XADD', events, 'MAXLEN', '~', string.format('%d', events_cap), '*', 'type', kind,
-      'key', key, 'token', token, 'machine', machine, 'at_us', string.format('%.0f', at_us))
+    redis.call('XADD', events, 'MAXLEN', '~', events_cap_text, '*', 'type', kind, 'key', key,
+      'token', token, 'machine', machine, 'at_us', now_text)
   end
 end
 
 -- BEGIN shared: lease endings (the same text in grant.lua and release.lua; a test keeps them so)
+-- The process as meta holds it, read once by one HMGET (fields are Redis's text, false when
+-- absent) and kept current by the helpers below as they change meta, so no decision reads
+-- meta twice. register.lua stores the two options only when set: a process without them
+-- never parks a key, so it never reads `parked`.
+local function read_process()
+  local v = redis.call('HMGET', meta, 'size', 'lease_ms', 'fresh', 'mode', 'pass',
+    'pass_started_us', 'pass_completed_us', 'done', 'qdone', 'max_attempts', 'backoff_ms',
+    'epoch')
+  return {size = v[1], lease_ms = v[2], fresh = v[3], once = v[4] == 'once', pass = v[5] or '1',
+    started = v[6] or '0', completed = v[7] or '', done = v[8] or '0', qdone = v[9] or '0',
+    max_attempts = tonumber(v[10] or '0'), backoff_ms = tonumber(v[11] or '0'),
+    epoch = v[12] or '0', parks = (v[10] or v[11]) and true or false}
+end
+
 -- Completes the current pass once every key is done in it or quarantined: records it in
 -- `passes` and the history, and in `rotate` mode starts the next pass at the same instant.
-local function complete_pass_if_due(at_us)
-  if not parked or not passes then
+local function complete_pass_if_due()
+  if not parked or not passes or p.completed ~= '' then
     return
   end
-  local p = redis.call('HMGET', meta, 'size', 'mode', 'pass', 'pass_started_us',
-    'pass_completed_us', 'done', 'qdone')
-  if (p[5] or '') ~= '' then
-    return
-  end
-  local done, qdone = tonumber(p[6] or '0'), tonumber(p[7] or '0')
-  local quarantined = redis.call('ZCOUNT', parked, '+inf', '+inf')
-  local rotate = p[2] ~= 'once'
+  local done, qdone = tonumber(p.done), tonumber(p.qdone)
+  local quarantined = p.parks and redis.call('ZCOUNT', parked, '+inf', '+inf') or 0
   -- A rotate pass in which nothing was done would complete, and start again, forever.
-  if done + quarantined - qdone < tonumber(p[1]) or (rotate and done == 0) then
+  if done + quarantined - qdone < tonumber(p.size) or (not p.once and done == 0) then
     return
   end
-  local number = tonumber(p[3] or '1')
-  local at = string.format('%.0f', at_us)
-  redis.call('HSET', passes, number, string.format('%s|%s|%d|%d', p[4] or '0', at, done,
-    quarantined))
+  local number = tonumber(p.pass)
+  redis.call('HSET', passes, p.pass, p.started .. '|' .. now_text .. '|' .. p.done .. '|'
+    .. quarantined)
   redis.call('HDEL', passes, number - 100)
-  record('pass-completed', '', '', '', at_us)
-  if rotate then
-    redis.call('HSET', meta, 'pass', number + 1, 'pass_started_us', at, 'pass_completed_us', '',
-      'done', 0, 'qdone', 0)
-    record('pass-started', '', '', '', at_us)
+  record('pass-completed', '', '', '')
+  if p.once then
+    redis.call('HSET', meta, 'pass_completed_us', now_text)
+    p.completed = now_text
   else
-    redis.call('HSET', meta, 'pass_completed_us', at)
+    redis.call('HSET', meta, 'pass', number + 1, 'pass_started_us', now_text,
+      'pass_completed_us', '', 'done', 0, 'qdone', 0)
+    p.pass, p.started, p.done, p.qdone = tostring(number + 1), now_text, '0', '0'
+    record('pass-started', '', '', '')
   end
 end
 
 -- A lease ended without completion (failed, expired, revoked): count the attempt, then
 -- quarantine the key, hold it back for its backoff, or return it to the free set. Returns
 -- the key's attempts, its state and (in backoff) when it is grantable again.
-local function park(key, last, at_us)
-  if not keyinfo then
+local function park(key, last)
+  if not (keyinfo and p) then
     redis.call('ZADD', free, last, key)
     return 0, 'free', 0
   end
-  local o = redis.call('HMGET', meta, 'max_attempts', 'backoff_ms', 'epoch', 'pass_started_us')
-  local epoch = o[3] or '0'
   local e, n = string.match(redis.call('HGET', keyinfo, 'a:' .. key) or '', '^(%d+):(%d+)$')
-  local attempts = (e == epoch and tonumber(n) or 0) + 1
-  redis.call('HSET', keyinfo, 'a:' .. key, epoch .. ':' .. attempts)
-  local max_attempts, backoff_ms = tonumber(o[1] or '0'), tonumber(o[2] or '0')
-  if max_attempts > 0 and attempts >= max_attempts then
+  local attempts = (e == p.epoch and tonumber(n) or 0) + 1
+  redis.call('HSET', keyinfo, 'a:' .. key, p.epoch .. ':' .. attempts)
+  kinfo = true
+  if p.max_attempts > 0 and attempts >= p.max_attempts then
     redis.call('ZADD', parked, '+inf', key)
     redis.call('HSET', keyinfo, 'l:' .. key, last)
-    if tonumber(last) > tonumber(o[4] or '0') then
-      redis.call('HINCRBY', meta, 'qdone', 1)  -- done in this pass, then quarantined
+    if tonumber(last) > tonumber(p.started) then
+      -- done in this pass, then quarantined
+      p.qdone = tostring(redis.call('HINCRBY', meta, 'qdone', 1))
     end
-    record('quarantined', key, '', '', at_us)
-    complete_pass_if_due(at_us)
+    record('quarantined', key, '', '')
+    complete_pass_if_due()
     return attempts, 'quarantined', 0
-  elseif backoff_ms > 0 then
-    local retry_at = at_us + math.min(backoff_ms * 2 ^ (attempts - 1), 3600000) * 1000
+  elseif p.backoff_ms > 0 then
+    local retry_at = now_us + math.min(p.backoff_ms * 2 ^ (attempts - 1), 3600000) * 1000
     redis.call('ZADD', parked, string.format('%.0f', retry_at), key)
     redis.call('HSET', keyinfo, 'l:' .. key, last)
     return attempts, 'backoff', retry_at
@@ -143,30 +158,31 @@ local function park(key, last, at_us)
 end
 
 -- Ends the request id a lease was granted for. With `ended`, it is remembered (its r: entry
--- kept, pointing at the ended token) until length_ms after at_us, so a late duplicate of the
+-- kept, pointing at the ended token) until length_ms after now, so a late duplicate of the
 -- grant answers this lease's end rather than taking a second key; without (older callers),
--- it is forgotten at once and a duplicate grants anew.
-local function end_request(token, length_ms, at_us)
-  local rid = keyinfo and redis.call('HGET', keyinfo, 't:' .. token)
+-- it is forgotten at once and a duplicate grants anew. No keyinfo, no request ids to end.
+local function end_request(token, length_ms)
+  local rid = kinfo and redis.call('HGET', keyinfo, 't:' .. token)
   if not rid then
     return
   end
   if ended then
     redis.call('HDEL', keyinfo, 't:' .. token)
-    redis.call('ZADD', ended, string.format('%.0f', at_us + tonumber(length_ms) * 1000), rid)
+    redis.call('ZADD', ended, string.format('%.0f', now_us + tonumber(length_ms) * 1000), rid)
   else
     redis.call('HDEL', keyinfo, 't:' .. token, 'r:' .. rid)
   end
 end
 -- END shared
 
--- Tokens are looked up as text, so only the canonical spelling can name a lease.
-if not string.match(ARGV[1] or '', '^[1-9]%d*$')
-    or token > tonumber(redis.call('GET', fence) or '0') then
-  return {4}
-end
-local key = redis.call('HGET', tokens, ARGV[1])
+-- Tokens are looked up as text, so only the canonical spelling can name a lease. A token
+-- found is live (so issued); one not found is never granted when above the fence, else gone.
+local key = ARGV[1] and redis.call('HGET', tokens, ARGV[1])
 if not key then
+  if not string.match(ARGV[1] or '', '^[1-9]%d*$')
+      or token > tonumber(redis.call('GET', fence) or '0') then
+    return {4}
+  end
   return {5}
 end
 -- The record must be this token's: a missing or foreign one means this lease is over (a
@@ -182,55 +198,62 @@ if holder ~= '' and owner ~= holder then
 end
 
 local t = redis.call('TIME')
-local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+now_us = t[1] * 1000000 + t[2]
+now_text = #t[2] == 6 and t[1] .. t[2] or t[1] .. string.rep('0', 6 - #t[2]) .. t[2]
+p = meta and read_process()
+if p and not p.size then
+  p = nil  -- a damaged process (meta removed behind our back): no pass to count in
+end
+-- The batch-run options write keyinfo; otherwise ask whether it exists (see grant.lua).
+kinfo = keyinfo and p and (p.parks or redis.call('EXISTS', keyinfo) == 1)
 redis.call('HDEL', tokens, ARGV[1])
 redis.call('HDEL', leases, key)
 redis.call('ZREM', held, key)
-end_request(ARGV[1], own_ms, now_us)
--- Wake one waiting grant (see the store's wait_seconds); stale wake-ups are capped and expire.
-redis.call('RPUSH', freed, key)
-redis.call('LTRIM', freed, -64, -1)
+end_request(ARGV[1], own_ms)
+-- Wake one waiting grant; stale wake-ups are capped and expire. Past the cap the oldest go
+-- down to half of it, so a list nobody waits on is trimmed once per FREED_MAX / 2 releases,
+-- not by each.
+if redis.call('RPUSH', freed, key) > FREED_MAX then
+  redis.call('LTRIM', freed, -FREED_MAX / 2, -1)
+end
 redis.call('PEXPIRE', freed, 60000)
 
 if tonumber(expires) <= now_us then
-  record('expired', key, ARGV[1], machine, now_us)
-  park(key, last, now_us)
+  record('expired', key, ARGV[1], machine)
+  park(key, last)
   return {5}
 end
 
 local attempts, state, retry_at = 0, 'free', 0
 if outcome == 'completed' then
   -- The first completion of the key in this pass counts towards the pass.
-  local once = false
-  if meta then
-    local p = redis.call('HMGET', meta, 'pass_started_us', 'mode')
-    once = p[2] == 'once'
-    if tonumber(last) <= tonumber(p[1] or '0') then
-      redis.call('HINCRBY', meta, 'done', 1)
-    end
+  if p and tonumber(last) <= tonumber(p.started) then
+    p.done = tostring(redis.call('HINCRBY', meta, 'done', 1))
   end
-  last = string.format('%.0f', now_us)
+  last = now_text
   redis.call('ZADD', free, last, key)
-  if keyinfo then
+  if kinfo then
     redis.call('HDEL', keyinfo, 'a:' .. key, 'c:' .. key)
   end
-  record(EVENT_OF[outcome], key, ARGV[1], machine, now_us)
-  complete_pass_if_due(now_us)
-  state = once and 'done' or 'free'
+  record(EVENT_OF[outcome], key, ARGV[1], machine)
+  if p then
+    complete_pass_if_due()
+  end
+  state = p and p.once and 'done' or 'free'
 elseif outcome == 'interrupted' then
   -- A stop is not a failure: the key goes back where it was, its attempts and checkpoint
   -- as they were, and is not parked (no backoff, no quarantine).
   redis.call('ZADD', free, last, key)
-  if keyinfo then
+  if kinfo then
     local e, n = string.match(redis.call('HGET', keyinfo, 'a:' .. key) or '', '^(%d+):(%d+)$')
-    if e and e == (redis.call('HGET', meta, 'epoch') or '0') then
+    if e and e == p.epoch then
       attempts = tonumber(n)
     end
   end
-  record(EVENT_OF[outcome], key, ARGV[1], machine, now_us)
+  record(EVENT_OF[outcome], key, ARGV[1], machine)
 else
-  record(EVENT_OF[outcome], key, ARGV[1], machine, now_us)
-  attempts, state, retry_at = park(key, last, now_us)
+  record(EVENT_OF[outcome], key, ARGV[1], machine)
+  attempts, state, retry_at = park(key, last)
 end
 return {0, tonumber(key), token, tonumber(started), tonumber(last), machine, attempts, state,
   retry_at}

@@ -112,15 +112,20 @@ class Snapshot:
 
     @classmethod
     def decode(cls, raw: bytes | str | None) -> Snapshot | None:
-        """A stored snapshot; None if there is none yet (or it is of another version)."""
+        """A stored snapshot; None if there is none yet (or it is of another version, or
+        unreadable: the next refresh replaces it)."""
         if raw is None:
             return None
-        doc: dict[str, Any] = orjson.loads(raw)
-        if doc.pop("version", None) != VERSION:
+        try:
+            doc: dict[str, Any] = orjson.loads(raw)
+            if not isinstance(doc, dict) or doc.pop("version", None) != VERSION:
+                return None
+            doc["shown"] = [
+                ProcessStats(**dict(zip(_FIELDS, row, strict=True))) for row in doc["shown"]
+            ]
+            return cls(**doc)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return None
-        shown = [ProcessStats(**dict(zip(_FIELDS, row, strict=True))) for row in doc["shown"]]
-        doc["shown"] = shown
-        return cls(**doc)
 
 
 class SnapshotBuilder:

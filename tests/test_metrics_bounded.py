@@ -217,10 +217,12 @@ async def test_one_refresh_per_interval_among_api_processes(redis: Redis) -> Non
     assert made <= elapsed / interval + 1, (made, elapsed)
 
 
-async def test_a_snapshot_of_another_version_is_not_served(redis: Redis) -> None:
+async def test_a_snapshot_of_another_version_or_unreadable_is_not_served(redis: Redis) -> None:
     prefix = f"{PREFIX}-versions"
     await redis.set(KeySpace(prefix).metrics_snapshot, b'{"version": 0, "sequence": 7}')
     refresher = MetricsRefresher(redis, KeySpace(prefix), interval_seconds=1, limit=1)
+    assert await refresher.snapshot() is None
+    await redis.set(KeySpace(prefix).metrics_snapshot, b"not json")
     assert await refresher.snapshot() is None
     await Store(redis, prefix=prefix).register("p", 2)
     stored = await refresher.refresh()

@@ -47,7 +47,7 @@ if not events_cap or events_cap < 1 or events_cap > EVENTS_CAP_MAX
     or events_cap ~= math.floor(events_cap) then
   return {6, 'events_cap'}
 end
-if #holder > HOLDER_MAX or not string.match(holder, '^%x*$') then
+if holder ~= '' and (#holder > HOLDER_MAX or not string.match(holder, '^%x+$')) then
   return {6, 'holder'}
 end
 if (checkpoint_op ~= '' and checkpoint_op ~= 'set' and checkpoint_op ~= 'clear')
@@ -56,21 +56,26 @@ if (checkpoint_op ~= '' and checkpoint_op ~= 'set' and checkpoint_op ~= 'clear')
   return {6, 'checkpoint'}
 end
 
+-- Numbers go to Redis as text, each made once (see grant.lua); tostring is exact for a cap.
+local events_cap_text = tostring(events_cap)
+local now_text
+
 -- Appends one entry to the history, when the caller passed the stream (older callers don't).
-local function record(kind, key, token, machine, at_us)
+local function record(kind, key, token, machine)
   if events then
-    redis.call('XADD', events, 'MAXLEN', '~', string.format('%d', events_cap), '*', 'type', kind, 'key', key,
-      'token', token, 'machine', machine, 'at_us', string.format('%.0f', at_us))
+    redis.call('XADD', events, 'MAXLEN', '~', events_cap_text, '*', 'type', kind, 'key', key,
+      'token', token, 'machine', machine, 'at_us', now_text)
   end
 end
 
--- Tokens are looked up as text, so only the canonical spelling can name a lease.
-if not string.match(ARGV[1] or '', '^[1-9]%d*$')
-    or token > tonumber(redis.call('GET', fence) or '0') then
-  return {4}
-end
-local key = redis.call('HGET', tokens, ARGV[1])
+-- Tokens are looked up as text, so only the canonical spelling can name a lease. A token
+-- found is live (so issued); one not found is never granted when above the fence, else gone.
+local key = ARGV[1] and redis.call('HGET', tokens, ARGV[1])
 if not key then
+  if not string.match(ARGV[1] or '', '^[1-9]%d*$')
+      or token > tonumber(redis.call('GET', fence) or '0') then
+    return {4}
+  end
   return {5}
 end
 -- The record must be this token's: a missing or foreign one means this lease is over (a
@@ -86,20 +91,23 @@ if holder ~= '' and owner ~= holder then
 end
 
 local t = redis.call('TIME')
-local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now_us = t[1] * 1000000 + t[2]
+now_text = #t[2] == 6 and t[1] .. t[2] or t[1] .. string.rep('0', 6 - #t[2]) .. t[2]
 if tonumber(expires) <= now_us then
   return {5}
 end
 
+local lease_ms_text = lease_ms == 0 and own_ms or tostring(lease_ms)
 if lease_ms == 0 then
   lease_ms = tonumber(own_ms)
 end
 local expires_us = now_us + lease_ms * 1000
+local expires_text = string.format('%.0f', expires_us)
 local prefix = owner == '' and ARGV[1] or ARGV[1] .. ':' .. owner
-redis.call('HSET', leases, key, string.format('%s|%s|%.0f|%d|%s|', prefix, started, expires_us,
-  lease_ms, last) .. machine)
-redis.call('ZADD', held, string.format('%.0f', expires_us), key)
-record('renewed', key, ARGV[1], machine, now_us)
+redis.call('HSET', leases, key, prefix .. '|' .. started .. '|' .. expires_text .. '|'
+  .. lease_ms_text .. '|' .. last .. '|' .. machine)
+redis.call('ZADD', held, expires_text, key)
+record('renewed', key, ARGV[1], machine)
 local attempts = 0
 if keyinfo then
   if checkpoint_op == 'set' then

@@ -131,9 +131,11 @@ def measure(
 
 
 async def _refresh_holds(url: str, processes: int) -> dict[str, Any]:
-    from coordinator.keys import KeySpace  # noqa: PLC0415 - the snapshot's code, not the old
+    from coordinator.cli.serve import settle_gc  # noqa: PLC0415 - the snapshot's code only
+    from coordinator.keys import KeySpace  # noqa: PLC0415
     from coordinator.metrics_refresh import MetricsRefresher  # noqa: PLC0415
 
+    settle_gc()  # as `serve` readies each API process
     async with Redis.from_url(url, decode_responses=True) as redis:
         refresher = MetricsRefresher(redis, KeySpace(scale.PREFIX), interval_seconds=10, limit=100)
         holds: list[tuple[float, float]] = []  # (wall, this thread's CPU) seconds between turns
@@ -163,9 +165,10 @@ async def _refresh_holds(url: str, processes: int) -> dict[str, Any]:
 
 
 def refresh_holds(processes: int) -> dict[str, Any]:
-    """One background refresh at `processes` processes, in this process: its seconds, and the
-    longest the event loop went without another task's turn, in CPU (this thread's: the
-    refresh's own work) and in wall time (the machine's other load included)."""
+    """One background refresh at `processes` processes, in this process (its garbage collector
+    set as `serve` sets it): its seconds, and the longest the event loop went without another
+    task's turn, in CPU (this thread's: the refresh's own work and collections) and in wall
+    time (the machine's other load included)."""
     with (
         tempfile.TemporaryDirectory(prefix="bpc-metrics-holds-") as tmp,
         EmbeddedValkey(Path(tmp)) as valkey,

@@ -49,7 +49,7 @@ from coordinator import validation
 from coordinator.auth import Forbidden, Principal, TokenTable
 from coordinator.config import Settings
 from coordinator.metrics_refresh import FIRST_WAIT_SECONDS, MetricsRefresher
-from coordinator.metrics_snapshot import Snapshot, SnapshotCollector
+from coordinator.metrics_snapshot import FiguresText, LiveGauges, Snapshot
 from coordinator.store import Store
 
 logger = logging.getLogger("coordinator")
@@ -119,6 +119,7 @@ class Metrics:
         self.settings = settings or Settings()
         # The per-process figures' refresher, while the app's lifespan runs.
         self.refresher: MetricsRefresher | None = None
+        self.figures = FiguresText()
         self.multiprocess = multiprocess()
         self.registry = CollectorRegistry()
         labels = ("method", "route", "status")
@@ -307,13 +308,13 @@ def install(app: Starlette, settings: Settings) -> Metrics:
                 store_up = False
         else:
             store_up = False  # outside the app's lifespan: no store to read
-        collector = SnapshotCollector(
-            snapshot,
-            store_up=store_up,
-            now_us=int(time.time() * 1_000_000),
-            may_see=None if viewer is None or viewer.processes is None else viewer.may_act_on,
-        )
-        body = metrics.exposition() + generate_latest(collector)
+        live = LiveGauges(snapshot, store_up=store_up, now_us=int(time.time() * 1_000_000))
+        body = metrics.exposition() + generate_latest(live)
+        if snapshot is not None:
+            # Admins and unscoped workers share one text; a scoped token sees only its own.
+            scope = None if viewer is None else viewer.processes
+            may_see = (lambda _: True) if viewer is None else viewer.may_act_on
+            body += metrics.figures.text(snapshot, scope, may_see)
         return Response(body, media_type=CONTENT_TYPE)
 
     # First, so no catch-all route added later can shadow it.

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from coordinator.stats import ProcessStats
@@ -162,41 +163,68 @@ class SnapshotBuilder:
         return snapshot
 
 
-class SnapshotCollector:
-    """The gauges of one snapshot as a prometheus-client collector, for one viewer."""
+class LiveGauges:
+    """What changes with every scrape: whether Redis answered, and the snapshot's age."""
 
-    def __init__(
-        self,
-        snapshot: Snapshot | None,
-        *,
-        store_up: bool,
-        now_us: int,
-        may_see: Callable[[str], bool] | None = None,
-    ) -> None:
+    def __init__(self, snapshot: Snapshot | None, *, store_up: bool, now_us: int) -> None:
         self.snapshot = snapshot
         self.store_up = store_up
         self.now_us = now_us
-        # None: the viewer sees everything, totals included; else only the processes it
-        # covers (totals would tell it about the others).
-        self.may_see = may_see
 
     def collect(self) -> Iterable[Metric]:
-        """The store's state, the snapshot's age and its figures."""
+        """coordinator_store_up, and the snapshot's age when there is one."""
         yield GaugeMetricFamily(
             "coordinator_store_up",
             "1 if this scrape read the metrics snapshot from Redis, 0 if Redis failed (the"
             " coordinator_process_* figures and their totals are then missing).",
             value=1 if self.store_up else 0,
         )
+        if self.snapshot is not None:
+            yield GaugeMetricFamily(
+                "coordinator_metrics_snapshot_age_seconds",
+                "Seconds since the per-process figures and totals served here were read from"
+                " Redis (refreshed in the background; see COORDINATOR_METRICS_REFRESH_SECONDS).",
+                value=max(0.0, (self.now_us - self.snapshot.taken_us) / 1e6),
+            )
+
+
+class FiguresText:
+    """A snapshot's figures in text format, made once per snapshot and viewer scope: scrapes
+    between two refreshes only add their LiveGauges (a thousand series take about 3 ms)."""
+
+    # Scopes kept per snapshot: the token lines' process lists (and None: every process).
+    SCOPES = 64
+
+    def __init__(self) -> None:
+        self._snapshot: tuple[int, int] | None = None
+        self._texts: dict[tuple[str, ...] | None, bytes] = {}
+
+    def text(
+        self, snapshot: Snapshot, scope: tuple[str, ...] | None, may_see: Callable[[str], bool]
+    ) -> bytes:
+        """The figures a viewer covering `scope` (None: all, totals included) may see."""
+        key = (snapshot.sequence, snapshot.taken_us)
+        if key != self._snapshot or len(self._texts) >= self.SCOPES:
+            self._snapshot, self._texts = key, {}
+        made = self._texts.get(scope)
+        if made is None:
+            collector = SnapshotCollector(snapshot, may_see=None if scope is None else may_see)
+            made = self._texts[scope] = generate_latest(collector)
+        return made
+
+
+class SnapshotCollector:
+    """The figures of one snapshot as a prometheus-client collector, for one viewer."""
+
+    def __init__(self, snapshot: Snapshot, *, may_see: Callable[[str], bool] | None = None) -> None:
+        self.snapshot = snapshot
+        # None: the viewer sees everything, totals included; else only the processes it
+        # covers (totals would tell it about the others).
+        self.may_see = may_see
+
+    def collect(self) -> Iterable[Metric]:
+        """The refresh's figures, the chosen processes' gauges and the totals."""
         snapshot = self.snapshot
-        if snapshot is None:
-            return
-        yield GaugeMetricFamily(
-            "coordinator_metrics_snapshot_age_seconds",
-            "Seconds since the per-process figures and totals served here were read from"
-            " Redis (refreshed in the background; see COORDINATOR_METRICS_REFRESH_SECONDS).",
-            value=max(0.0, (self.now_us - snapshot.taken_us) / 1e6),
-        )
         yield CounterMetricFamily(
             "coordinator_metrics_refreshes",
             "Refreshes of the metrics snapshot, by every API process sharing this Redis.",

@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis as blocking
+from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from redis.asyncio import Redis
 
@@ -23,7 +24,7 @@ from coordinator.config import ConfigError, Settings
 from coordinator.embedded import EmbeddedValkey
 from coordinator.keys import KeySpace
 from coordinator.metrics_refresh import MetricsRefresher
-from coordinator.metrics_snapshot import Snapshot
+from coordinator.metrics_snapshot import Snapshot, SnapshotCollector
 from coordinator.store import Store
 from tests.conftest import serve
 from tests.test_metrics import REFRESHES, Samples, parse, value
@@ -104,7 +105,17 @@ def _processes_shown(samples: Samples) -> set[str]:
     }
 
 
-async def test_a_scrape_is_one_read_with_series_for_a_bounded_few(redis: Redis) -> None:
+async def test_a_scrape_is_one_read_with_series_for_a_bounded_few(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rendered: list[int] = []
+    collect = SnapshotCollector.collect
+
+    def noted(self: SnapshotCollector) -> Iterable[Metric]:
+        rendered.append(self.snapshot.sequence)
+        return collect(self)
+
+    monkeypatch.setattr(SnapshotCollector, "collect", noted)
     await redis.delete(KeySpace(PREFIX).metrics_snapshot, KeySpace(PREFIX).metrics_refresher)
     async with serve(create_app(_settings(), redis=redis)) as client:
         first = await client.get("/metrics")  # starts the refresher and waits for its first
@@ -112,6 +123,9 @@ async def test_a_scrape_is_one_read_with_series_for_a_bounded_few(redis: Redis) 
         before = await _commands(redis)
         response = await client.get("/metrics")
         after = await _commands(redis)
+    # The snapshot's text was made once, for the first scrape; the second reused it.
+    assert rendered == [1]
+    assert response.text.endswith(first.text.partition("coordinator_metrics_refreshes")[2])
     sent = {name: after[name] - before.get(name, 0) for name in after}
     sent = {name: n for name, n in sent.items() if n}
     # Today's figures of 3,000 processes without reading any of them: one GET of the snapshot.

@@ -191,16 +191,20 @@ end
 -- kept, pointing at the ended token) until length_ms after now, so a late duplicate of the
 -- grant answers this lease's end rather than taking a second key; without (older callers),
 -- it is forgotten at once and a duplicate grants anew. No keyinfo, no request ids to end.
-local function end_request(token, length_ms)
+-- The keyinfo fields given after length_ms go in the same HDEL (a completion's a: and c:).
+local function end_request(token, length_ms, ...)
   local rid = kinfo and redis.call('HGET', keyinfo, 't:' .. token)
   if not rid then
+    if kinfo and select('#', ...) > 0 then
+      redis.call('HDEL', keyinfo, ...)
+    end
     return
   end
   if ended then
-    redis.call('HDEL', keyinfo, 't:' .. token)
+    redis.call('HDEL', keyinfo, 't:' .. token, ...)
     redis.call('ZADD', ended, string.format('%.0f', now_us + tonumber(length_ms) * 1000), rid)
   else
-    redis.call('HDEL', keyinfo, 't:' .. token, 'r:' .. rid)
+    redis.call('HDEL', keyinfo, 't:' .. token, 'r:' .. rid, ...)
   end
 end
 -- END shared

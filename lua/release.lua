@@ -161,16 +161,20 @@ end
 -- kept, pointing at the ended token) until length_ms after now, so a late duplicate of the
 -- grant answers this lease's end rather than taking a second key; without (older callers),
 -- it is forgotten at once and a duplicate grants anew. No keyinfo, no request ids to end.
-local function end_request(token, length_ms)
+-- The keyinfo fields given after length_ms go in the same HDEL (a completion's a: and c:).
+local function end_request(token, length_ms, ...)
   local rid = kinfo and redis.call('HGET', keyinfo, 't:' .. token)
   if not rid then
+    if kinfo and select('#', ...) > 0 then
+      redis.call('HDEL', keyinfo, ...)
+    end
     return
   end
   if ended then
-    redis.call('HDEL', keyinfo, 't:' .. token)
+    redis.call('HDEL', keyinfo, 't:' .. token, ...)
     redis.call('ZADD', ended, string.format('%.0f', now_us + tonumber(length_ms) * 1000), rid)
   else
-    redis.call('HDEL', keyinfo, 't:' .. token, 'r:' .. rid)
+    redis.call('HDEL', keyinfo, 't:' .. token, 'r:' .. rid, ...)
   end
 end
 -- END shared
@@ -209,7 +213,13 @@ kinfo = keyinfo and p and (p.parks or redis.call('EXISTS', keyinfo) == 1)
 redis.call('HDEL', tokens, ARGV[1])
 redis.call('HDEL', leases, key)
 redis.call('ZREM', held, key)
-end_request(ARGV[1], own_ms)
+-- A live lease completed forgets the key's attempts and checkpoint in the same HDEL.
+local live = tonumber(expires) > now_us
+if live and outcome == 'completed' then
+  end_request(ARGV[1], own_ms, 'a:' .. key, 'c:' .. key)
+else
+  end_request(ARGV[1], own_ms)
+end
 -- Wake one waiting grant; stale wake-ups are capped and expire. Past the cap the oldest go
 -- down to half of it, so a list nobody waits on is trimmed once per FREED_MAX / 2 releases,
 -- not by each.
@@ -218,7 +228,7 @@ if redis.call('RPUSH', freed, key) > FREED_MAX then
 end
 redis.call('PEXPIRE', freed, 60000)
 
-if tonumber(expires) <= now_us then
+if not live then
   record('expired', key, ARGV[1], machine)
   park(key, last)
   return {5}
@@ -232,9 +242,6 @@ if outcome == 'completed' then
   end
   last = now_text
   redis.call('ZADD', free, last, key)
-  if kinfo then
-    redis.call('HDEL', keyinfo, 'a:' .. key, 'c:' .. key)
-  end
   record(EVENT_OF[outcome], key, ARGV[1], machine)
   if p then
     complete_pass_if_due()

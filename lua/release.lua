@@ -100,7 +100,9 @@ end
 -- Completes the current pass once every key is done in it or quarantined: records it in
 -- `passes` and the history, and in `rotate` mode starts the next pass at the same instant.
 local function complete_pass_if_due()
-  if not parked or not passes or p.completed ~= '' then
+  -- A key never granted (>= fresh) is neither done nor quarantined: no count needed then.
+  if not parked or not passes or p.completed ~= ''
+      or tonumber(p.fresh or '0') < tonumber(p.size) then
     return
   end
   local done, qdone = tonumber(p.done), tonumber(p.qdone)

@@ -28,9 +28,11 @@ pytestmark = pytest.mark.anyio
 NOT_SCRIPTED = frozenset({"evalsha", "info", "config|resetstat", "monitor", "echo"})
 CYCLES = 70  # past the freed list's cap of 64, so its trimming is counted too
 OPTIONS = {"mode": "rotate", "max_attempts": 3, "retry_backoff_seconds": 1}
-# Commands per cycle, at most (today's figures: 25 and 32; before: 33 and 37-38).
+# Commands per cycle, at most (today's figures; before: 33 and 37-38). The processes counted
+# have keys never granted yet: once every key was, a completion with the options on also
+# counts the quarantine (one command more) to see whether the pass is complete.
 PLAIN_MAX = 25
-OPTIONS_MAX = 32
+OPTIONS_MAX = 31
 # Per cycle, the freed list is trimmed once per 32 releases, not on each.
 TRIMS_MAX = CYCLES // 32 + 1
 

@@ -50,6 +50,7 @@ from coordinator.auth import Forbidden, Principal, TokenTable
 from coordinator.config import Settings
 from coordinator.metrics_refresh import FIRST_WAIT_SECONDS, MetricsRefresher
 from coordinator.metrics_snapshot import FiguresText, LiveGauges, Snapshot
+from coordinator.problems import PROBLEM_SCOPE_KEY
 from coordinator.store import Store
 
 logger = logging.getLogger("coordinator")
@@ -79,12 +80,15 @@ _SUCCESS = {"grant": 201, "renew": 200, "release": 200}
 _FAILURES = {
     401: "unauthorized",
     403: "forbidden",
-    409: "no_free_key",  # the only 409 of a grant
+    409: "no_free_key",  # unless the problem's code says which other 409 it is
     410: "lease_gone",
     503: "store_unavailable",
 }
+# A grant's 409s, each its own outcome: a `once` pass that is complete, or every key
+# quarantined, is not a shortage of keys (alerts on no_free_key must not fire for them).
+GRANT_CONFLICTS = ("no_free_key", "pass_complete", "all_quarantined")
 OUTCOMES = {
-    "grant": ("granted", "no_free_key", "unknown_process"),
+    "grant": ("granted", *GRANT_CONFLICTS, "unknown_process"),
     "renew": ("renewed", "unknown_lease", "lease_gone"),
     "release": (*validation.OUTCOMES, "unknown_lease", "lease_gone"),
 }
@@ -95,7 +99,7 @@ def multiprocess() -> bool:
     return bool(os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower()))
 
 
-def _outcome(operation: str, status: int, query_string: bytes) -> str:
+def _outcome(operation: str, status: int, query_string: bytes, problem: str | None) -> str:
     if status == _SUCCESS[operation]:
         if operation == "grant":
             return "granted"
@@ -107,9 +111,9 @@ def _outcome(operation: str, status: int, query_string: bytes) -> str:
         return outcomes[-1] if outcomes else "completed"
     if status == 404:
         return "unknown_process" if operation == "grant" else "unknown_lease"
-    if status in _FAILURES:
-        return _FAILURES[status]
-    return "error" if status >= 500 else "rejected"
+    if status == 409 and operation == "grant" and problem in GRANT_CONFLICTS:
+        return str(problem)
+    return _FAILURES.get(status, "error" if status >= 500 else "rejected")
 
 
 class Metrics:
@@ -200,7 +204,9 @@ class Metrics:
         series[1].observe(seconds)
         operation = OPERATIONS.get((method, template))
         if operation is not None:
-            outcome = _outcome(operation, status, scope.get("query_string", b""))
+            outcome = _outcome(
+                operation, status, scope.get("query_string", b""), scope.get(PROBLEM_SCOPE_KEY)
+            )
             counter = self._outcomes.get((operation, outcome))
             if counter is None:  # bounded: OUTCOMES and the failure names above
                 counter = self._outcomes[operation, outcome] = self.operations[operation].labels(

@@ -73,6 +73,10 @@ PROBLEMS: dict[str, tuple[int, str]] = {
 }
 
 
+# Where an answered problem's code is left in the ASGI scope, for the middleware outside.
+PROBLEM_SCOPE_KEY = "coordinator.problem"
+
+
 def problem(code: str, detail: str, headers: dict[str, str] | None = None) -> Response:
     """A problem+json response for one of the codes in PROBLEMS."""
     status, title = PROBLEMS[code]
@@ -103,6 +107,8 @@ async def coordinator_error(request: Request, exc: Exception) -> Response:
     if exc.code not in PROBLEMS:
         logger.error("unmapped error on %s %s: %r", request.method, request.url.path, exc)
         return problem("internal_error", "The service failed to handle this request.")
+    # The metrics middleware, further out, tells one 409 of a grant from another by it.
+    request.scope[PROBLEM_SCOPE_KEY] = exc.code
     return problem(exc.code, str(exc), headers)
 
 

@@ -504,3 +504,25 @@ async def test_batch_run_gauges_follow_the_pass(
         "keys_quarantined": 0,
         "keys_in_backoff": 0,
     }
+
+
+async def test_a_grants_409s_are_told_apart(client: httpx.AsyncClient, register: Register) -> None:
+    """A complete `once` pass and an all-quarantined process are no shortage of keys: their 409s
+    count as their own outcomes, not as `no_free_key` (which alerts watch)."""
+    done = (await register(key_set_size=1, mode="once"))["process_name"]
+    poisoned = (await register(key_set_size=1, max_attempts=1, retry_backoff_seconds=0))[
+        "process_name"
+    ]
+    lease = (await _grant(client, done)).json()["external_id"]
+    assert (await client.delete(f"{KEYS}/{lease}")).status_code == 200
+    lease = (await _grant(client, poisoned)).json()["external_id"]
+    assert (await client.delete(f"{KEYS}/{lease}?outcome=failed")).status_code == 200
+    for name, code in ((done, "pass_complete"), (poisoned, "all_quarantined")):
+        refused = await _grant(client, name)
+        assert (refused.status_code, refused.json()["code"]) == (409, code)
+
+    samples = await scrape(client)
+    assert value(samples, "coordinator_grants_total", outcome="pass_complete") == 1
+    assert value(samples, "coordinator_grants_total", outcome="all_quarantined") == 1
+    assert value(samples, "coordinator_grants_total", outcome="no_free_key") == 0
+    assert value(samples, "coordinator_no_free_key_total") == 0

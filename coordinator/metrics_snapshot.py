@@ -24,18 +24,19 @@ from coordinator.stats import ProcessStats
 
 # Bumped when the stored shape changes; a snapshot of another version is ignored (the next
 # refresh replaces it), so replicas of two versions side by side never misread each other.
-VERSION = 1
+VERSION = 2
 _FIELDS = tuple(f.name for f in dataclasses.fields(ProcessStats))
 
 
 @dataclass(frozen=True, slots=True)
 class Figure:
     """One per-process gauge, `coordinator_process_<suffix>`, and (when `summed`) its total
-    over every process, `coordinator_processes_<suffix>`."""
+    over every process, `coordinator_processes_<suffix>`. A value of None: no sample for
+    that process."""
 
     suffix: str
     help: str
-    value: Callable[[ProcessStats], float]
+    value: Callable[[ProcessStats], float | None]
     summed: bool = True
 
 
@@ -66,6 +67,21 @@ FIGURES = (
         lambda s: s.pass_number,
         summed=False,
     ),
+    # A timestamp rather than an age, so an alert compares it with time() at its own
+    # evaluation, however old the snapshot; a sum of timestamps means nothing.
+    Figure(
+        "pass_started_timestamp_seconds",
+        "Unix time the current pass started: the first at registration, each next one when"
+        " started (`once`) or the instant the last completed (`rotate`).",
+        lambda s: s.pass_started_us / 1e6 if s.pass_started_us else None,
+        summed=False,
+    ),
+    Figure(
+        "pass_complete",
+        "1 once every key of the current pass is done or quarantined (a `once` pass, until"
+        " the next is started; a `rotate` process starts the next at once), else 0.",
+        lambda s: int(s.pass_complete),
+    ),
     Figure("keys_done", "Keys completed at least once in the current pass.", lambda s: s.keys_done),
     Figure(
         "keys_quarantined",
@@ -80,6 +96,7 @@ FIGURES = (
 )
 _SUMMED = tuple(f for f in FIGURES if f.summed)
 STALEST = "stalest_completion_age_seconds"
+OLDEST_INCOMPLETE = "oldest_incomplete_pass_started_timestamp_seconds"
 _STALEST_HELP = (
     "Seconds since the oldest last_completed_at among the process's free keys that have"
     " completed, when the snapshot was taken (keys never completed are not in it: see"
@@ -102,6 +119,7 @@ class Snapshot:
     processes: int = 0
     totals: dict[str, int] = field(default_factory=lambda: {f.suffix: 0 for f in _SUMMED})
     stalest_age_max: float | None = None
+    oldest_incomplete_pass_us: int | None = None  # the earliest start of a pass not complete
     shown: list[ProcessStats] = field(default_factory=list)
 
     def encode(self) -> bytes:
@@ -144,10 +162,15 @@ class SnapshotBuilder:
         snapshot = self.snapshot
         snapshot.processes += len(page)
         for f in _SUMMED:
-            snapshot.totals[f.suffix] += sum(int(f.value(s)) for s in page)
+            snapshot.totals[f.suffix] += sum(int(f.value(s) or 0) for s in page)
         ages = [age for s in page if (age := s.stalest_age_seconds) is not None]
         if ages:
             snapshot.stalest_age_max = max([*ages, snapshot.stalest_age_max or 0.0])
+        starts = [s.pass_started_us for s in page if s.pass_started_us and not s.pass_complete]
+        if snapshot.oldest_incomplete_pass_us is not None:
+            starts.append(snapshot.oldest_incomplete_pass_us)
+        if starts:
+            snapshot.oldest_incomplete_pass_us = min(starts)
         self._named.extend(s for s in page if s.process_name in self.named)
         others = [s for s in page if s.process_name not in self.named]
         # nlargest keeps the first of equals: pages come in name order, so ties go by name.
@@ -243,7 +266,8 @@ class SnapshotCollector:
                 f"coordinator_process_{f.suffix}", f.help, labels=["process"]
             )
             for s in shown:
-                family.add_metric([s.process_name], f.value(s))
+                if (figure := f.value(s)) is not None:
+                    family.add_metric([s.process_name], figure)
             yield family
         stalest = GaugeMetricFamily(
             f"coordinator_process_{STALEST}", _STALEST_HELP, labels=["process"]
@@ -269,4 +293,11 @@ class SnapshotCollector:
                 "The largest coordinator_process_stalest_completion_age_seconds over every"
                 " registered process.",
                 value=snapshot.stalest_age_max,
+            )
+        if snapshot.oldest_incomplete_pass_us is not None:
+            yield GaugeMetricFamily(
+                f"coordinator_processes_{OLDEST_INCOMPLETE}",
+                "The earliest coordinator_process_pass_started_timestamp_seconds among the"
+                " registered processes whose pass is not complete (the pass most overdue).",
+                value=snapshot.oldest_incomplete_pass_us / 1e6,
             )

@@ -1,12 +1,13 @@
 """Per-process figures read from Redis for /metrics (read-only, no script), in bounded chunks.
 
 The registry is paged by name (ZRANGEBYLEX, `CHUNK` names at a time), and each page's
-figures come from one write of eight cheap reads per process (HMGET of the meta, ZCARD,
-four ZCOUNT, ZRANGEBYSCORE LIMIT 1, GET of the fencing token), plus one ZCOUNT per `once`
-process of the page in a second, small write (its done keys are counted from its pass's
-start). So Valkey and the event loop are each held for one page at a time, however many
-processes exist. A key's state is counted as inspect.lua decides it for one key (a backoff or
-lease that has ended is free); figures of different pages are not one snapshot.
+figures come from one write of eight cheap reads per process (HMGET of the meta, its pass's
+start and completion included; ZCARD, four ZCOUNT, ZRANGEBYSCORE LIMIT 1, GET of the fencing
+token), plus one ZCOUNT per `once` process of the page in a second, small write (its done
+keys are counted from its pass's start). So Valkey and the event loop are each held for one
+page at a time, however many processes exist. A key's state is counted as inspect.lua decides
+it for one key (a backoff or lease that has ended is free); figures of different pages are not
+one snapshot.
 """
 
 from __future__ import annotations
@@ -32,7 +33,16 @@ READS_PER_PROCESS = 8
 # A page's replies arrive within this when the client sets no socket timeout.
 PAGE_TIMEOUT_SECONDS = 10.0
 # The meta fields read, in this order.
-_META = ("size", "fresh", "pass", "done", "mode", "pass_started_us")
+_META = (
+    "size",
+    "fresh",
+    "pass",
+    "done",
+    "mode",
+    "pass_started_us",
+    "pass_completed_us",
+    "created_us",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +68,11 @@ class ProcessStats:
     # The last fencing token handed out (0: never granted). Tokens are at least the
     # microseconds since 2026-01-01 at the grant, so a larger one was granted more recently.
     last_token: int = 0
+    # When the current pass started (0: unknown, a process registered before the registry kept
+    # creation times), and whether it is complete (a `once` pass, until the next is started;
+    # a `rotate` process starts its next pass the instant one completes).
+    pass_started_us: int = 0
+    pass_complete: bool = False
 
     @property
     def stalest_age_seconds(self) -> float | None:
@@ -140,6 +155,9 @@ async def page_stats(redis: RedisClient, keys: KeySpace, names: list[str]) -> li
                 quarantined=int(quarantined),
                 in_backoff=int(backoff),
                 last_token=int(token or 0),
+                # A process registered before batch runs is in pass 1, started when created.
+                pass_started_us=int(meta[5] or meta[7] or 0),
+                pass_complete=bool(meta[6]),
             )
         )
     return stats

@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -526,3 +527,45 @@ async def test_a_grants_409s_are_told_apart(client: httpx.AsyncClient, register:
     assert value(samples, "coordinator_grants_total", outcome="all_quarantined") == 1
     assert value(samples, "coordinator_grants_total", outcome="no_free_key") == 0
     assert value(samples, "coordinator_no_free_key_total") == 0
+
+
+async def test_pass_start_and_completion_gauges_follow_the_pass(
+    client: httpx.AsyncClient, register: Register
+) -> None:
+    """The pass's start is the API's started_at; completion flips its gauge; a new pass moves
+    the start; the oldest incomplete start over every process skips a complete pass."""
+    name = (await register(key_set_size=1, mode="once"))["process_name"]
+    other = (await register(key_set_size=1))["process_name"]
+    started = "coordinator_process_pass_started_timestamp_seconds"
+    complete = "coordinator_process_pass_complete"
+    oldest = "coordinator_processes_oldest_incomplete_pass_started_timestamp_seconds"
+
+    async def started_at(process: str, number: int) -> float:
+        found = await client.get(f"{API}/{process}/passes/{number}")
+        assert found.status_code == 200, found.text
+        moment = found.json()["started_at"].replace("Z", "+00:00")
+        return datetime.fromisoformat(moment).timestamp()
+
+    first = await started_at(name, 1)
+    samples = await fresh(client)
+    assert value(samples, started, process=name) == pytest.approx(first, abs=1e-3)
+    assert value(samples, complete, process=name) == 0
+    assert value(samples, "coordinator_processes_pass_complete") == 0
+    # Both passes are incomplete: the once process's, registered first, is the oldest.
+    assert value(samples, oldest) == pytest.approx(first, abs=1e-3)
+
+    lease = (await _grant(client, name)).json()["external_id"]
+    assert (await client.delete(f"{KEYS}/{lease}?outcome=completed")).status_code == 200
+    samples = await fresh(client)
+    assert value(samples, complete, process=name) == 1
+    assert value(samples, started, process=name) == pytest.approx(first, abs=1e-3)
+    assert value(samples, "coordinator_processes_pass_complete") == 1
+    # A complete pass is overdue no more: the oldest incomplete one is the other process's.
+    assert value(samples, oldest) == pytest.approx(await started_at(other, 1), abs=1e-3)
+
+    assert (await client.post(f"{API}/{name}/passes")).status_code == 201
+    second = await started_at(name, 2)
+    samples = await fresh(client)
+    assert second > first + REFRESH_SECONDS  # two refreshes came between them
+    assert value(samples, started, process=name) == pytest.approx(second, abs=1e-3)
+    assert value(samples, complete, process=name) == 0

@@ -128,21 +128,22 @@ async def list_batch_keys(request: Request) -> Response:
     page = schemas.key_page(request.query_params)
     # One key past the page tells whether another page follows, in the same reads.
     limit = None if page.limit is None else page.limit + 1
-    chunks = _store(request).batch_key_chunks(name, page.first, limit)
+    chunks = _store(request).batch_key_object_chunks(name, page.first, limit)
     # The first chunk is read before answering, so an unknown process is still a 404.
     try:
         head = await anext(chunks)
     except StopAsyncIteration:
         return JSONResponse([])
     if page.limit is None:
-        return StreamingResponse(schemas.json_chunks(head, chunks), media_type="application/json")
+        body = schemas.json_value_chunks(head, chunks)
+        return StreamingResponse(body, media_type="application/json")
     rows = [*head, *[key async for chunk in chunks for key in chunk]]
     headers = {}
     if len(rows) > page.limit:
         rows = rows[: page.limit]
-        query = urlencode({"limit": page.limit, "after": rows[-1].key})
+        query = urlencode({"limit": page.limit, "after": rows[-1]["key"]})
         headers["Link"] = f'<{request.url.path}?{query}>; rel="next"'
-    return JSONResponse([k.to_json() for k in rows], headers=headers)
+    return JSONResponse(rows, headers=headers)
 
 
 async def get_batch_key(request: Request) -> Response:

@@ -138,6 +138,17 @@ async def json_chunks(
     yield b"]"
 
 
+async def json_value_chunks(
+    head: Sequence[Any], rest: AsyncIterator[Sequence[Any]]
+) -> AsyncIterator[bytes]:
+    """`json_chunks` of chunks that are JSON values already (a key listing's objects)."""
+    yield b"[" + orjson.dumps(head)[1:-1]
+    async for chunk in rest:
+        if chunk:
+            yield b"," + orjson.dumps(chunk)[1:-1]
+    yield b"]"
+
+
 def key_number(raw: str) -> int:
     """A key number in a path; one outside the process's keys is the store's unknown_key."""
     if not _QUERY_INT.fullmatch(raw):

@@ -25,7 +25,7 @@ from coordinator.lease_margin import over_on_arrival
 from coordinator.models import BatchKey, utc
 from coordinator.pass_watch import PassWatch
 from coordinator.registry import ProcessRegistry
-from coordinator.rows import batch_key_of, completed
+from coordinator.rows import batch_key_of, completed, key_objects
 from coordinator.runs import BatchRuns
 from coordinator.scripts import Scripts, raise_for_status
 from coordinator.unavailable import store_errors
@@ -136,6 +136,22 @@ class Store(ProcessRegistry, BatchRuns):
         """The keys of a process, one consistent read of at most INSPECT_CHUNK keys per
         (non-empty) chunk, giving other requests their turn between chunks."""
         name = validation.process_name(name)
+        async for rows in self._inspect_chunks(name, first, limit):
+            yield [batch_key_of(name, row) for row in rows]
+
+    async def batch_key_object_chunks(
+        self, name: str, first: int = 0, limit: int | None = None
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """`batch_key_chunks` as the key objects of a listing, built without the records (a
+        listing's time on the event loop, which every other request shares)."""
+        name = validation.process_name(name)
+        async for rows in self._inspect_chunks(name, first, limit):
+            yield key_objects(name, rows)
+
+    async def _inspect_chunks(
+        self, name: str, first: int, limit: int | None
+    ) -> AsyncIterator[list[list[Any]]]:
+        """inspect.lua's rows of the keys of `name` (a checked name), as batch_key_chunks."""
         k = self.keys.process(name)
         stop = None if limit is None else first + limit
         size = first + 1
@@ -146,7 +162,7 @@ class Store(ProcessRegistry, BatchRuns):
             raise_for_status(reply, process_name=name)
             size = int(reply[1])
             if rows := reply[4:]:
-                yield [batch_key_of(name, row) for row in rows]
+                yield rows
             first += count
             await asyncio.sleep(0)
 

@@ -57,6 +57,12 @@ SCRIPT_KEYS: dict[str, tuple[str, ...]] = {
     "retry_key": ("meta", "free", "keyinfo", "parked", "events"),
 }
 
+# The structures that grow with the key set or the leases: unregister.lua renames them to a
+# deletion's doomed names (its KEYS 12-18, in this order), which the deleting caller then
+# empties a chunk at a time. The sorted sets are emptied by rank, the hashes by HSCAN.
+DOOMED_ZSETS = frozenset({"free", "held", "parked", "ended"})
+DOOMED: tuple[str, ...] = ("free", "held", "leases", "tokens", "keyinfo", "parked", "ended")
+
 
 @dataclass(frozen=True, slots=True)
 class ProcessKeys:
@@ -104,6 +110,13 @@ class KeySpace:
             passes=base + "passes",
             ended=base + "ended",
         )
+
+    def doomed(self, name: str, deletion: str) -> dict[str, str]:
+        """Where one deletion of process `name` moves its DOOMED structures to drain them:
+        unique to `deletion`, so a new registration of the name and a later delete never meet
+        them, and under the same hash tag, so in the process's slot."""
+        base = f"{self.prefix}:{{{name}}}:doomed:{deletion}:"
+        return {structure: base + structure for structure in DOOMED}
 
     @property
     def registry(self) -> str:

@@ -9,10 +9,12 @@ through. The Store mixes these operations in, so the HTTP API and direct workers
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from coordinator import lease_id, name_ranges, validation
+from coordinator.drain import drain
 from coordinator.errors import ProcessExists, UnknownProcess
 from coordinator.models import Event, Pass, Process, utc
 from coordinator.scripts import raise_for_status
@@ -179,6 +181,7 @@ class ProcessRegistry:
         """
         name = validation.process_name(name)
         k = self.keys.process(name)
+        doomed = self.keys.doomed(name, secrets.token_hex(8))
         history_ms = self.limits.deleted_history_seconds * 1000
         # As it was: its options and pass too, which the script's reply does not carry.
         before = await self.process(name)
@@ -186,7 +189,7 @@ class ProcessRegistry:
             await self.redis.zrem(self.keys.registry, name)
             reply = await self.scripts.call(
                 "unregister",
-                k.of("unregister"),
+                k.of("unregister") + list(doomed.values()),
                 [self.limits.events_cap, history_ms],
             )
             raise_for_status(reply, process_name=name)
@@ -199,6 +202,9 @@ class ProcessRegistry:
             if registered_again:
                 # A registration of the name ran between the script and here: keep its id.
                 await self.redis.hset(self.keys.process_ids, pid, name)
+            # Before answering, so a delete is done when its memory is back (coordinator.drain);
+            # a caller that dies first leaves doomed keys that expire.
+            await drain(self.redis, doomed)
         return before
 
     async def purge_history(self, name: str) -> None:

@@ -12,6 +12,9 @@
 -- KEYS[9] parked  zset   (optional) keys in backoff or quarantine, deleted with it
 -- KEYS[10] passes hash   (optional) the last finished passes, deleted with it
 -- KEYS[11] ended  zset   (optional) remembered request ids of ended leases, deleted with it
+-- KEYS 12-18 (optional) doomed names, unique to this deletion, for free, held, leases,
+--            tokens, keyinfo, parked and ended (drain.lua's KEYS): those structures are
+--            renamed to them, to be emptied by drain.lua in bounded chunks, rather than freed
 -- ARGV[1] events_cap  (optional, default 10000) entries the stream keeps, 1 to 10000000
 -- ARGV[2] history_ms  (optional, default 604800000: 7 days) how long the deleted process's
 --                     history stays, 1 to 31536000000 (a year)
@@ -23,8 +26,10 @@
 --         {1}                  no such process
 --         {6, argument}        an argument is malformed or out of range; nothing changed
 --
--- UNLINK frees the large structures off the main thread, so a million-key process is
--- deleted without blocking Redis.
+-- Without doomed names the large structures are UNLINKed: O(1) here, but freeing a million
+-- members at once on the lazy-free thread stalls Valkey (see drain.lua). Renamed, they stay
+-- out of the way of a new registration of the name, and expire after DOOMED_MS should the
+-- caller die before draining them.
 local meta, free, held, leases, tokens, freed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local events = KEYS[7]
 local events_cap = tonumber(ARGV[1] or '10000')
@@ -44,6 +49,17 @@ end
 local m = redis.call('HMGET', meta, 'size', 'lease_ms')
 if not m[1] then
   return {1}
+end
+-- Enough for a caller to drain a million-key process many times over.
+local DOOMED_MS = 3600000
+-- The structures that grow with the key set or the leases, and their doomed names.
+local LARGE = {2, 3, 4, 5, 8, 9, 11}
+for i, source in ipairs(LARGE) do
+  local doomed = KEYS[11 + i]
+  if doomed and KEYS[source] and redis.call('EXISTS', KEYS[source]) == 1 then
+    redis.call('RENAME', KEYS[source], doomed)
+    redis.call('PEXPIRE', doomed, DOOMED_MS)
+  end
 end
 redis.call('UNLINK', meta, free, held, leases, tokens, freed)
 for i = 8, 11 do

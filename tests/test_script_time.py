@@ -11,12 +11,16 @@ whose SLOWLOG no other test writes to.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from redis.asyncio import Redis
 
+from coordinator import scripts
+from coordinator.drain import DRAIN_CHUNK, drain
 from coordinator.embedded import EmbeddedValkey
+from coordinator.keys import DOOMED, DOOMED_ZSETS, SCRIPT_KEYS
 from coordinator.models import Pass, Process
 from coordinator.store import Store
 
@@ -171,3 +175,109 @@ async def test_retrying_a_key_stays_short(redis: Redis, prefix: str) -> None:
     await _assert_no_long_script(redis)
     k = store.keys.process("r")
     assert await redis.zcard(k.parked) == QUARANTINED - 1
+
+
+# Makes keys first..last-1 of a batch-run process touched: each in the free set, stamped as
+# never completed (score key - size), with its attempts and last score in keyinfo, as
+# grant.lua and release.lua leave a key that failed once.
+TOUCH = """
+local free, keyinfo = KEYS[1], KEYS[2]
+local first, last, size = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local members, fields = {}, {}
+for key = first, last - 1 do
+  local name = string.format('%d', key)
+  members[#members + 1] = string.format('%d', key - size)
+  members[#members + 1] = name
+  fields[#fields + 1] = 'l:' .. name
+  fields[#fields + 1] = string.format('%d', key - size)
+  fields[#fields + 1] = 'a:' .. name
+  fields[#fields + 1] = '1:1'
+end
+redis.call('ZADD', free, unpack(members))
+redis.call('HSET', keyinfo, unpack(fields))
+"""
+
+TOUCHED = 200_000
+
+
+async def _touched_process(store: Store, name: str, size: int = TOUCHED) -> None:
+    """A batch-run process of `size` keys, every one touched: in `free`, with keyinfo."""
+    await store.register(name, key_set_size=size, max_attempts=3)
+    k = store.keys.process(name)
+    for first in range(0, size, 1_000):
+        await store.redis.eval(  # type: ignore[misc]
+            TOUCH, 2, k.free, k.keyinfo, first, min(first + 1_000, size), size
+        )
+    await store.redis.hset(k.meta, "fresh", size)
+
+
+async def _assert_no_long_command(redis: Redis, calls_at_least: int) -> None:
+    """As _assert_no_long_script, over every command since the reset, not only scripts."""
+    slow = [e["duration"] for e in await redis.slowlog_get(1000)]
+    stats = [s for s in (await redis.info("commandstats")).values() if isinstance(s, dict)]
+    calls = sum(int(s["calls"]) for s in stats)
+    total_us = sum(int(s["usec"]) for s in stats)
+    assert all(us <= total_us / 4 for us in slow), (slow, total_us)
+    assert len(slow) <= calls // 50, (calls, slow)
+    assert calls >= calls_at_least, calls
+
+
+async def test_deleting_200000_touched_keys_frees_them_in_short_scripts(
+    redis: Redis, prefix: str
+) -> None:
+    store = Store(redis, prefix=prefix)
+    await _touched_process(store, "d")
+    # A live lease, so held, leases and tokens go the same way.
+    await store.grant("d", "w")
+    await _start_slowlog(redis)
+    deleted = await store.unregister("d")
+    # Trivial scripts right after: none pays for memory the delete left to free.
+    for _ in range(5):
+        assert await redis.eval("return 1", 0) == 1  # type: ignore[misc]
+    assert deleted.key_set_size == TOUCHED
+    # Nothing went to the lazy-free thread in one piece (an UNLINK of the free set did),
+    # where freeing it contends with every command for libc's allocator.
+    assert (await redis.info("memory"))["lazyfreed_objects"] == 0
+    # 600,000 members and fields, a DRAIN_CHUNK per command.
+    await _assert_no_long_command(redis, 3 * TOUCHED // DRAIN_CHUNK)
+    # The process is gone when the delete answers; only its history and fence stay.
+    left = sorted(await redis.keys(f"{prefix}:{{d}}:*"))
+    k = store.keys.process("d")
+    assert left == sorted([k.events, k.fence])
+
+
+async def test_a_delete_left_undrained_expires_and_spares_the_name(
+    redis: Redis, prefix: str
+) -> None:
+    store = Store(redis, prefix=prefix)
+    size = 3_000
+    await _touched_process(store, "u", size)
+    k = store.keys.process("u")
+    doomed = store.keys.doomed("u", "dead-caller")
+    # A caller that dies right after the script, before draining anything.
+    keys = k.of("unregister") + list(doomed.values())
+    reply = await store.scripts.call("unregister", keys, [10_000, 60_000])
+    assert reply[0] == 0
+    free, keyinfo = doomed["free"], doomed["keyinfo"]
+    assert await redis.zcard(free) == size
+    assert await redis.hlen(keyinfo) == 2 * size
+    # Nothing there grows for good: what was moved aside expires.
+    for key in (free, keyinfo):
+        assert 0 < await redis.pttl(key) <= 3_600_000
+    # A new registration of the name starts empty, beside the doomed keys.
+    await store.register("u", key_set_size=5, max_attempts=3)
+    assert not await redis.exists(k.free, k.keyinfo)
+    assert (await store.grant("u", "w")).key == 0
+    # Draining them later touches only them.
+    await drain(redis, doomed)
+    assert not await redis.exists(*doomed.values())
+    assert await redis.zcard(k.held) == 1
+    assert (await store.process("u")).key_set_size == 5
+
+
+def test_the_doomed_structures_are_the_ones_unregister_renames() -> None:
+    # unregister.lua's LARGE lists the KEYS it renames to KEYS 12-18, in DOOMED's order.
+    (large,) = re.findall(r"local LARGE = \{([\d, ]+)\}", scripts.sources()["unregister"])
+    renamed = [SCRIPT_KEYS["unregister"][int(i) - 1] for i in large.split(",")]
+    assert renamed == list(DOOMED)
+    assert set(DOOMED) >= DOOMED_ZSETS

@@ -13,8 +13,8 @@
 -- KEYS[10] passes hash   (optional) the last finished passes, deleted with it
 -- KEYS[11] ended  zset   (optional) remembered request ids of ended leases, deleted with it
 -- KEYS 12-18 (optional) doomed names, unique to this deletion, for free, held, leases,
---            tokens, keyinfo, parked and ended (drain.lua's KEYS): those structures are
---            renamed to them, to be emptied by drain.lua in bounded chunks, rather than freed
+--            tokens, keyinfo, parked and ended: those structures are renamed to them, for
+--            the caller to empty in bounded chunks (coordinator/drain.py), rather than freed
 -- ARGV[1] events_cap  (optional, default 10000) entries the stream keeps, 1 to 10000000
 -- ARGV[2] history_ms  (optional, default 604800000: 7 days) how long the deleted process's
 --                     history stays, 1 to 31536000000 (a year)
@@ -27,9 +27,9 @@
 --         {6, argument}        an argument is malformed or out of range; nothing changed
 --
 -- Without doomed names the large structures are UNLINKed: O(1) here, but freeing a million
--- members at once on the lazy-free thread stalls Valkey (see drain.lua). Renamed, they stay
--- out of the way of a new registration of the name, and expire after DOOMED_MS should the
--- caller die before draining them.
+-- members at once on the lazy-free thread stalls Valkey (coordinator/drain.py says how).
+-- Renamed, they stay out of the way of a new registration of the name, and expire after
+-- DOOMED_MS should the caller die before draining them.
 local meta, free, held, leases, tokens, freed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local events = KEYS[7]
 local events_cap = tonumber(ARGV[1] or '10000')

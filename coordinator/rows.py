@@ -17,6 +17,8 @@ from coordinator.models import BatchKey, utc
 
 _DAY_US = 86_400_000_000
 _EPOCH_DAY = date(1970, 1, 1)
+_MINUTES = tuple(f"{hour:02d}:{minute:02d}:" for hour in range(24) for minute in range(60))
+_SECONDS = tuple(f"{second:02d}." for second in range(60))
 
 
 def completed(last: int) -> int | None:
@@ -71,13 +73,12 @@ def key_objects(name: str, rows: list[list[Any]]) -> list[dict[str, Any]]:
 
 
 def _rfc3339(us: int) -> str:
-    """`models.rfc3339` at a third of its cost: a listing's keys share a few days, so only the
-    time of day is formatted per key."""
+    """`models.rfc3339` at half its cost: a listing's keys share a few days, and a day's
+    minutes and a minute's seconds are spelt once, so only the fraction is formatted per key."""
     day, of_day = divmod(us, _DAY_US)
     seconds, fraction = divmod(of_day, 1_000_000)
     minutes, second = divmod(seconds, 60)
-    hour, minute = divmod(minutes, 60)
-    return f"{_day(day)}{hour:02d}:{minute:02d}:{second:02d}.{fraction:06d}Z"
+    return f"{_day(day)}{_MINUTES[minutes]}{_SECONDS[second]}{fraction:06d}Z"
 
 
 @functools.lru_cache(maxsize=1024)

@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,16 +92,10 @@ async def _evalsha(stats: Redis) -> tuple[int, int]:
     return int(evalsha.get("calls", 0)), int(evalsha.get("usec", 0))
 
 
-async def _window(
-    variant: str,
-    cycle: Callable[[], Awaitable[None]],
-    stats: Redis,
-    valkey_pid: int,
-    *,
-    tasks: int,
-    warmup: float,
-    duration: float,
-) -> CostRun:
+@asynccontextmanager
+async def cycling(cycle: Callable[[], Awaitable[None]], tasks: int) -> AsyncIterator[list[int]]:
+    """`tasks` tasks repeating `cycle` while the block runs; yields the count of cycles done
+    (one cell, read as it grows). The tasks finish their cycle in flight on the way out."""
     done = [0]
     stop = asyncio.Event()
 
@@ -111,15 +106,29 @@ async def _window(
 
     workers = [asyncio.create_task(worker()) for _ in range(tasks)]
     try:
+        yield done
+    finally:
+        stop.set()
+        await asyncio.gather(*workers)
+
+
+async def _window(
+    variant: str,
+    cycle: Callable[[], Awaitable[None]],
+    stats: Redis,
+    valkey_pid: int,
+    *,
+    tasks: int,
+    warmup: float,
+    duration: float,
+) -> CostRun:
+    async with cycling(cycle, tasks) as done:
         await asyncio.sleep(warmup)
         first, (calls0, usec0) = done[0], await _evalsha(stats)
         cpu0, t0 = tree_cpu_seconds(valkey_pid), time.perf_counter()
         await asyncio.sleep(duration)
         cycles, seconds = done[0] - first, time.perf_counter() - t0
         cpu1, (calls1, usec1) = tree_cpu_seconds(valkey_pid), await _evalsha(stats)
-    finally:
-        stop.set()
-        await asyncio.gather(*workers)
     # The two INFO calls and the window's edges are not cycles: a cycle counted is a
     # grant and a release, and the window holds whole cycles to within `tasks` of them.
     return CostRun(variant, cycles, seconds, calls1 - calls0, usec1 - usec0, cpu1 - cpu0)

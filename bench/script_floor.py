@@ -28,7 +28,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from bench.script_cost import VARIANTS, Variant
+from bench.script_cost import VARIANTS, Variant, cycling
 from coordinator.config import Settings
 from coordinator.connection import connect
 from coordinator.embedded import EmbeddedValkey
@@ -79,24 +79,12 @@ async def _window(
     warmup: float,
     duration: float,
 ) -> FloorRun:
-    done = [0]
-    stop = asyncio.Event()
-
-    async def worker() -> None:
-        while not stop.is_set():
-            await cycle()
-            done[0] += 1
-
-    workers = [asyncio.create_task(worker()) for _ in range(tasks)]
-    try:
+    async with cycling(cycle, tasks) as done:
         await asyncio.sleep(warmup)
         first, (usec0, calls0) = done[0], await _commandstats(stats)
         await asyncio.sleep(duration)
         cycles = done[0] - first
         usec1, calls1 = await _commandstats(stats)
-    finally:
-        stop.set()
-        await asyncio.gather(*workers)
     return FloorRun(variant, cycles, usec1 - usec0, calls1 - calls0)
 
 

@@ -10,7 +10,8 @@
 -- KEYS[6] fence   string the process name's last fencing token (never deleted)
 -- KEYS[7] events  stream (optional) the process's history; each change appends one entry
 -- KEYS[8] keyinfo hash   (optional) a:<key> "epoch:attempts", l:<key> the staleness score of a
---                        parked key, c:<key> checkpoint, r:<rid> token, t:<token> rid, where
+--                        parked key, m:<key> the machine whose lease quarantined it,
+--                        c:<key> checkpoint, r:<rid> token, t:<token> rid, where
 --                        rid is holder:request_id (just request_id for the empty holder)
 -- KEYS[9] parked  zset   (optional) keys in backoff -> retry_at_us; quarantined keys -> +inf
 -- KEYS[10] passes hash   (optional) pass number -> "started_us|completed_us|done|quarantined"
@@ -158,9 +159,11 @@ local function complete_pass_if_due()
 end
 
 -- A lease ended without completion (failed, expired, revoked): count the attempt, then
--- quarantine the key, hold it back for its backoff, or return it to the free set. Returns
--- the key's attempts, its state and (in backoff) when it is grantable again.
-local function park(key, last)
+-- quarantine the key, hold it back for its backoff, or return it to the free set. A
+-- quarantine keeps the machine of the lease that ended it (m:<key>), so whoever looks at the
+-- quarantined keys sees where the last failure ran. Returns the key's attempts, its state and
+-- (in backoff) when it is grantable again.
+local function park(key, last, machine)
   if not (keyinfo and p) then
     redis.call('ZADD', free, last, key)
     return 0, 'free', 0
@@ -171,7 +174,7 @@ local function park(key, last)
   kinfo = true
   if p.max_attempts > 0 and attempts >= p.max_attempts then
     redis.call('ZADD', parked, '+inf', key)
-    redis.call('HSET', keyinfo, 'l:' .. key, last)
+    redis.call('HSET', keyinfo, 'l:' .. key, last, 'm:' .. key, machine)
     if tonumber(last) > tonumber(p.started) then
       -- done in this pass, then quarantined
       p.qdone = tostring(redis.call('HINCRBY', meta, 'qdone', 1))
@@ -271,7 +274,7 @@ for _, key in ipairs(expired) do
   redis.call('ZREM', held, key)
   record('expired', key, token, machine_then)
   if tonumber(key) then
-    park(key, last)
+    park(key, last, machine_then)
   end
 end
 

@@ -9,7 +9,8 @@
 -- KEYS[6] freed   list   wake-up signals for grants waiting for a free key
 -- KEYS[7] events  stream (optional) the process's history; each change appends one entry
 -- KEYS[8] meta    hash   (optional, with 9-11) the process: pass counters and options
--- KEYS[9] keyinfo hash   (optional) attempts, parked scores, checkpoints, request ids
+-- KEYS[9] keyinfo hash   (optional) attempts, parked scores, the machine that quarantined a
+--                        key (m:<key>), checkpoints, request ids (see grant.lua)
 -- KEYS[10] parked zset   (optional) keys in backoff -> retry_at_us; quarantined -> +inf
 -- KEYS[11] passes hash   (optional) pass number -> "started_us|completed_us|done|quarantined"
 -- KEYS[12] ended  zset   (optional) request id of an ended lease -> forget_at_us (see grant.lua):
@@ -128,9 +129,11 @@ local function complete_pass_if_due()
 end
 
 -- A lease ended without completion (failed, expired, revoked): count the attempt, then
--- quarantine the key, hold it back for its backoff, or return it to the free set. Returns
--- the key's attempts, its state and (in backoff) when it is grantable again.
-local function park(key, last)
+-- quarantine the key, hold it back for its backoff, or return it to the free set. A
+-- quarantine keeps the machine of the lease that ended it (m:<key>), so whoever looks at the
+-- quarantined keys sees where the last failure ran. Returns the key's attempts, its state and
+-- (in backoff) when it is grantable again.
+local function park(key, last, machine)
   if not (keyinfo and p) then
     redis.call('ZADD', free, last, key)
     return 0, 'free', 0
@@ -141,7 +144,7 @@ local function park(key, last)
   kinfo = true
   if p.max_attempts > 0 and attempts >= p.max_attempts then
     redis.call('ZADD', parked, '+inf', key)
-    redis.call('HSET', keyinfo, 'l:' .. key, last)
+    redis.call('HSET', keyinfo, 'l:' .. key, last, 'm:' .. key, machine)
     if tonumber(last) > tonumber(p.started) then
       -- done in this pass, then quarantined
       p.qdone = tostring(redis.call('HINCRBY', meta, 'qdone', 1))
@@ -232,7 +235,7 @@ redis.call('PEXPIRE', freed, 60000)
 
 if not live then
   record('expired', key, ARGV[1], machine)
-  park(key, last)
+  park(key, last, machine)
   return {5}
 end
 
@@ -262,7 +265,7 @@ elseif outcome == 'interrupted' then
   record(EVENT_OF[outcome], key, ARGV[1], machine)
 else
   record(EVENT_OF[outcome], key, ARGV[1], machine)
-  attempts, state, retry_at = park(key, last)
+  attempts, state, retry_at = park(key, last, machine)
 end
 return {0, tonumber(key), token, tonumber(started), tonumber(last), machine, attempts, state,
   retry_at}

@@ -4,7 +4,11 @@ The floor (bench/floor/*.lua) does only what the seed needs: pop the stalest fre
 the lease record, set its expiry, bump a fence; check the token, drop the lease, put the key
 back stamped. Ours is the store's own grant + release, for the variants of
 bench/script_cost.py: `plain` (no batch-run options, no request id), `rotate` and `once` (every
-option on and a request id on each grant). Rounds alternate between the four on one Valkey.
+option on and a request id on each grant). Beside them, `commands` replays a steady plain
+cycle's own commands, in its order, with Lua as plain as the floor's (bench/floor/commands_*.lua;
+tests/test_floor_commands.py keeps the two sequences equal): what the scripts would cost if
+all their Lua-side work were free, the least a rewrite of the Lua alone can reach. Rounds
+alternate between the five on one Valkey.
 
 Per cycle, from INFO commandstats over each window: µs of EVALSHA (the time Valkey spent
 running the scripts) and the commands the scripts called (every command but EVALSHA and the
@@ -36,6 +40,8 @@ from coordinator.store import Limits, Store
 
 PREFIX = "bench-floor"
 FLOOR = "floor"
+# Our plain cycle's own commands, in its order, run by Lua as plain as the floor's.
+COMMANDS = "commands"
 FLOOR_KEYS = 64
 FLOOR_LEASE_MS = 600_000
 FLOOR_DIR = Path(__file__).resolve().parent / "floor"
@@ -106,6 +112,28 @@ async def _floor_cycle(redis: Redis) -> Callable[[], Awaitable[None]]:
     return cycle
 
 
+async def commands_cycle(redis: Redis) -> Callable[[], Awaitable[None]]:
+    """Fill a key set and return one grant + release of our plain commands, floor-style Lua."""
+    tag = f"{PREFIX}:{{{COMMANDS}}}:"
+    names = ("meta", "free", "held", "leases", "tokens", "fence", "events", "keyinfo", "freed")
+    k = {name: tag + name for name in names}
+    await redis.delete(*k.values())
+    await redis.zadd(k["free"], {str(key): key - FLOOR_KEYS for key in range(FLOOR_KEYS)})
+    await redis.hset(k["meta"], mapping={"size": FLOOR_KEYS, "lease_ms": FLOOR_LEASE_MS})
+    grant = redis.register_script((FLOOR_DIR / "commands_grant.lua").read_text())
+    release = redis.register_script((FLOOR_DIR / "commands_release.lua").read_text())
+    grant_keys = [k[n] for n in ("meta", "free", "held", "leases", "tokens", "fence", "events")]
+    release_keys = [k[n] for n in ("free", "held", "leases", "tokens", "freed", "events")]
+
+    async def cycle() -> None:
+        _, _, token = await grant(keys=[*grant_keys, k["keyinfo"]], args=["bench"])
+        reply = await release(keys=[*release_keys, k["meta"], k["keyinfo"]], args=[token])
+        if reply[0] != 0:
+            raise AssertionError(f"the commands release refused token {token}")
+
+    return cycle
+
+
 def _our_cycle(store: Store, variant: Variant) -> Callable[[], Awaitable[None]]:
     async def cycle() -> None:
         rid = uuid.uuid4().hex if variant.request_ids else None
@@ -123,9 +151,9 @@ async def measure(
     store = Store(redis, prefix=PREFIX, limits=Limits())
     stats = Redis.from_url(url, decode_responses=True)
     raw = Redis.from_url(url, decode_responses=True)
-    runs: dict[str, list[FloorRun]] = {FLOOR: [], **{v.name: [] for v in VARIANTS}}
+    runs: dict[str, list[FloorRun]] = {FLOOR: [], COMMANDS: [], **{v.name: [] for v in VARIANTS}}
     try:
-        cycles = {FLOOR: await _floor_cycle(raw)}
+        cycles = {FLOOR: await _floor_cycle(raw), COMMANDS: await commands_cycle(raw)}
         for variant in VARIANTS:
             await store.register(variant.name, variant.key_set_size, 600, **variant.options)
             cycles[variant.name] = _our_cycle(store, variant)
@@ -158,8 +186,8 @@ def summary(runs: dict[str, list[FloorRun]]) -> dict[str, Any]:
             "min_round_script_us": round(min(r.script_us_per_cycle for r in variant_runs), 2),
         }
     floor, floor_min = out[FLOOR]["script_us_per_cycle"], out[FLOOR]["min_round_script_us"]
-    for variant in VARIANTS:
-        ours = out[variant.name]
+    for variant in (COMMANDS, *(v.name for v in VARIANTS)):
+        ours = out[variant]
         ours["ratio"] = round(ours["script_us_per_cycle"] / floor, 2)
         ours["min_round_ratio"] = round(ours["min_round_script_us"] / floor_min, 2)
     # The figures the targets are on: plain (<= 1.6) and the costlier option set (<= 2.0).

@@ -48,6 +48,7 @@ from coordinator.handlers import (
     unregister_process,
 )
 from coordinator.metrics import install as install_metrics
+from coordinator.route_words import LEASES
 from coordinator.store import Limits, Store
 from coordinator.ui import dashboard
 
@@ -93,19 +94,17 @@ class _Bare:
 ROUTES = [
     Route(f"{API}/process", list_processes, methods=["GET"]),
     Route(f"{API}/process", register_process, methods=["POST"]),
-    Route(f"{API}/process/batch_keys", _Bare(grant_batch_key), methods=["POST"]),
-    Route(f"{API}/process/batch_keys/{{process_name}}", list_batch_keys, methods=["GET"]),
-    Route(f"{API}/process/batch_keys/{{external_id}}", _Bare(renew_batch_key), methods=["PATCH"]),
-    Route(
-        f"{API}/process/batch_keys/{{external_id}}", _Bare(release_batch_key), methods=["DELETE"]
-    ),
+    Route(f"{API}/process/{LEASES}", _Bare(grant_batch_key), methods=["POST"]),
+    Route(f"{API}/process/{LEASES}/{{process_name}}", list_batch_keys, methods=["GET"]),
+    Route(f"{API}/process/{LEASES}/{{external_id}}", _Bare(renew_batch_key), methods=["PATCH"]),
+    Route(f"{API}/process/{LEASES}/{{external_id}}", _Bare(release_batch_key), methods=["DELETE"]),
     Route(f"{API}/process/{{process_name}}", get_process, methods=["GET"]),
     Route(f"{API}/process/{{process_name}}", unregister_process, methods=["DELETE"]),
     Route(f"{API}/process/{{process_name}}/keys/{{key}}", get_batch_key, methods=["GET"]),
     Route(f"{API}/process/{{process_name}}/keys/{{key}}/retry", retry_batch_key, methods=["POST"]),
     Route(f"{API}/process/{{process_name}}/passes", start_pass, methods=["POST"]),
     Route(f"{API}/process/{{process_name}}/passes/{{number}}", get_pass, methods=["GET"]),
-    Route(f"{API}/process/batch_keys/{{external_id}}/revoke", revoke_batch_key, methods=["POST"]),
+    Route(f"{API}/process/{LEASES}/{{external_id}}/revoke", revoke_batch_key, methods=["POST"]),
     Route(f"{API}/process/{{process_name}}/events", list_events, methods=["GET"]),
     Route(f"{API}/process/{{process_name}}/events", purge_events, methods=["DELETE"]),
     Route(f"{API}/token", token_rights, methods=["GET"]),

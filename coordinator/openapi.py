@@ -13,6 +13,7 @@ from coordinator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from coordinator.metrics import PATH as METRICS_PATH
 from coordinator.models import EVENT_TYPES, KEY_STATES
 from coordinator.problems import MEDIA_TYPE, PROBLEMS
+from coordinator.route_words import ROUTE_WORDS
 
 JSON = "application/json"
 Schema = dict[str, Any]
@@ -81,6 +82,12 @@ _PROCESS_NAME = {
     "minLength": 1,
     "maxLength": validation.PROCESS_NAME_MAX,
     "pattern": validation.PROCESS_NAME_PATTERN,
+}
+# A name to register: not a word of the API's paths (validation.new_process_name).
+_NEW_PROCESS_NAME = {
+    **_PROCESS_NAME,
+    "not": {"enum": list(ROUTE_WORDS)},
+    "description": f"Not a word of the API's paths: {', '.join(ROUTE_WORDS)}.",
 }
 _LEASE = {"type": "integer", "minimum": 1, "maximum": validation.LEASE_SECONDS_MAX}
 # An optional request field may also be null, which means the same as leaving it out.
@@ -194,7 +201,7 @@ _SCHEMAS: dict[str, Schema] = {
         "required": ["process_name"],
         "additionalProperties": False,
         "properties": {
-            "process_name": _PROCESS_NAME,
+            "process_name": _NEW_PROCESS_NAME,
             "key_set_size": {"type": ["integer", "null"], "minimum": 1, "default": 10},
             "lease_seconds": _OPTIONAL_LEASE,
             # One named enum for both, so generated clients share one type (not a second

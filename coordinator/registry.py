@@ -59,7 +59,7 @@ class ProcessRegistry:
         `mode`, `max_attempts` and `retry_backoff_seconds` are the batch-run options (README
         "Batch runs"); left out, the process behaves as the seed's.
         """
-        name = validation.process_name(name)
+        name = validation.new_process_name(name)
         size = validation.key_set_size(
             # The default never exceeds a deployment's smaller maximum.
             min(self.limits.default_key_set_size, self.limits.max_key_set_size)

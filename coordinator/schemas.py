@@ -191,7 +191,7 @@ async def register_body(request: Request, max_key_set_size: int) -> RegisterBody
     mode = body.get("mode")
     backoff = body.get("retry_backoff_seconds")
     return RegisterBody(
-        process_name=validation.process_name(_required(body, "process_name")),
+        process_name=validation.new_process_name(_required(body, "process_name")),
         key_set_size=None if size is None else validation.key_set_size(size, max_key_set_size),
         lease_seconds=None if lease is None else validation.lease_seconds(lease),
         mode=None if mode is None else validation.mode(mode),

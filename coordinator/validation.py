@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from coordinator.errors import InvalidField
+from coordinator.route_words import ROUTE_WORDS
 
 PROCESS_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
 PROCESS_NAME_MAX = 128
@@ -70,6 +71,18 @@ def process_name(value: object, field: str = "process_name") -> str:
             field, "may hold only letters, digits and . _ : - and must start with a letter or digit"
         )
     return value
+
+
+def new_process_name(value: object, field: str = "process_name") -> str:
+    """A name to register: a valid name that is not a word of the API's paths, whose routes
+    it would share (route_words). A process so named before is still read and deleted."""
+    name = process_name(value, field)
+    if name in ROUTE_WORDS:
+        reserved = ", ".join(ROUTE_WORDS)
+        raise InvalidField(
+            field, f"may not be '{name}': the API's paths use it as a word (reserved: {reserved})"
+        )
+    return name
 
 
 def key_set_size(value: object, maximum: int) -> int:

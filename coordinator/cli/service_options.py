@@ -9,8 +9,10 @@ from typing import Any
 
 from coordinator.cli import values
 from coordinator.client.outage import OUTAGE_BUDGET_ENV, OUTAGE_BUDGET_SECONDS
+from coordinator.locate import DEFAULT_URL
 
-DEFAULT_URL = "http://127.0.0.1:8000"
+__all__ = ["DEFAULT_PREFIX", "DEFAULT_URL", "NAMES", "add"]  # DEFAULT_URL: for the parser
+
 DEFAULT_PREFIX = "bpc"
 # Their `args` attributes.
 NAMES = ("url", "token", "redis_url", "direct", "prefix", "outage_budget", "json")

@@ -13,6 +13,7 @@ from coordinator import errors
 from coordinator.auth import Forbidden, Unauthorized
 from coordinator.client.base import AsyncCoordinator
 from coordinator.client.outage import without_credentials
+from coordinator.locate import locate
 from coordinator.models import BatchKey, Event, Pass, Process
 from coordinator.validation import Unset
 
@@ -24,18 +25,23 @@ PROCESSES_PAGE = 1000  # processes per request of iter_processes
 class AsyncHttpCoordinator(AsyncCoordinator):
     """Talks to `coordinator serve` at `base_url`; `token` is sent as a Bearer token.
 
+    As the CLI does: without `base_url`, COORDINATOR_URL, else the server running on the data
+    folder (COORDINATOR_DATA_DIR, else ./.coordinator-data), else http://127.0.0.1:8000;
+    without `token`, COORDINATOR_TOKEN (`token=""` sends none). `service` says which.
     `transport` replaces httpx's network transport (a proxy, mTLS, or an app in-process);
     `outage_budget_seconds` is how long a worker's call rides out an outage (README).
     """
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | None = None,
         token: str | None = None,
         timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
         outage_budget_seconds: float | None = None,
     ) -> None:
+        self.service = locate(base_url, token)
+        base_url, token = self.service.url, self.service.token
         super().__init__(f"the service at {without_credentials(base_url)}", outage_budget_seconds)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers,

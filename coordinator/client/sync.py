@@ -23,6 +23,7 @@ from coordinator.client.base import AsyncCoordinator
 from coordinator.client.blocking_lease import LeaseContext
 from coordinator.client.direct import AsyncRedisCoordinator
 from coordinator.client.http import AsyncHttpCoordinator
+from coordinator.locate import locate
 from coordinator.models import BatchKey, Event, Pass, Process
 from coordinator.validation import UNSET, Unset
 
@@ -248,20 +249,29 @@ class Coordinator:
 
 
 class HttpCoordinator(Coordinator):
-    """The blocking client over the HTTP API; `outage_budget_seconds` as AsyncCoordinator's."""
+    """The blocking client over the HTTP API; `outage_budget_seconds` as AsyncCoordinator's.
+
+    Without `base_url` it calls what the CLI would: COORDINATOR_URL, else the server running on
+    the data folder (COORDINATOR_DATA_DIR, else ./.coordinator-data), else
+    http://127.0.0.1:8000; without `token`, COORDINATOR_TOKEN (`token=""` sends none).
+    `service` says which.
+    """
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | None = None,
         token: str | None = None,
         timeout: float = 10.0,
         outage_budget_seconds: float | None = None,
     ) -> None:
+        # Located once, here: the async client is handed the answer, not asked again.
+        self.service = service = locate(base_url, token)
         super().__init__(
             lambda: AsyncHttpCoordinator(
-                base_url, token, timeout, outage_budget_seconds=outage_budget_seconds
+                service.url, service.token or "", timeout,
+                outage_budget_seconds=outage_budget_seconds,
             )
-        )
+        )  # fmt: skip
 
 
 class RedisCoordinator(Coordinator):

@@ -14,6 +14,7 @@ from coordinator.auth import Principal, TokenTable
 from coordinator.errors import CoordinatorError, StoreUnavailable, UnknownLease
 from coordinator.eviction import EvictionGuard
 from coordinator.models import BatchKey
+from coordinator.progress_read import read_progress
 from coordinator.schemas import JSONResponse
 from coordinator.store import Store
 
@@ -264,6 +265,18 @@ async def get_pass(request: Request) -> Response:
     number, wait = schemas.pass_query(request.path_params["number"], request.query_params)
     found = await _store(request).pass_info(name, number, wait, holder=_holder(caller))
     return JSONResponse(found.to_json())
+
+
+async def get_progress(request: Request) -> Response:
+    """GET /api/v1/process/<process_name>/progress: the current pass's counts, rate and ETA,
+    and the first quarantined keys."""
+    caller = _caller(request)
+    name = validation.process_name(request.path_params["process_name"])
+    _require(caller, "worker", name)
+    logs.note(request, process_name=name)
+    store = _store(request)
+    progress = await read_progress(store.redis, store.keys, name)
+    return JSONResponse(progress.to_json())
 
 
 async def revoke_batch_key(request: Request) -> Response:

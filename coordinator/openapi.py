@@ -12,6 +12,7 @@ from coordinator.errors import RETRY_AFTER_MAX_SECONDS
 from coordinator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from coordinator.metrics import PATH as METRICS_PATH
 from coordinator.models import EVENT_TYPES, KEY_STATES
+from coordinator.openapi_progress import PROGRESS_SCHEMAS
 from coordinator.problems import MEDIA_TYPE, PROBLEMS
 from coordinator.route_words import ROUTE_WORDS
 
@@ -621,6 +622,19 @@ def _document() -> dict[str, Any]:
                     },
                 },
             },
+            "/api/v1/process/{process_name}/progress": {
+                "get": {
+                    "summary": "The current pass's progress: counts, rate, ETA, quarantined keys",
+                    "operationId": "getProgress",
+                    "description": "Counted as the key listing states each key. Costs O(log n)"
+                    " reads and a bounded list of quarantined keys.",
+                    "parameters": [_NAME_PARAM],
+                    "responses": {
+                        **_ok(200, "The progress", _ref("Progress")),
+                        **_problems("unknown_process", "invalid_field"),
+                    },
+                },
+            },
             "/api/v1/process/batch_keys/{id}/revoke": {
                 "post": {
                     "summary": "End a lease now, as an administrator (no completion stamped)",
@@ -731,7 +745,7 @@ def _document() -> dict[str, Any]:
             "/": _dashboard("dashboardRoot"),
         },
         "components": {
-            "schemas": _SCHEMAS,
+            "schemas": {**_SCHEMAS, **PROGRESS_SCHEMAS},
             "securitySchemes": {
                 "bearer": {
                     "type": "http",

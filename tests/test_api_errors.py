@@ -419,6 +419,7 @@ API_OPERATIONS = {
     ("/api/v1/process/{}/keys/{}/retry", "post"),
     ("/api/v1/process/{}/passes", "post"),
     ("/api/v1/process/{}/passes/{}", "get"),
+    ("/api/v1/process/{}/progress", "get"),
     ("/api/v1/process/batch_keys", "post"),
     ("/api/v1/process/batch_keys/{}", "get"),
     ("/api/v1/process/batch_keys/{}", "patch"),

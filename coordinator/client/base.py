@@ -16,6 +16,7 @@ from coordinator.client.lease import AsyncLease
 from coordinator.client.outage import OutageLog, Retrying, outage_budget
 from coordinator.errors import CoordinatorError, LeaseGone, StoreUnavailable
 from coordinator.models import BatchKey, Event, Pass, Process
+from coordinator.progress import Progress
 from coordinator.validation import UNSET, Unset
 
 T = TypeVar("T")
@@ -76,6 +77,15 @@ class AsyncCoordinator(ABC):
     @abstractmethod
     async def _process(self, name: str) -> Process:
         """One request for a process."""
+
+    async def progress(self, name: str) -> Progress:
+        """The process's current pass: keys done, quarantined, in backoff and held, the recent
+        rate, an ETA, and the first quarantined keys; raises UnknownProcess."""
+        return await self._riding_outages(lambda: self._progress(name))
+
+    @abstractmethod
+    async def _progress(self, name: str) -> Progress:
+        """One request for a process's progress."""
 
     @abstractmethod
     async def unregister(self, name: str) -> Process:

@@ -10,6 +10,7 @@ from coordinator.client.base import AsyncCoordinator
 from coordinator.client.outage import without_credentials
 from coordinator.config import Settings
 from coordinator.models import BatchKey, Event, Pass, Process
+from coordinator.progress import Progress
 from coordinator.validation import Unset
 
 if TYPE_CHECKING:  # redis comes with the [direct] extra: imported when a client is made
@@ -68,6 +69,12 @@ class AsyncRedisCoordinator(AsyncCoordinator):
     async def _process(self, name: str) -> Process:
         """One registered process; raises UnknownProcess."""
         return await self.store.process(name)
+
+    async def _progress(self, name: str) -> Progress:
+        """The process's progress, read as the API reads it; raises UnknownProcess."""
+        from coordinator.progress_read import read_progress  # noqa: PLC0415 - needs the extra
+
+        return await read_progress(self.store.redis, self.store.keys, name)
 
     async def unregister(self, name: str) -> Process:
         """Delete a process, ending all of its leases."""

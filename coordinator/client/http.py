@@ -15,6 +15,7 @@ from coordinator.client.base import AsyncCoordinator
 from coordinator.client.outage import without_credentials
 from coordinator.locate import locate
 from coordinator.models import BatchKey, Event, Pass, Process
+from coordinator.progress import Progress
 from coordinator.validation import Unset
 
 API = "/api/v1"
@@ -101,6 +102,11 @@ class AsyncHttpCoordinator(AsyncCoordinator):
     async def _process(self, name: str) -> Process:
         """One request for a process; raises UnknownProcess."""
         return Process.from_json(await self._call("GET", f"{API}/process/{name}", name=name))
+
+    async def _progress(self, name: str) -> Progress:
+        """One request for a process's progress; raises UnknownProcess."""
+        data = await self._call("GET", f"{API}/process/{name}/progress", name=name)
+        return Progress.from_json(data)
 
     async def unregister(self, name: str) -> Process:
         """Delete a process, ending all of its leases."""

@@ -25,6 +25,7 @@ from coordinator.client.direct import AsyncRedisCoordinator
 from coordinator.client.http import AsyncHttpCoordinator
 from coordinator.locate import locate
 from coordinator.models import BatchKey, Event, Pass, Process
+from coordinator.progress import Progress
 from coordinator.validation import UNSET, Unset
 
 T = TypeVar("T")
@@ -106,6 +107,10 @@ class Coordinator:
     def process(self, name: str) -> Process:
         """One registered process; raises UnknownProcess."""
         return self._run(self.async_client.process(name))
+
+    def progress(self, name: str) -> Progress:
+        """The process's current pass: counts, recent rate, ETA and the first quarantined keys."""
+        return self._run(self.async_client.progress(name))
 
     def unregister(self, name: str) -> Process:
         """Delete a process, ending all of its leases."""

@@ -522,10 +522,7 @@ def test_batch_run_pass_key_states_retry_and_next_pass(
             f"Key {key['key']}, {RUN_STATES[key['state']]}, failed attempts {key['attempts']} of 2"
         )
         if key["state"] == "backoff":
-            at = page.evaluate(
-                "ms => new Date(ms).toLocaleTimeString('en-GB')",
-                int(_time(key["retry_at"]).timestamp() * 1000),
-            )
+            at = _time(key["retry_at"]).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
             label += f", retry at {at}"
             expect(page.locator(f"#key-{key['key']}")).to_have_attribute(
                 "title",
@@ -548,9 +545,11 @@ def test_batch_run_pass_key_states_retry_and_next_pass(
     reached = min(run["keys_done"] + run["keys_quarantined"], size)
     expect(bar).to_have_js_property("max", size)
     expect(bar).to_have_js_property("value", reached)
+    done, parked = run["keys_done"], run["keys_quarantined"]
     expect(page.locator("#pass-counts")).to_have_text(
-        f"{run['keys_done']} done + {run['keys_quarantined']} quarantined of {size} keys"
-        f" ({100 * reached // size} %)"
+        f"{reached} of {size} keys finished ({100 * reached // size} %): {done} done"
+        f" ({100 * done // size} %), {parked} quarantined ({100 * parked // size} %)."
+        " The bar counts quarantined keys as finished."
     )
     facts = page.locator("#run-facts")
     expect(facts.locator('[data-fact="Mode"]')).to_contain_text(process["mode"])

@@ -21,14 +21,17 @@ from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 from coordinator.auth import new_token
 from tests.test_dashboard import (
+    ARTIFACTS,
     CHROMIUM,
     DESKTOP,
     LAUNCH_ARGS,
+    PHONE,
     PROCESS,
     Tab,
     _grant,
     _name,
     _open,
+    _overflowing,
     _register,
     _release,
 )
@@ -331,3 +334,37 @@ def test_a_worker_token_is_offered_no_admin_control(browser: Browser, tmp_path: 
                     ["token", "Use token", "token-forget", "process-prefix", "guarded"]
                 ), visible
             tab.close()
+
+
+def test_screenshot_of_a_batch_run_in_progress(browser: Browser, tmp_path: Path) -> None:
+    """docs/dashboard-progress.png: a nightly `once` sweep part done, with quarantined keys,
+    on a server of its own so the list shows only the demo."""
+    with serving(_env(tmp_path / "data")) as served, httpx.Client(base_url=served.base) as api:
+        name = "nightly-invoices"
+        _register(api, name, 64, lease_seconds=3600, mode="once", max_attempts=1)
+        _register(api, "hourly-reports", 8)
+        machines = [f"batch-{n:02d}" for n in range(1, 5)]
+        leases = [_grant(api, name, machines[n % 4]) for n in range(30)]
+        for n, lease in enumerate(leases[:26]):  # 23 done, 3 quarantined; 4 still held
+            _release(api, lease, "failed" if n in (5, 13, 22) else "completed")
+        tab = Tab(browser, viewport=DESKTOP)
+        page = tab.page
+        answers = Answers(page)
+        page.goto(f"{served.base}/#process={name}")
+        progress = _agreed(page, answers, keys_done=23, keys_quarantined=3, keys_held=4)
+        assert progress["eta_seconds"] is not None
+        expect(page.locator("#quarantine-body tr")).to_have_count(3)
+        expect(page.locator("#quarantine-body")).to_contain_text("batch-02")
+        page.mouse.move(0, 0)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "dashboard-progress.png", full_page=True)
+        tab.close()
+
+        # At phone width the progress and the quarantined keys (as cards) fit.
+        phone = Tab(browser, viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=2)
+        phone.page.goto(f"{served.base}/#process={name}")
+        expect(phone.page.locator("#quarantine-body tr")).to_have_count(3)
+        expect(phone.page.locator('#progress-facts [data-fact="Done"]')).to_have_text("23")
+        assert _overflowing(phone.page) == []
+        phone.page.screenshot(path=ARTIFACTS / "dashboard-progress-phone.png", full_page=True)
+        phone.close()

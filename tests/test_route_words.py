@@ -22,6 +22,7 @@ from coordinator.openapi import document
 from coordinator.route_words import ROUTE_WORDS, words_where_names_stand
 from coordinator.store import Store
 from tests.conftest import serve
+from tests.readme_shapes import README
 from tests.test_api_errors import API, assert_invalid_field
 
 pytestmark = pytest.mark.anyio
@@ -102,6 +103,13 @@ def test_the_cli_says_so_in_one_line(valkey: EmbeddedValkey, prefix: str) -> Non
     assert result.stdout == ""
     # The CLI names the field as its user knows it (coordinator/cli/messages.py).
     assert result.stderr == f"coordinator: the process name {REFUSAL}\n"
+
+
+def test_the_readme_names_the_reserved_words() -> None:
+    text = " ".join(README.read_text().split())
+    found = re.search(r"the words the API's paths use where a name stands — (.*?) —", text)
+    assert found, "README.md says which names are reserved"
+    assert re.findall(r"`([^`]+)`", found[1]) == list(ROUTE_WORDS)
 
 
 def test_openapi_says_which_names_are_reserved() -> None:

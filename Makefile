@@ -58,6 +58,7 @@ browser:
 	$(call require,command -v zsh,zsh,tests/test_cli_completion.py)
 	$(call require,command -v fish,fish,tests/test_cli_completion.py)
 	$(call require,command -v promtool,prometheus,tests/test_prometheus_rules.py)
+	$(call require,command -v curl,curl,tests/test_readme_examples.py)
 
 # The Python API reference, from the docstrings (open build/api/index.html). `-W error` turns
 # every warning pdoc gives (an annotation it cannot resolve, a module it cannot import) into a

@@ -242,6 +242,19 @@ async def retry_batch_key(request: Request) -> Response:
     return JSONResponse(batch_key.to_json())
 
 
+async def retry_batch_keys(request: Request) -> Response:
+    """POST /api/v1/process/<process_name>/keys/retry (admin): retry the listed keys, or
+    every quarantined one, a chunk at a time; 200 with the counts by previous state."""
+    caller = _caller(request)
+    name = validation.process_name(request.path_params["process_name"])
+    _require(caller, "admin", name)
+    logs.note(request, process_name=name)
+    keys = await schemas.retry_body(request)
+    store = _store(request)
+    done = await (store.retry_quarantined(name) if keys is None else store.retry_keys(name, keys))
+    return JSONResponse(done.to_json())
+
+
 async def start_pass(request: Request) -> Response:
     """POST /api/v1/process/<process_name>/passes [{"after": N}] (admin): start the next pass
     now; 200 with the current pass, starting nothing, when pass N was already followed."""

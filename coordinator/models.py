@@ -300,6 +300,35 @@ class BatchKey:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Redrive:
+    """What a bulk retry did: how many of its keys were quarantined, in backoff or neither
+    (free, held, done) before they were retried."""
+
+    quarantined: int = 0
+    backoff: int = 0
+    other: int = 0
+
+    @property
+    def retried(self) -> int:
+        """Every key the retry named (or found quarantined)."""
+        return self.quarantined + self.backoff + self.other
+
+    def __add__(self, more: Redrive) -> Redrive:
+        return Redrive(self.quarantined + more.quarantined, self.backoff + more.backoff,
+                       self.other + more.other)  # fmt: skip
+
+    def to_json(self) -> dict[str, int]:
+        """The answer of POST /api/v1/process/<name>/keys/retry."""
+        return {"retried": self.retried, "quarantined": self.quarantined,
+                "backoff": self.backoff, "other": self.other}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Redrive:
+        """The answer as the HTTP API returns it."""
+        return cls(int(data["quarantined"]), int(data["backoff"]), int(data["other"]))
+
+
 def _moment(text: str | None) -> datetime | None:
     """An RFC 3339 time as an aware moment; one without a zone (the seed's) is UTC."""
     if text is None:

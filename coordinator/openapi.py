@@ -267,6 +267,37 @@ _SCHEMAS: dict[str, Schema] = {
             },
         },
     },
+    "RetryKeysRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "One of `keys` and `state`.",
+        "properties": {
+            "keys": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": validation.RETRY_KEYS_MAX,
+                "items": {"type": "integer", "minimum": 0, "maximum": validation.KEY_MAX},
+                "description": "The keys to retry, each below the process's key_set_size (else"
+                " 422 invalid_field naming it, and nothing changes).",
+            },
+            "state": {"enum": ["quarantined"], "description": "Every quarantined key."},
+        },
+        "oneOf": [{"required": ["keys"]}, {"required": ["state"]}],
+    },
+    "RetryKeysResult": {
+        "type": "object",
+        "required": ["retried", "quarantined", "backoff", "other"],
+        "properties": {
+            "retried": {"type": "integer", "minimum": 0, "description": "Keys retried."},
+            "quarantined": {"type": "integer", "minimum": 0},
+            "backoff": {"type": "integer", "minimum": 0},
+            "other": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Keys neither quarantined nor in backoff (free, held, done).",
+            },
+        },
+    },
     "Problem": {
         "type": "object",
         "required": ["type", "title", "status", "detail", "code"],
@@ -559,6 +590,23 @@ def _document() -> dict[str, Any]:
                     "responses": {
                         **_ok(200, "The key", _ref("BatchKey")),
                         **_problems("unknown_process", "unknown_key", "invalid_field"),
+                    },
+                },
+            },
+            "/api/v1/process/{process_name}/keys/retry": {
+                "post": {
+                    "summary": "Retry the listed keys, or every quarantined key (admin)",
+                    "description": "As the one-key retry, for each key: quarantine and backoff"
+                    " lifted, attempts reset, a completed `once` pass reopened (and no longer"
+                    f" failed), one `retried` event per key. Done {validation.RETRY_CHUNK} keys"
+                    " per Redis call, so no call runs long at any size; a list is checked whole"
+                    " before any key changes.",
+                    "operationId": "retryBatchKeys",
+                    "parameters": [_NAME_PARAM],
+                    "requestBody": _body("RetryKeysRequest"),
+                    "responses": {
+                        **_ok(200, "Keys retried, by state before", _ref("RetryKeysResult")),
+                        **_problems("unknown_process", *_BODY_PROBLEMS),
                     },
                 },
             },

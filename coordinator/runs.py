@@ -59,7 +59,7 @@ class BatchRuns:
             reply = await self.scripts.call(
                 "retry_key",
                 k.of("retry_key"),
-                [key, self.limits.events_cap],
+                [self.limits.events_cap, "keys", key],
             )
         raise_for_status(reply, process_name=name, key=key)
         return await self.batch_key(name, key)

@@ -235,6 +235,19 @@ async def start_pass_body(request: Request) -> int | None:
     return None if after is None else validation.pass_number(after, "after")
 
 
+async def retry_body(request: Request) -> list[int] | None:
+    """POST .../keys/retry: `{"keys": [3, 17]}` (those keys) or `{"state": "quarantined"}`
+    (every quarantined key: None)."""
+    body = await _object(request, {"keys", "state"})
+    if ("keys" in body) == ("state" in body):
+        raise InvalidField("keys", "or 'state' must be given (one, not both)")
+    if "state" in body:
+        if body["state"] != "quarantined":
+            raise InvalidField("state", "must be 'quarantined'")
+        return None
+    return validation.key_list(body["keys"])
+
+
 def _required(body: dict[str, Any], field: str) -> object:
     if body.get(field) is None:
         raise InvalidField(field, "is required")

@@ -24,6 +24,7 @@ from coordinator.keys import KeySpace
 from coordinator.lease_margin import over_on_arrival
 from coordinator.models import BatchKey, utc
 from coordinator.pass_watch import PassWatch
+from coordinator.redrive import BulkRetry
 from coordinator.registry import ProcessRegistry
 from coordinator.rows import batch_key_of, completed, key_objects
 from coordinator.runs import BatchRuns
@@ -59,7 +60,7 @@ class Limits:
 
 
 # ProcessRegistry first, so its `process` wins over the stub BatchRuns declares.
-class Store(ProcessRegistry, BatchRuns):
+class Store(ProcessRegistry, BatchRuns, BulkRetry):
     """Register processes, grant, renew and release their keys; all state stays in Redis."""
 
     def __init__(

@@ -46,6 +46,11 @@ EVENTS_PAGE_DEFAULT = 100
 # largest key set; past the process's own last key a key is 404 unknown_key.
 KEY_MAX = KEY_SET_SIZE_LIMIT - 1
 KEY_AFTER_MAX = KEY_MAX
+# A bulk retry (POST .../keys/retry): at most RETRY_KEYS_MAX keys named in one request (a body
+# well under MAX_BODY_BYTES), retried RETRY_CHUNK per retry_key.lua call (its CHUNK_MAX), so
+# no call holds Redis long.
+RETRY_KEYS_MAX = 1000
+RETRY_CHUNK = 250
 EVENT_ID_PART_MAX = (1 << 64) - 1
 EVENT_ID_LAST = f"{EVENT_ID_PART_MAX}-{EVENT_ID_PART_MAX}"  # nothing can follow it
 
@@ -120,6 +125,15 @@ def key(value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidField("key", "must be an integer")
     return value
+
+
+def key_list(value: object, field: str = "keys") -> list[int]:
+    """1 to RETRY_KEYS_MAX key numbers, each 0 to KEY_MAX, without repeats (first kept)."""
+    if not isinstance(value, list | tuple) or not 1 <= len(value) <= RETRY_KEYS_MAX:
+        raise InvalidField(field, f"must be a list of 1 to {RETRY_KEYS_MAX} key numbers")
+    for item in value:
+        _integer(item, field, 0, KEY_MAX)
+    return list(dict.fromkeys(value))
 
 
 def outcome(value: object) -> str:

@@ -1,65 +1,132 @@
--- retry_key.lua: give one key another chance (an administrator's act): lift its quarantine
--- and backoff and reset its attempts. A key of a completed `once` pass reopens the pass until
--- the key is done or quarantined again (a redrive of the failed slice).
+-- retry_key.lua: give keys another chance (an administrator's act): lift their quarantine
+-- and backoff and reset their attempts, at most CHUNK_MAX keys per call. A quarantined key
+-- of a completed `once` pass reopens the pass until the key is done or quarantined again (a
+-- redrive of the failed slice), and the pass is no longer failed.
 --
--- KEYS[1] meta    hash   the process: size, fresh, pass_completed_us, qdone, epoch, ...
+-- KEYS[1] meta    hash   the process: size, pass_started_us, pass_completed_us, qdone, failed
 -- KEYS[2] free    zset   key -> staleness score; the key returns here if parked
--- KEYS[3] keyinfo hash   a:<key> "epoch:attempts", l:<key> the score of a parked key
+-- KEYS[3] keyinfo hash   a:<key> "epoch:attempts", l:<key> the score of a parked key,
+--                        m:<key> the machine of the failure that quarantined it
 -- KEYS[4] parked  zset   keys in backoff -> retry_at_us; quarantined -> +inf
 -- KEYS[5] events  stream (optional) the process's history
--- ARGV[1] key     the key number, 0 to size - 1
--- ARGV[2] events_cap  (optional, default 10000) entries the stream keeps, 1 to 10000000
+-- ARGV[1] events_cap  entries the stream keeps, 1 to 10000000
+-- ARGV[2] which       "keys": the keys from ARGV[3] on (1 to CHUNK_MAX of them, each 0 to
+--                     size - 1); "quarantined": the first ARGV[3] (1 to CHUNK_MAX)
+--                     quarantined keys, in the order of their names
 --
--- Returns {0, was}  done; `was` is the key's state before: quarantined, backoff or other
+-- Returns {0, quarantined, backoff, other, left}  done: how many of the keys were
+--                     quarantined, in backoff or neither before, and how many keys of the
+--                     process are quarantined now
 --         {1}  no such process
 --         {6, argument}  an argument is malformed or out of range; nothing changed
---         {10} the key is outside the key space
+--         {10, key}  a key is outside the key space (returned); nothing changed
+--
+-- Cost: O(CHUNK_MAX × log size) per call: the caller sends a longer list, or all the
+-- quarantined keys of a process, a chunk per call, so no call holds Redis long.
+-- One retried event per key.
 local meta, free, keyinfo, parked, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local key = tonumber(ARGV[1])
-local events_cap = tonumber(ARGV[2] or '10000')
+local events_cap = tonumber(ARGV[1])
+local which = ARGV[2]
 local EVENTS_CAP_MAX = 10000000
-if not key or key ~= math.floor(key) or not string.match(ARGV[1], '^%d+$') then
-  return {6, 'key'}
-end
+-- Keys per call: about 4 µs each with their event, so a call takes about 1 ms, and stays
+-- under 5 ms when a busy machine slows it several times over (coordinator/validation.py's
+-- RETRY_CHUNK).
+local CHUNK_MAX = 250
+-- The largest key number's digits (coordinator/validation.py's KEY_MAX is 2^40 - 1).
+local KEY_DIGITS_MAX = 13
 if not events_cap or events_cap < 1 or events_cap > EVENTS_CAP_MAX
     or events_cap ~= math.floor(events_cap) then
   return {6, 'events_cap'}
+end
+if which ~= 'keys' and which ~= 'quarantined' then
+  return {6, 'which'}
+end
+if which == 'keys' then
+  if #ARGV < 3 or #ARGV - 2 > CHUNK_MAX then
+    return {6, 'keys'}
+  end
+  for i = 3, #ARGV do
+    if not string.match(ARGV[i], '^%d+$') or #ARGV[i] > KEY_DIGITS_MAX then
+      return {6, 'keys'}
+    end
+  end
+else
+  local count = tonumber(ARGV[3] or '')
+  if not count or count < 1 or count > CHUNK_MAX or count ~= math.floor(count) then
+    return {6, 'count'}
+  end
 end
 local m = redis.call('HMGET', meta, 'size', 'pass_started_us')
 if not m[1] then
   return {1}
 end
-if key >= tonumber(m[1]) then
-  return {10}
-end
-local name = string.format('%d', key)
-local t = redis.call('TIME')
-local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local size, started_us = tonumber(m[1]), tonumber(m[2] or '0')
 
-local was = 'other'
-local until_us = redis.call('ZSCORE', parked, name)
-if until_us then
-  local last = redis.call('HGET', keyinfo, 'l:' .. name) or '0'
-  if tonumber(until_us) == math.huge or until_us == 'inf' then
-    was = 'quarantined'
-    if tonumber(last) > tonumber(m[2] or '0') then
-      redis.call('HINCRBY', meta, 'qdone', -1)
+-- The keys of this call, every one checked before anything changes.
+local names
+if which == 'keys' then
+  names = {}
+  for i = 3, #ARGV do
+    local key = tonumber(ARGV[i])
+    if key >= size then
+      return {10, string.format('%d', key)}
     end
-  else
-    was = 'backoff'
+    names[#names + 1] = string.format('%d', key)
   end
-  redis.call('ZREM', parked, name)
-  redis.call('ZADD', free, last, name)
-  redis.call('HDEL', keyinfo, 'l:' .. name)
+else
+  names = redis.call('ZRANGEBYSCORE', parked, '+inf', '+inf', 'LIMIT', 0, tonumber(ARGV[3]))
 end
-redis.call('HDEL', keyinfo, 'a:' .. name)
--- A completed pass with a key back in play is not complete any more.
-if was == 'quarantined' then
+
+local t = redis.call('TIME')
+local now_us = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+local counts = {quarantined = 0, backoff = 0, other = 0}
+local seen, unparked, back, fields = {}, {}, {}, {}
+local undone = 0
+for _, name in ipairs(names) do
+  local was = 'other'
+  local until_us = redis.call('ZSCORE', parked, name)
+  -- A key listed twice in one call is parked the first time only.
+  if until_us and not seen[name] then
+    local last = redis.call('HGET', keyinfo, 'l:' .. name) or '0'
+    if tonumber(until_us) == math.huge or until_us == 'inf' then
+      was = 'quarantined'
+      -- A key quarantined after it was done in this pass is counted in qdone.
+      if tonumber(last) > started_us then
+        undone = undone + 1
+      end
+    else
+      was = 'backoff'
+    end
+    seen[name] = true
+    unparked[#unparked + 1] = name
+    back[#back + 1] = last
+    back[#back + 1] = name
+  end
+  counts[was] = counts[was] + 1
+  fields[#fields + 1] = 'a:' .. name
+  fields[#fields + 1] = 'l:' .. name
+  fields[#fields + 1] = 'm:' .. name
+end
+if #unparked > 0 then
+  redis.call('ZREM', parked, unpack(unparked))
+  redis.call('ZADD', free, unpack(back))
+end
+if #fields > 0 then
+  redis.call('HDEL', keyinfo, unpack(fields))
+end
+if undone > 0 then
+  redis.call('HINCRBY', meta, 'qdone', -undone)
+end
+-- A completed pass with a key back in play is not complete any more, nor failed.
+if counts.quarantined > 0 then
   redis.call('HSET', meta, 'pass_completed_us', '')
+  redis.call('HDEL', meta, 'failed')
 end
 if events then
-  redis.call('XADD', events, 'MAXLEN', '~', string.format('%d', events_cap), '*',
-    'type', 'retried', 'key', name, 'token', '', 'machine', '', 'at_us',
-    string.format('%.0f', now_us))
+  for _, name in ipairs(names) do
+    redis.call('XADD', events, 'MAXLEN', '~', string.format('%d', events_cap), '*',
+      'type', 'retried', 'key', name, 'token', '', 'machine', '', 'at_us', now_us)
+  end
 end
-return {0, was}
+return {0, counts.quarantined, counts.backoff, counts.other,
+  redis.call('ZCOUNT', parked, '+inf', '+inf')}

@@ -2,9 +2,10 @@
 plain Python model of passes, attempts, quarantine, backoff, checkpoints and request ids.
 
 One process, registered with options Hypothesis draws (mode, max_attempts, backoff), is
-granted, renewed (saving checkpoints), released, revoked, retried and swept by new passes while
-the clock moves. The model predicts every answer; after each step every key's state, attempts,
-retry time and completion, the current pass, and every finished pass must match it exactly.
+granted, renewed (saving checkpoints), released, revoked, retried (one key, a list, every
+quarantined key) and swept by new passes while the clock moves. The model predicts every
+answer; after each step every key's state, attempts, retry time and completion, the current
+pass, and every finished pass must match it exactly.
 """
 
 from __future__ import annotations
@@ -126,6 +127,19 @@ class Model:
             self.parked[key] = ("backoff", until)
             return attempts, "backoff", until
         return attempts, "free", None
+
+    def retry(self, key: int) -> str:
+        """An administrator's retry (retry_key.lua): quarantine and backoff lifted, attempts
+        reset, a completed pass reopened by a quarantined key; the key's state before."""
+        parked = self.parked[key]
+        was = parked[0] if parked else "other"
+        if was == "quarantined":
+            if self.score[key] > self.started_us:
+                self.qdone -= 1
+            self.completed_us = None
+        self.parked[key] = None
+        self.attempts[key] = 0
+        return was
 
     def state(self, key: int, now_us: int) -> tuple[str, int | None]:
         lease = self.held.get(key)
@@ -377,15 +391,26 @@ class RunsMachine(RuleBasedStateMachine):
     def retry(self, data: st.DataObject) -> None:
         m = self.model
         key = data.draw(st.integers(0, m.size - 1))
-        parked = m.parked[key]
-        if parked and parked[0] == "quarantined":
-            if m.score[key] > m.started_us:
-                m.qdone -= 1
-            m.completed_us = None
-        m.parked[key] = None
-        m.attempts[key] = 0
+        m.retry(key)
         retried = self.run(self.store.retry_key(NAME, key))
         assert retried.attempts == 0
+
+    @rule(data=st.data(), quarantined=st.booleans())
+    def retry_many(self, data: st.DataObject, quarantined: bool) -> None:
+        """A bulk retry: every quarantined key, or a list (repeats retried once)."""
+        m = self.model
+        if quarantined:
+            keys = [k for k in range(m.size) if m.parked[k] and m.parked[k][0] == "quarantined"]
+            call = self.store.retry_quarantined(NAME)
+        else:
+            listed = data.draw(st.lists(st.integers(0, m.size - 1), min_size=1, max_size=6))
+            keys = list(dict.fromkeys(listed))
+            call = self.store.retry_keys(NAME, listed)
+        was = [m.retry(key) for key in keys]
+        done = self.run(call)
+        assert (done.quarantined, done.backoff, done.other) == tuple(
+            was.count(state) for state in ("quarantined", "backoff", "other")
+        )
 
     # -- time ------------------------------------------------------------------------------
 

@@ -283,13 +283,25 @@ def _add_key(commands: Commands[Parser]) -> None:
     actions = key.add_subparsers(dest="action", metavar="COMMAND", required=True)
     show = _client_command(actions, "show", "print one key, with its attempts and checkpoint")
     retry = _client_command(
-        actions, "retry", "lift a key's quarantine and backoff, resetting its attempts (admin)"
+        actions,
+        "retry",
+        "lift quarantine and backoff, resetting attempts (admin): of one key (printed), of"
+        f" several (up to {validation.RETRY_KEYS_MAX}), or of every quarantined key; with"
+        " several, one line of counts by the state each key was in",
     )
     for parser in (show, retry):
         parser.add_argument("name", metavar="NAME", help="the process name")
-        parser.add_argument(
-            "key", metavar="KEY", type=values.key_number, help="the key number (0 to keys - 1)"
-        )
+    show.add_argument(
+        "key", metavar="KEY", type=values.key_number, help="the key number (0 to keys - 1)"
+    )
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "key", metavar="KEY", type=values.key_number, nargs="*", default=[],
+        help="key numbers (0 to keys - 1)",
+    )  # fmt: skip
+    which.add_argument(
+        "--quarantined", action="store_true", help="every quarantined key of the process"
+    )
 
 
 def _add_lease_request(parser: Parser) -> None:

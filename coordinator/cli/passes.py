@@ -7,10 +7,12 @@ import math
 import sys
 import time
 
+import orjson
+
 from coordinator import output
 from coordinator.cli import statuses
 from coordinator.client.sync import Coordinator
-from coordinator.models import BatchKey, Pass
+from coordinator.models import BatchKey, Pass, Redrive
 from coordinator.validation import WAIT_SECONDS_MAX
 
 
@@ -35,9 +37,17 @@ def pass_command(coordinator: Coordinator, args: argparse.Namespace) -> int:
 
 
 def key_command(coordinator: Coordinator, args: argparse.Namespace) -> int:
-    """`key show|retry NAME KEY`: print the key, after lifting its quarantine for `retry`."""
+    """`key show|retry NAME KEY`: print the key, after lifting its quarantine for `retry`;
+    `key retry NAME KEY KEY...|--quarantined`: one line of what the bulk retry did."""
+    if args.action == "retry" and (args.quarantined or len(args.key) > 1):
+        if args.quarantined:
+            done = coordinator.retry_quarantined(args.name)
+        else:
+            done = coordinator.retry_keys(args.name, args.key)
+        print(orjson.dumps(done.to_json()).decode() if args.json else _redrive_line(done))
+        return 0
     if args.action == "retry":
-        key = coordinator.retry_key(args.name, args.key)
+        key = coordinator.retry_key(args.name, args.key[0])
     else:
         key = coordinator.key(args.name, args.key)
     print(_render_key(key, as_json=args.json))
@@ -85,6 +95,13 @@ def _current(coordinator: Coordinator, name: str) -> Pass:
 
 def _print_pass(name: str, found: Pass, *, as_json: bool) -> None:
     print(output.as_json(found) if as_json else output.pass_table(name, found))
+
+
+def _redrive_line(done: Redrive) -> str:
+    return (
+        f"retried {done.retried} keys: {done.quarantined} were quarantined,"
+        f" {done.backoff} in backoff, {done.other} neither"
+    )
 
 
 def _render_key(key: BatchKey, *, as_json: bool) -> str:

@@ -15,7 +15,7 @@ from typing import TypeVar
 from coordinator.client.lease import AsyncLease
 from coordinator.client.outage import OutageLog, Retrying, outage_budget
 from coordinator.errors import CoordinatorError, LeaseGone, StoreUnavailable
-from coordinator.models import BatchKey, Event, Pass, Process
+from coordinator.models import BatchKey, Event, Pass, Process, Redrive
 from coordinator.progress import Progress
 from coordinator.validation import UNSET, Unset
 
@@ -264,6 +264,14 @@ class AsyncCoordinator(ABC):
     @abstractmethod
     async def retry_key(self, name: str, key: int) -> BatchKey:
         """Lift a key's quarantine and backoff and reset its attempts (admin)."""
+
+    @abstractmethod
+    async def retry_keys(self, name: str, keys: list[int]) -> Redrive:
+        """Retry each of `keys` as `retry_key` does, all or none (admin)."""
+
+    @abstractmethod
+    async def retry_quarantined(self, name: str) -> Redrive:
+        """Retry every quarantined key of the process (admin), a chunk at a time."""
 
     @abstractmethod
     async def purge_history(self, name: str) -> None:

@@ -9,7 +9,7 @@ from coordinator import extras
 from coordinator.client.base import AsyncCoordinator
 from coordinator.client.outage import without_credentials
 from coordinator.config import Settings
-from coordinator.models import BatchKey, Event, Pass, Process
+from coordinator.models import BatchKey, Event, Pass, Process, Redrive
 from coordinator.progress import Progress
 from coordinator.validation import Unset
 
@@ -127,6 +127,14 @@ class AsyncRedisCoordinator(AsyncCoordinator):
     async def retry_key(self, name: str, key: int) -> BatchKey:
         """Lift a key's quarantine and backoff and reset its attempts (admin)."""
         return await self.store.retry_key(name, key)
+
+    async def retry_keys(self, name: str, keys: list[int]) -> Redrive:
+        """Retry each of `keys` as `retry_key` does, all or none (admin)."""
+        return await self.store.retry_keys(name, keys)
+
+    async def retry_quarantined(self, name: str) -> Redrive:
+        """Retry every quarantined key of the process (admin), a chunk at a time."""
+        return await self.store.retry_quarantined(name)
 
     async def _release(self, external_id: str, outcome: str) -> BatchKey:
         """One release by the store."""

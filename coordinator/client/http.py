@@ -14,13 +14,15 @@ from coordinator.auth import Forbidden, Unauthorized
 from coordinator.client.base import AsyncCoordinator
 from coordinator.client.outage import without_credentials
 from coordinator.locate import locate
-from coordinator.models import BatchKey, Event, Pass, Process
+from coordinator.models import BatchKey, Event, Pass, Process, Redrive
 from coordinator.progress import Progress
 from coordinator.validation import Unset
 
 API = "/api/v1"
 KEYS_PAGE = 10_000  # keys per request of iter_keys: the most a page may hold
 PROCESSES_PAGE = 1000  # processes per request of iter_processes
+# A bulk retry answers when it is done: a million quarantined keys take some seconds.
+RETRY_TIMEOUT = 300.0
 
 
 class AsyncHttpCoordinator(AsyncCoordinator):
@@ -206,6 +208,19 @@ class AsyncHttpCoordinator(AsyncCoordinator):
         data = await self._call("POST", f"{API}/process/{name}/keys/{key}/retry",
                                 name=name, key=key)  # fmt: skip
         return BatchKey.from_json(data)
+
+    async def retry_keys(self, name: str, keys: list[int]) -> Redrive:
+        """Retry each of `keys` as `retry_key` does, all or none (admin)."""
+        return await self._retry(name, {"keys": keys})
+
+    async def retry_quarantined(self, name: str) -> Redrive:
+        """Retry every quarantined key of the process (admin), a chunk at a time."""
+        return await self._retry(name, {"state": "quarantined"})
+
+    async def _retry(self, name: str, body: dict[str, Any]) -> Redrive:
+        data = await self._call("POST", f"{API}/process/{name}/keys/retry", name=name,
+                                json=body, timeout=RETRY_TIMEOUT)  # fmt: skip
+        return Redrive.from_json(data)
 
     async def _release(self, external_id: str, outcome: str) -> BatchKey:
         """One release request."""

@@ -24,7 +24,7 @@ from coordinator.client.blocking_lease import LeaseContext
 from coordinator.client.direct import AsyncRedisCoordinator
 from coordinator.client.http import AsyncHttpCoordinator
 from coordinator.locate import locate
-from coordinator.models import BatchKey, Event, Pass, Process
+from coordinator.models import BatchKey, Event, Pass, Process, Redrive
 from coordinator.progress import Progress
 from coordinator.validation import UNSET, Unset
 
@@ -202,6 +202,14 @@ class Coordinator:
     def retry_key(self, name: str, key: int) -> BatchKey:
         """Lift a key's quarantine and backoff and reset its attempts (admin)."""
         return self._run(self.async_client.retry_key(name, key))
+
+    def retry_keys(self, name: str, keys: list[int]) -> Redrive:
+        """Retry each of `keys` as `retry_key` does, all or none (admin)."""
+        return self._run(self.async_client.retry_keys(name, keys))
+
+    def retry_quarantined(self, name: str) -> Redrive:
+        """Retry every quarantined key of the process (admin), a chunk at a time."""
+        return self._run(self.async_client.retry_quarantined(name))
 
     def release(self, external_id: str, outcome: str = "completed") -> BatchKey | None:
         """End a live lease as `completed`, `failed` or `interrupted`; None when a retry found

@@ -84,6 +84,21 @@ class PassComplete(CoordinatorError):
         self.process_name = process_name
 
 
+class PassFailed(PassComplete):
+    """A `once` pass that ended as failed: more keys were quarantined than the process's
+    max_failed_keys. A complete pass too, so whatever stops on one stops on the other."""
+
+    code = "pass_failed"
+
+    def __init__(self, process_name: str) -> None:
+        CoordinatorError.__init__(
+            self,
+            f"The current pass of process '{process_name}' failed: more keys were quarantined"
+            " than its max_failed_keys. Retry the quarantined keys or start the next pass.",
+        )
+        self.process_name = process_name
+
+
 class AllQuarantined(CoordinatorError):
     """Nothing is grantable, held or in backoff: every other key is quarantined."""
 

@@ -95,6 +95,7 @@ async def register_process(request: Request) -> Response:
         mode=body.mode,
         max_attempts=body.max_attempts,
         retry_backoff_seconds=body.retry_backoff_seconds,
+        max_failed_keys=body.max_failed_keys,
     )
     location = f"{API}/process/{quote(process.process_name)}"
     return JSONResponse(process.to_json(), 201, headers={"Location": location})

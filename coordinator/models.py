@@ -23,6 +23,7 @@ EVENT_TYPES = (
     "retried",
     "pass-started",
     "pass-completed",
+    "pass-failed",
     "deleted",
 )
 
@@ -86,6 +87,8 @@ class Pass:
     completed_at: datetime | None = None
     keys_done: int = 0
     keys_quarantined: int = 0
+    # Completed as failed: more keys were quarantined than the process's max_failed_keys.
+    failed: bool = False
 
     @property
     def complete(self) -> bool:
@@ -100,6 +103,7 @@ class Pass:
             "completed_at": timestamp(self.completed_at),
             "keys_done": self.keys_done,
             "keys_quarantined": self.keys_quarantined,
+            "failed": self.failed,
         }
 
     @classmethod
@@ -113,6 +117,7 @@ class Pass:
             completed_at=_moment(data["completed_at"]),
             keys_done=int(data["keys_done"]),
             keys_quarantined=int(data["keys_quarantined"]),
+            failed=bool(data.get("failed")),
         )
 
 
@@ -129,6 +134,8 @@ class Process:
     # State, not configuration: two reads of one process compare equal as its pass moves on.
     # (`pass` is a Python keyword, hence the underscore; the JSON says "pass".)
     pass_: Pass | None = field(default=None, compare=False)
+    # After `pass_`, so positional callers of the older fields are unchanged.
+    max_failed_keys: int | None = None
 
     @property
     def name(self) -> str:
@@ -146,6 +153,7 @@ class Process:
             "mode": self.mode,
             "max_attempts": self.max_attempts,
             "retry_backoff_seconds": self.retry_backoff_seconds,
+            "max_failed_keys": self.max_failed_keys,
             "pass": None if self.pass_ is None else self.pass_.to_json(),
         }
 
@@ -160,6 +168,7 @@ class Process:
             mode=data.get("mode") or "rotate",
             max_attempts=data.get("max_attempts"),
             retry_backoff_seconds=int(data.get("retry_backoff_seconds") or 0),
+            max_failed_keys=data.get("max_failed_keys"),
             pass_=Pass.from_json(current) if current else None,
         )
 

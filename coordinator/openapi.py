@@ -100,6 +100,14 @@ _MAX_ATTEMPTS = {
     "maximum": validation.MAX_ATTEMPTS_MAX,
     "default": None,
 }
+_MAX_FAILED_KEYS = {
+    "type": ["integer", "null"],
+    "minimum": 0,
+    "maximum": validation.KEY_SET_SIZE_LIMIT,
+    "default": None,
+    "description": "`once` mode only (refused on rotate), at most key_set_size: a pass in which"
+    " more keys than this are quarantined completes as failed (pass.failed, 409 pass_failed).",
+}
 _BACKOFF = {
     "type": "integer",
     "minimum": 0,
@@ -148,6 +156,10 @@ _SCHEMAS: dict[str, Schema] = {
             "completed_at": _TIME,
             "keys_done": {"type": "integer", "minimum": 0},
             "keys_quarantined": {"type": "integer", "minimum": 0},
+            "failed": {
+                "type": "boolean",
+                "description": "Completed as failed: more keys quarantined than max_failed_keys.",
+            },
         },
     },
     "Process": {
@@ -161,6 +173,7 @@ _SCHEMAS: dict[str, Schema] = {
             "mode": {**_ref("Mode"), "default": "rotate"},
             "max_attempts": _MAX_ATTEMPTS,
             "retry_backoff_seconds": _BACKOFF,
+            "max_failed_keys": _MAX_FAILED_KEYS,
             "pass": _ref("Pass"),
         },
     },
@@ -210,6 +223,7 @@ _SCHEMAS: dict[str, Schema] = {
             "mode": {"anyOf": [_ref("Mode"), {"type": "null"}], "default": "rotate"},
             "max_attempts": _MAX_ATTEMPTS,
             "retry_backoff_seconds": {**_BACKOFF, "type": ["integer", "null"]},
+            "max_failed_keys": _MAX_FAILED_KEYS,
         },
     },
     "GrantRequest": {
@@ -507,6 +521,7 @@ def _document() -> dict[str, Any]:
                             "unknown_process",
                             "no_free_key",
                             "pass_complete",
+                            "pass_failed",
                             "all_quarantined",
                             "lease_gone",
                             *_BODY_PROBLEMS,

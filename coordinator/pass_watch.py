@@ -28,7 +28,7 @@ POLL_SECONDS = 0.25
 READ_COUNT = 100
 # The history entries after which a pass wait may have an answer; grants, renewals and
 # releases are the bulk of the history and change no pass.
-WAKING_TYPES = frozenset({"pass-completed", "pass-started", "deleted", "registered"})
+WAKING_TYPES = frozenset({"pass-completed", "pass-failed", "pass-started", "deleted", "registered"})
 
 
 class PassWatch:

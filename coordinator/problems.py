@@ -62,6 +62,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "process_exists": (409, "Process already registered"),
     "no_free_key": (409, "No free key"),
     "pass_complete": (409, "Pass complete"),
+    "pass_failed": (409, "Pass failed"),
     "all_quarantined": (409, "All keys quarantined"),
     "lease_gone": (410, "Lease has ended"),
     "body_too_large": (413, "Request body too large"),

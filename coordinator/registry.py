@@ -53,11 +53,13 @@ class ProcessRegistry:
         mode: str | None = None,
         max_attempts: int | None = None,
         retry_backoff_seconds: int | None = None,
+        max_failed_keys: int | None = None,
     ) -> Process:
         """Register a process of `key_set_size` keys; raises ProcessExists if the name is taken.
 
-        `mode`, `max_attempts` and `retry_backoff_seconds` are the batch-run options (README
-        "Batch runs"); left out, the process behaves as the seed's.
+        `mode`, `max_attempts`, `retry_backoff_seconds` and `max_failed_keys` (`once` only)
+        are the batch-run options (README "Batch runs"); left out, the process behaves as the
+        seed's.
         """
         name = validation.new_process_name(name)
         size = validation.key_set_size(
@@ -73,6 +75,10 @@ class ProcessRegistry:
         mode = validation.mode("rotate" if mode is None else mode)
         attempts = validation.max_attempts(max_attempts)
         backoff = validation.retry_backoff_seconds(retry_backoff_seconds or 0)
+        max_failed = validation.max_failed_keys(max_failed_keys, size, mode)
+        args: list[str | int] = [size, lease * 1000, self.limits.events_cap, mode, attempts or 0]
+        # max_failed_keys is sent only when set, so the call is the same as before otherwise.
+        args += [backoff * 1000] + ([] if max_failed is None else [max_failed])
         pid = f"{lease_id.process_id(name):016x}"
         with store_errors():
             # A pid is never reassigned, so a failed HSETNX followed by a read is race-free.
@@ -83,7 +89,7 @@ class ProcessRegistry:
             reply = await self.scripts.call(
                 "register",
                 self.keys.process(name).of("register"),
-                [size, lease * 1000, self.limits.events_cap, mode, attempts or 0, backoff * 1000],
+                args,
             )
             # The name is listed only once its keys exist, so a listing never shows a
             # half-made process; a duplicate registration re-lists it, healing a crash
@@ -92,7 +98,9 @@ class ProcessRegistry:
         raise_for_status(reply, process_name=name)
         started = utc(int(reply[1]))
         assert started is not None
-        return Process(name, size, lease, mode, attempts, backoff, Pass(1, started))
+        return Process(
+            name, size, lease, mode, attempts, backoff, Pass(1, started), max_failed_keys=max_failed
+        )
 
     async def processes(
         self, prefix: str = "", after: str | None = None, limit: int | None = None
@@ -253,11 +261,15 @@ _META_FIELDS = (
     "pass_completed_us",
     "done",
     "created_us",
+    "max_failed",
+    "failed",
 )
 
 
 def _process(name: str, meta: list[Any], quarantined: int) -> Process:
-    size, lease_ms, mode, attempts, backoff_ms, number, started, completed_us, done, created = meta
+    # The fields since the seed's, then the run policy's (max_failed_keys, a failed pass).
+    head, (max_failed, failed) = meta[:10], meta[10:]
+    size, lease_ms, mode, attempts, backoff_ms, number, started, completed_us, done, created = head
     # A process registered before batch runs is in pass 1, started when it was created.
     started_at = utc(int(started or created or 0))
     assert started_at is not None
@@ -267,6 +279,7 @@ def _process(name: str, meta: list[Any], quarantined: int) -> Process:
         completed_at=utc(int(completed_us)) if completed_us else None,
         keys_done=int(done or 0),
         keys_quarantined=int(quarantined),
+        failed=failed == "1",
     )
     return Process(
         name,
@@ -276,4 +289,5 @@ def _process(name: str, meta: list[Any], quarantined: int) -> Process:
         int(attempts) if attempts else None,
         int(backoff_ms or 0) // 1000,
         current,
+        max_failed_keys=None if max_failed is None else int(max_failed),
     )

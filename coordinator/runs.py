@@ -142,11 +142,11 @@ class BatchRuns:
         with store_errors():
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hmget(k.meta, "size", "pass", "pass_started_us", "pass_completed_us")
-                pipe.hmget(k.meta, "done", "created_us")
+                pipe.hmget(k.meta, "done", "created_us", "failed")
                 pipe.zcount(k.parked, "+inf", "+inf")
-                pipe.hget(k.passes, str(number))
+                pipe.hmget(k.passes, str(number), f"{number}:failed")
                 pipe.xrevrange(k.events, count=1)
-                meta, counts, quarantined, kept, last = await pipe.execute()
+                meta, counts, quarantined, (kept, kept_failed), last = await pipe.execute()
         if not meta[0]:
             raise UnknownProcess(name)
         last_id = last[0][0] if last else "0-0"
@@ -158,18 +158,20 @@ class BatchRuns:
                 utc(int(meta[3])) if meta[3] else None,
                 int(counts[0] or 0),
                 int(quarantined),
+                failed=counts[2] == "1",
             )
             return found, True, last_id
         if number > current or kept is None:
             raise UnknownPass(name, number)
-        return _kept_pass(number, kept), False, last_id
+        return _kept_pass(number, kept, failed=kept_failed is not None), False, last_id
 
 
-def _kept_pass(number: int, kept: Any) -> Pass:  # noqa: ANN401 - a Redis reply
-    """A finished pass as the `passes` hash keeps it: "started|completed|done|quarantined"."""
+def _kept_pass(number: int, kept: Any, *, failed: bool = False) -> Pass:  # noqa: ANN401 - a Redis reply
+    """A finished pass as the `passes` hash keeps it: "started|completed|done|quarantined",
+    and a field "<number>:failed" beside it when it failed (start_pass.lua)."""
     started, completed, done, quarantined = str(kept).split("|")
     return Pass(number, _utc(int(started)), utc(int(completed)) if completed else None,
-                int(done), int(quarantined))  # fmt: skip
+                int(done), int(quarantined), failed)  # fmt: skip
 
 
 def _utc(us: int) -> datetime:

@@ -47,6 +47,8 @@ class RegisterBody:
     mode: str | None = None
     max_attempts: int | None = None
     retry_backoff_seconds: int | None = None
+    # Checked again by the store against the size the process gets (its default included).
+    max_failed_keys: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +186,7 @@ async def register_body(request: Request, max_key_set_size: int) -> RegisterBody
             "mode",
             "max_attempts",
             "retry_backoff_seconds",
+            "max_failed_keys",
         },
     )
     size = body.get("key_set_size")
@@ -199,6 +202,9 @@ async def register_body(request: Request, max_key_set_size: int) -> RegisterBody
         retry_backoff_seconds=None
         if backoff is None
         else validation.retry_backoff_seconds(backoff),
+        max_failed_keys=validation.max_failed_keys(
+            body.get("max_failed_keys"), max_key_set_size, "rotate" if mode is None else mode
+        ),
     )
 
 

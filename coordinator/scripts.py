@@ -19,6 +19,7 @@ from coordinator.errors import (
     NoFreeKey,
     NotLeaseHolder,
     PassComplete,
+    PassFailed,
     ProcessExists,
     UnexpectedReply,
     UnknownKey,
@@ -64,6 +65,7 @@ class Status(IntEnum):
     UNKNOWN_KEY = 10
     UNKNOWN_PASS = 11
     MORE_PARKED = 12
+    PASS_FAILED = 13
 
 
 def lua_dir() -> Path:
@@ -201,6 +203,8 @@ def _error(
         error = NotLeaseHolder(external_id)
     elif code == Status.PASS_COMPLETE:
         error = PassComplete(process_name)
+    elif code == Status.PASS_FAILED:
+        error = PassFailed(process_name)
     elif code == Status.ALL_QUARANTINED:
         error = AllQuarantined(process_name)
     elif code == Status.UNKNOWN_KEY:

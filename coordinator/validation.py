@@ -14,8 +14,10 @@ LEASE_SECONDS_MAX = 86_400
 WAIT_SECONDS_MAX = 60
 # How a worker ends its lease (DELETE .../batch_keys/<id>?outcome=): `completed` stamps the
 # key's completion, `failed` counts an attempt, `interrupted` (a stop, a deploy) gives the key
-# back as it was. Each is recorded as the event `released-<outcome>` (models.EVENT_TYPES).
-OUTCOMES = ("completed", "failed", "interrupted")
+# back as it was, `fatal` (the work can never succeed as it is) quarantines the key at once,
+# whatever its retry budget. Each is recorded as the event `released-<outcome>`
+# (models.EVENT_TYPES).
+OUTCOMES = ("completed", "failed", "interrupted", "fatal")
 # An administrator's end of a lease (Store.revoke): as `failed`, recorded as `revoked`.
 REVOKED = "revoked"
 # Bounds the Lua scripts enforce themselves, for direct callers that skip this module (each
@@ -196,6 +198,17 @@ def mode(value: object) -> str:
 def max_attempts(value: object) -> int | None:
     """Failed leases in a row before a key is quarantined: 1 to 1000, or None for no limit."""
     return None if value is None else _integer(value, "max_attempts", 1, MAX_ATTEMPTS_MAX)
+
+
+def max_failed_keys(value: object, size: int, mode: str) -> int | None:
+    """Quarantined keys a `once` pass tolerates before it fails: 0 to key_set_size, or None
+    for no limit. A rotate pass never ends for good, so the option is refused there."""
+    if value is None:
+        return None
+    count = _integer(value, "max_failed_keys", 0, size)
+    if mode != "once":
+        raise InvalidField("max_failed_keys", "applies only to mode 'once' (a pass that ends)")
+    return count
 
 
 def retry_backoff_seconds(value: object) -> int:

@@ -1,8 +1,11 @@
 -- grant.lua: lease the free key whose work is stalest to one worker.
 --
 -- KEYS[1] meta    hash   {size, lease_ms, fresh, created_us} and the batch-run fields: mode,
---                        max_attempts, backoff_ms, pass, pass_started_us, pass_completed_us,
---                        done, qdone, epoch (all optional; absent means the seed's behaviour)
+--                        max_attempts, backoff_ms, max_failed, pass, pass_started_us,
+--                        pass_completed_us, done, qdone, epoch, failed ('1' while the current
+--                        pass failed), parks ('1' once a fatal release parked a key of a
+--                        process without the options) (all optional; absent means the seed's
+--                        behaviour)
 -- KEYS[2] free    zset   key -> staleness score of touched keys that are free (see below)
 -- KEYS[3] held    zset   key -> expires_us of keys under lease
 -- KEYS[4] leases  hash   key -> "token[:holder]|started_us|expires_us|lease_ms|last|machine"
@@ -39,6 +42,8 @@
 --         {6, argument}       an argument is missing, malformed or out of range; nothing changed
 --         {8}                 a `once` process whose current pass is complete
 --         {9}                 nothing grantable, held or in backoff: every other key quarantined
+--         {13}                a `once` process whose current pass failed: more keys quarantined
+--                             than its max_failed_keys
 --
 -- Times are microseconds since the epoch from Redis TIME. `last` is the staleness score:
 -- the microsecond of the key's last completion, or (key - size) < 0 if it never completed,
@@ -116,16 +121,35 @@ end
 -- BEGIN shared: lease endings (the same text in grant.lua and release.lua; a test keeps them so)
 -- The process as meta holds it, read once by one HMGET (fields are Redis's text, false when
 -- absent) and kept current by the helpers below as they change meta, so no decision reads
--- meta twice. register.lua stores the two options only when set: a process without them
--- never parks a key, so it never reads `parked`.
+-- meta twice. register.lua stores the options only when set: a process without the two
+-- that park keys never reads `parked` until a `fatal` release quarantines one of its keys
+-- and marks it (`parks`). `failed` is '1' while the current pass failed its max_failed_keys.
 local function read_process()
   local v = redis.call('HMGET', meta, 'size', 'lease_ms', 'fresh', 'mode', 'pass',
     'pass_started_us', 'pass_completed_us', 'done', 'qdone', 'max_attempts', 'backoff_ms',
-    'epoch')
+    'epoch', 'max_failed', 'failed', 'parks')
   return {size = v[1], lease_ms = v[2], fresh = v[3], once = v[4] == 'once', pass = v[5] or '1',
     started = v[6] or '0', completed = v[7] or '', done = v[8] or '0', qdone = v[9] or '0',
     max_attempts = tonumber(v[10] or '0'), backoff_ms = tonumber(v[11] or '0'),
-    epoch = v[12] or '0', parks = (v[10] or v[11]) and true or false}
+    epoch = v[12] or '0', max_failed = tonumber(v[13] or ''), failed = v[14] == '1',
+    parks = (v[10] or v[11] or v[15]) and true or false}
+end
+
+-- Fails the current `once` pass when its quarantined keys are more than max_failed_keys:
+-- it completes now, marked failed, so its waiting and later grants stop (grant.lua answers
+-- 13). Returns whether it did. The pass's record in `passes` is written when the next pass
+-- starts (start_pass.lua), as for every `once` pass read from meta while current.
+local function fail_pass_if_due()
+  if not (p.once and p.max_failed and p.completed == '') then
+    return false
+  end
+  if redis.call('ZCOUNT', parked, '+inf', '+inf') <= p.max_failed then
+    return false
+  end
+  redis.call('HSET', meta, 'pass_completed_us', now_text, 'failed', '1')
+  p.completed, p.failed = now_text, true
+  record('pass-failed', '', '', '')
+  return true
 end
 
 -- Completes the current pass once every key is done in it or quarantined: records it in
@@ -158,12 +182,12 @@ local function complete_pass_if_due()
   end
 end
 
--- A lease ended without completion (failed, expired, revoked): count the attempt, then
--- quarantine the key, hold it back for its backoff, or return it to the free set. A
--- quarantine keeps the machine of the lease that ended it (m:<key>), so whoever looks at the
--- quarantined keys sees where the last failure ran. Returns the key's attempts, its state and
--- (in backoff) when it is grantable again.
-local function park(key, last, machine)
+-- A lease ended without completion (failed, expired, revoked, fatal): count the attempt,
+-- then quarantine the key (a `fatal` end at once, whatever the budget), hold it back for its
+-- backoff, or return it to the free set. A quarantine keeps the machine of the lease that
+-- ended it (m:<key>), so whoever looks at the quarantined keys sees where the last failure
+-- ran. Returns the key's attempts, its state and (in backoff) when it is grantable again.
+local function park(key, last, machine, fatal)
   if not (keyinfo and p) then
     redis.call('ZADD', free, last, key)
     return 0, 'free', 0
@@ -172,7 +196,13 @@ local function park(key, last, machine)
   local attempts = (e == p.epoch and tonumber(n) or 0) + 1
   redis.call('HSET', keyinfo, 'a:' .. key, p.epoch .. ':' .. attempts)
   kinfo = true
-  if p.max_attempts > 0 and attempts >= p.max_attempts then
+  if fatal or (p.max_attempts > 0 and attempts >= p.max_attempts) then
+    if not p.parks then
+      -- A process without the options now has a parked key: from here on its calls read
+      -- `parked` (for the pass's count, and for the key's return when it is retried).
+      redis.call('HSET', meta, 'parks', '1')
+      p.parks = true
+    end
     redis.call('ZADD', parked, '+inf', key)
     redis.call('HSET', keyinfo, 'l:' .. key, last, 'm:' .. key, machine)
     if tonumber(last) > tonumber(p.started) then
@@ -180,7 +210,9 @@ local function park(key, last, machine)
       p.qdone = tostring(redis.call('HINCRBY', meta, 'qdone', 1))
     end
     record('quarantined', key, '', '')
-    complete_pass_if_due()
+    if not fail_pass_if_due() then
+      complete_pass_if_due()
+    end
     return attempts, 'quarantined', 0
   elseif p.backoff_ms > 0 then
     local retry_at = now_us + math.min(p.backoff_ms * 2 ^ (attempts - 1), 3600000) * 1000
@@ -290,7 +322,7 @@ end
 
 -- The pass state as the steps above left it (a quarantine may have completed it).
 if p.once and p.completed ~= '' then
-  return {8}
+  return {p.failed and 13 or 8}
 end
 local pass_started = tonumber(p.started)
 

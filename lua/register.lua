@@ -1,6 +1,7 @@
 -- register.lua: create a process's key space, or refuse because the name is taken.
 --
--- KEYS[1] meta   hash {size, lease_ms, fresh, created_us}; its existence is the registration
+-- KEYS[1] meta   hash {size, lease_ms, fresh, created_us} and the options given (mode,
+--                max_attempts, backoff_ms, max_failed); its existence is the registration
 -- KEYS[2] events stream (optional) the process's history (kept across delete and re-register);
 --                a new one is written once and reloaded from its DUMP, so it is stored at its
 --                size (about 300 bytes) rather than in a 4 KB node
@@ -12,6 +13,8 @@
 --                       many times in a row without completion is quarantined
 -- ARGV[6] backoff_ms    (optional, default 0) 0 to 3600000; after a lease ends without
 --                       completion the key waits backoff_ms * 2^(attempts-1), at most an hour
+-- ARGV[7] max_failed    (optional, default '': no limit) 0 to key_set_size, `once` mode only:
+--                       a pass in which more keys than this are quarantined fails (grant.lua)
 --
 -- Returns {0, created_us}  registered (microseconds since the epoch, from Redis TIME); its
 --                          pass 1 starts at created_us
@@ -52,6 +55,16 @@ for i, bound in ipairs({{'key_set_size', KEY_SET_SIZE_MAX}, {'lease_ms', LEASE_M
     return {6, bound[1]}
   end
 end
+-- A rotate pass never ends for good, so a failed one would have nothing to stop: refused.
+local max_failed = ARGV[7] or ''
+if max_failed ~= '' then
+  local value = tonumber(max_failed)
+  if not value or value < 0 or value > tonumber(size) or value ~= math.floor(value)
+      or mode ~= 'once' then
+    return {6, 'max_failed'}
+  end
+  max_failed = string.format('%d', value)
+end
 
 if redis.call('EXISTS', meta) == 1 then
   return {2}
@@ -72,6 +85,9 @@ for _, option in ipairs({{5, 'max_attempts'}, {6, 'backoff_ms'}}) do
   if value > 0 then
     redis.call('HSET', meta, option[2], string.format('%d', value))
   end
+end
+if max_failed ~= '' then
+  redis.call('HSET', meta, 'max_failed', max_failed)
 end
 if events then
   -- A deleted process's history was set to expire (unregister.lua): the name lives again.

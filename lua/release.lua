@@ -18,8 +18,10 @@
 -- ARGV[1] token    the lease's fencing token (decoded from its external_id)
 -- ARGV[2] outcome  "completed" (last completion becomes now), "failed" (keeps its old place,
 --                  counts an attempt), "interrupted" (the work was stopped, not failed: back
---                  at its old place, no attempt counted, checkpoint kept) or "revoked" (as
---                  failed, by an administrator)
+--                  at its old place, no attempt counted, checkpoint kept), "fatal" (the work
+--                  can never succeed as it is: counts an attempt and quarantines the key at
+--                  once, whatever max_attempts, also on a process without options) or
+--                  "revoked" (as failed, by an administrator)
 -- ARGV[3] events_cap  (optional, default 10000) entries the stream keeps, 1 to 10000000
 -- ARGV[4] holder   (optional, default '') the caller's id as passed to grant.lua; '' skips
 --                  the check (administrators, trusted direct workers)
@@ -36,8 +38,10 @@
 -- it; the release that makes every key done or quarantined completes the pass. An interrupted
 -- lease changes nothing but the lease: the key is free again at its old staleness score. A
 -- lease ended any other way (failed, revoked, or found expired here, whatever the outcome)
--- counts an attempt and may quarantine the key or hold it back for its backoff. Without KEYS 8-11 (callers older than batch runs)
--- the key simply returns to the free set, as before.
+-- counts an attempt and may quarantine the key or hold it back for its backoff; a fatal one
+-- quarantines it. A quarantine that takes a `once` pass above its max_failed_keys fails the
+-- pass (pass-failed: pass_completed_us set, failed '1'). Without KEYS 8-11 (callers older
+-- than batch runs) the key simply returns to the free set, as before, whatever the outcome.
 -- Times are microseconds from Redis TIME; a lease whose expires_us <= now has ended.
 local free, held, leases, tokens, fence, freed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local events, meta, keyinfo, parked, passes = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
@@ -55,7 +59,7 @@ local FREED_MAX = 64
 -- The outcomes a release may name, each with the history entry it writes (the Python side
 -- declares them in coordinator/validation.py and models.py; a test ties the three).
 local EVENT_OF = {completed = 'released-completed', failed = 'released-failed',
-  interrupted = 'released-interrupted', revoked = 'revoked'}
+  interrupted = 'released-interrupted', fatal = 'released-fatal', revoked = 'revoked'}
 if not EVENT_OF[outcome] then
   return {6, 'outcome'}
 end
@@ -86,16 +90,35 @@ end
 -- BEGIN shared: lease endings (the same text in grant.lua and release.lua; a test keeps them so)
 -- The process as meta holds it, read once by one HMGET (fields are Redis's text, false when
 -- absent) and kept current by the helpers below as they change meta, so no decision reads
--- meta twice. register.lua stores the two options only when set: a process without them
--- never parks a key, so it never reads `parked`.
+-- meta twice. register.lua stores the options only when set: a process without the two
+-- that park keys never reads `parked` until a `fatal` release quarantines one of its keys
+-- and marks it (`parks`). `failed` is '1' while the current pass failed its max_failed_keys.
 local function read_process()
   local v = redis.call('HMGET', meta, 'size', 'lease_ms', 'fresh', 'mode', 'pass',
     'pass_started_us', 'pass_completed_us', 'done', 'qdone', 'max_attempts', 'backoff_ms',
-    'epoch')
+    'epoch', 'max_failed', 'failed', 'parks')
   return {size = v[1], lease_ms = v[2], fresh = v[3], once = v[4] == 'once', pass = v[5] or '1',
     started = v[6] or '0', completed = v[7] or '', done = v[8] or '0', qdone = v[9] or '0',
     max_attempts = tonumber(v[10] or '0'), backoff_ms = tonumber(v[11] or '0'),
-    epoch = v[12] or '0', parks = (v[10] or v[11]) and true or false}
+    epoch = v[12] or '0', max_failed = tonumber(v[13] or ''), failed = v[14] == '1',
+    parks = (v[10] or v[11] or v[15]) and true or false}
+end
+
+-- Fails the current `once` pass when its quarantined keys are more than max_failed_keys:
+-- it completes now, marked failed, so its waiting and later grants stop (grant.lua answers
+-- 13). Returns whether it did. The pass's record in `passes` is written when the next pass
+-- starts (start_pass.lua), as for every `once` pass read from meta while current.
+local function fail_pass_if_due()
+  if not (p.once and p.max_failed and p.completed == '') then
+    return false
+  end
+  if redis.call('ZCOUNT', parked, '+inf', '+inf') <= p.max_failed then
+    return false
+  end
+  redis.call('HSET', meta, 'pass_completed_us', now_text, 'failed', '1')
+  p.completed, p.failed = now_text, true
+  record('pass-failed', '', '', '')
+  return true
 end
 
 -- Completes the current pass once every key is done in it or quarantined: records it in
@@ -128,12 +151,12 @@ local function complete_pass_if_due()
   end
 end
 
--- A lease ended without completion (failed, expired, revoked): count the attempt, then
--- quarantine the key, hold it back for its backoff, or return it to the free set. A
--- quarantine keeps the machine of the lease that ended it (m:<key>), so whoever looks at the
--- quarantined keys sees where the last failure ran. Returns the key's attempts, its state and
--- (in backoff) when it is grantable again.
-local function park(key, last, machine)
+-- A lease ended without completion (failed, expired, revoked, fatal): count the attempt,
+-- then quarantine the key (a `fatal` end at once, whatever the budget), hold it back for its
+-- backoff, or return it to the free set. A quarantine keeps the machine of the lease that
+-- ended it (m:<key>), so whoever looks at the quarantined keys sees where the last failure
+-- ran. Returns the key's attempts, its state and (in backoff) when it is grantable again.
+local function park(key, last, machine, fatal)
   if not (keyinfo and p) then
     redis.call('ZADD', free, last, key)
     return 0, 'free', 0
@@ -142,7 +165,13 @@ local function park(key, last, machine)
   local attempts = (e == p.epoch and tonumber(n) or 0) + 1
   redis.call('HSET', keyinfo, 'a:' .. key, p.epoch .. ':' .. attempts)
   kinfo = true
-  if p.max_attempts > 0 and attempts >= p.max_attempts then
+  if fatal or (p.max_attempts > 0 and attempts >= p.max_attempts) then
+    if not p.parks then
+      -- A process without the options now has a parked key: from here on its calls read
+      -- `parked` (for the pass's count, and for the key's return when it is retried).
+      redis.call('HSET', meta, 'parks', '1')
+      p.parks = true
+    end
     redis.call('ZADD', parked, '+inf', key)
     redis.call('HSET', keyinfo, 'l:' .. key, last, 'm:' .. key, machine)
     if tonumber(last) > tonumber(p.started) then
@@ -150,7 +179,9 @@ local function park(key, last, machine)
       p.qdone = tostring(redis.call('HINCRBY', meta, 'qdone', 1))
     end
     record('quarantined', key, '', '')
-    complete_pass_if_due()
+    if not fail_pass_if_due() then
+      complete_pass_if_due()
+    end
     return attempts, 'quarantined', 0
   elseif p.backoff_ms > 0 then
     local retry_at = now_us + math.min(p.backoff_ms * 2 ^ (attempts - 1), 3600000) * 1000
@@ -265,7 +296,7 @@ elseif outcome == 'interrupted' then
   record(EVENT_OF[outcome], key, ARGV[1], machine)
 else
   record(EVENT_OF[outcome], key, ARGV[1], machine)
-  attempts, state, retry_at = park(key, last, machine)
+  attempts, state, retry_at = park(key, last, machine, outcome == 'fatal')
 end
 return {0, tonumber(key), token, tonumber(started), tonumber(last), machine, attempts, state,
   retry_at}

@@ -4,11 +4,14 @@
 --
 -- KEYS[1] meta    hash   the process: pass, pass_started_us, pass_completed_us, done, qdone,
 --                        epoch (attempts are counted per epoch, so one HINCRBY resets them all),
---                        ending "<pass>|<quarantined>" while a start is lifting in chunks
+--                        ending "<pass>|<quarantined>" while a start is lifting in chunks,
+--                        failed ('1' while the current pass failed; cleared by the start)
 -- KEYS[2] free    zset   key -> staleness score; parked keys return here
--- KEYS[3] keyinfo hash   l:<key> the staleness score of a parked key, a:<key> its attempts
+-- KEYS[3] keyinfo hash   l:<key> the staleness score of a parked key, a:<key> its attempts,
+--                        m:<key> the machine that quarantined it
 -- KEYS[4] parked  zset   keys in backoff -> retry_at_us; quarantined -> +inf
--- KEYS[5] passes  hash   pass number -> "started_us|completed_us|done|quarantined"
+-- KEYS[5] passes  hash   pass number -> "started_us|completed_us|done|quarantined", and
+--                        "<number>:failed" -> 1 for a kept pass that failed its max_failed_keys
 -- KEYS[6] events  stream (optional) the process's history
 -- ARGV[1] events_cap  (optional, default 10000) entries the stream keeps, 1 to 10000000
 -- ARGV[2] after       (optional, default '': start one whatever the current pass) the pass the
@@ -53,7 +56,7 @@ if after ~= '' and (not string.match(after, '^[1-9]%d*$') or #after > 16
 end
 
 local p = redis.call('HMGET', meta, 'size', 'pass', 'pass_started_us', 'pass_completed_us',
-  'done', 'ending')
+  'done', 'ending', 'failed')
 if not p[1] then
   return {1}
 end
@@ -89,6 +92,7 @@ local function lift(count)
     local key, last = entries[2 * i - 1], lasts[i] or '0'
     scores[2 * i - 1], scores[2 * i] = last, key
     fields[n + i] = 'a:' .. key
+    fields[2 * n + i] = 'm:' .. key
     local score = entries[2 * i]
     if (score == 'inf' or tonumber(score) == math.huge) and tonumber(last) > started then
       qdone = qdone + 1
@@ -114,12 +118,18 @@ end
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now = string.format('%.0f', now_us)
--- The pass that ends keeps its record (completed or not) among the last 100.
-redis.call('HSET', passes, number, string.format('%s|%s|%d|%d', p[3] or '0', p[4] or '',
-  tonumber(p[5] or '0'), quarantined))
-redis.call('HDEL', passes, number - 100)
+-- The pass that ends keeps its record (completed or not) among the last 100; a failed one
+-- says so in a field of its own, which readers of the four-part record never see.
+local record = string.format('%s|%s|%d|%d', p[3] or '0', p[4] or '', tonumber(p[5] or '0'),
+  quarantined)
+if p[7] == '1' then
+  redis.call('HSET', passes, number, record, number .. ':failed', 1)
+else
+  redis.call('HSET', passes, number, record)
+end
+redis.call('HDEL', passes, number - 100, (number - 100) .. ':failed')
 lift(CHUNK)
-redis.call('HDEL', meta, 'ending')
+redis.call('HDEL', meta, 'ending', 'failed')
 redis.call('HINCRBY', meta, 'epoch', 1)
 redis.call('HSET', meta, 'pass', number + 1, 'pass_started_us', now, 'pass_completed_us', '',
   'done', 0, 'qdone', 0)

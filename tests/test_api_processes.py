@@ -69,6 +69,7 @@ async def test_register_answers_201_with_defaults_and_location(
         "mode": "rotate",
         "max_attempts": None,
         "retry_backoff_seconds": 0,
+        "max_failed_keys": None,
     }
     assert {**started, "started_at": None} == {
         "number": 1,
@@ -76,6 +77,7 @@ async def test_register_answers_201_with_defaults_and_location(
         "completed_at": None,
         "keys_done": 0,
         "keys_quarantined": 0,
+        "failed": False,
     }
     assert response.headers["location"] == f"{API}/process/{name}"
 

@@ -31,7 +31,7 @@ async def _every_path(store: Store, names: list[str]) -> None:
     lease = await store.grant(plain, "m1")
     await store.renew(lease.external_id)
     await store.release(lease.external_id)  # released-completed
-    for outcome in ("failed", "interrupted"):
+    for outcome in ("failed", "interrupted", "fatal"):
         await store.release((await store.grant(plain, "m1")).external_id, outcome)
     await store.revoke((await store.grant(plain, "m1")).external_id)
     # A one-second lease left to expire is reclaimed by a later grant (expired).
@@ -48,8 +48,11 @@ async def _every_path(store: Store, names: list[str]) -> None:
     await store.retry_key(runs, 0)  # retried
     await store.start_pass(runs)  # pass-started
 
-    await store.register(once, key_set_size=1, mode="once")
-    await store.release((await store.grant(once, "m1")).external_id)  # pass-completed
+    await store.register(once, key_set_size=2, mode="once", max_failed_keys=0)
+    await store.release((await store.grant(once, "m1")).external_id, "fatal")  # pass-failed
+    await store.start_pass(once)
+    for _ in range(2):
+        await store.release((await store.grant(once, "m1")).external_id)  # pass-completed
 
     await store.register(gone, key_set_size=1)
     await store.unregister(gone)  # deleted

@@ -212,6 +212,18 @@ def test_the_event_history_has_every_event_type(gen: Any) -> None:
     gen.call("release_batch_key", lease(), status=200)  # the pass completes
     gen.call("start_pass", run, status=201)
     gen.call("unregister_process", run, status=200)
+    # A `once` run that tolerates no quarantined key: a fatal release fails its pass.
+    failing = _name("events-failing")
+    gen.call(
+        "register_process",
+        body=models.RegisterRequest(
+            process_name=failing, key_set_size=1, mode=once, max_failed_keys=0
+        ),
+        status=201,
+    )
+    doomed = grant(failing)
+    assert doomed.status_code == 201, doomed.content
+    gen.call("release_batch_key", str(doomed.parsed.external_id), outcome=outcome.FATAL, status=200)
 
     assert grant(rotating, lease_seconds=1).status_code == 201
     # Its one key is free again once the lease ran out; the grant that reclaims it records
@@ -226,6 +238,7 @@ def test_the_event_history_has_every_event_type(gen: Any) -> None:
     events = [
         *gen.call("list_events", run, limit=1000, status=200),
         *gen.call("list_events", rotating, limit=1000, status=200),
+        *gen.call("list_events", failing, limit=1000, status=200),
     ]
     assert all(isinstance(event, models.Event) for event in events)
     assert {event.type_.value for event in events} == set(EVENT_TYPES)

@@ -52,10 +52,12 @@ class AsyncCoordinator(ABC):
         mode: str | None = None,
         max_attempts: int | None = None,
         retry_backoff_seconds: int | None = None,
+        max_failed_keys: int | None = None,
     ) -> Process:
         """Register a process; raises ProcessExists if the name is taken.
 
-        `mode` (`rotate` or `once`), `max_attempts` and `retry_backoff_seconds` make it a batch
+        `mode` (`rotate` or `once`), `max_attempts`, `retry_backoff_seconds` and
+        `max_failed_keys` (`once` only: more quarantined keys fail the pass) make it a batch
         run (README "Batch runs"); left out, the server's defaults apply.
         """
 
@@ -190,7 +192,8 @@ class AsyncCoordinator(ABC):
     async def release(
         self, external_id: str, outcome: str = "completed", *, retry: bool = True
     ) -> BatchKey | None:
-        """End a live lease as `completed`, `failed` or `interrupted`; the key as released.
+        """End a live lease as `completed`, `failed`, `interrupted` or `fatal` (quarantined at
+        once, whatever the retry budget); the key as released.
 
         Retried until answered (within the outage budget; `retry=False` sends it once). None
         when a retry finds the lease already ended: an earlier attempt, whose answer was

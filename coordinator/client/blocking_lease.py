@@ -86,9 +86,10 @@ class Lease:
         """Raise LeaseLost if the lease has ended; call it between units of work."""
         self.async_lease.check()
 
-    def fail(self) -> None:
-        """Release as `failed` when the block ends, without raising to say so."""
-        self.async_lease.fail()
+    def fail(self, *, fatal: bool = False) -> None:
+        """Release as `failed` when the block ends, without raising to say so; `fatal` (the
+        work can never succeed as it is) quarantines the key at once, whatever its budget."""
+        self.async_lease.fail(fatal=fatal)
 
     def interrupt(self) -> None:
         """Release as `interrupted` when the block ends: no attempt counted, checkpoint kept."""

@@ -47,11 +47,12 @@ class AsyncRedisCoordinator(AsyncCoordinator):
         mode: str | None = None,
         max_attempts: int | None = None,
         retry_backoff_seconds: int | None = None,
+        max_failed_keys: int | None = None,
     ) -> Process:
         """Register a process; raises ProcessExists if the name is taken."""
         return await self.store.register(
             name, key_set_size, lease_seconds, mode=mode, max_attempts=max_attempts,
-            retry_backoff_seconds=retry_backoff_seconds,
+            retry_backoff_seconds=retry_backoff_seconds, max_failed_keys=max_failed_keys,
         )  # fmt: skip
 
     async def processes(self) -> list[Process]:

@@ -60,6 +60,7 @@ class AsyncHttpCoordinator(AsyncCoordinator):
         mode: str | None = None,
         max_attempts: int | None = None,
         retry_backoff_seconds: int | None = None,
+        max_failed_keys: int | None = None,
     ) -> Process:
         """Register a process; raises ProcessExists if the name is taken."""
         fields = {
@@ -68,6 +69,7 @@ class AsyncHttpCoordinator(AsyncCoordinator):
             "mode": mode,
             "max_attempts": max_attempts,
             "retry_backoff_seconds": retry_backoff_seconds,
+            "max_failed_keys": max_failed_keys,
         }
         body: dict[str, Any] = {"process_name": name}
         body |= {field: value for field, value in fields.items() if value is not None}
@@ -332,6 +334,7 @@ def _problem_error(
         "process_exists": lambda: errors.ProcessExists(name, detail),
         "no_free_key": lambda: errors.NoFreeKey(name, retry_after_us),
         "pass_complete": lambda: errors.PassComplete(name),
+        "pass_failed": lambda: errors.PassFailed(name),
         "all_quarantined": lambda: errors.AllQuarantined(name),
         "unknown_lease": lambda: errors.UnknownLease(external_id),
         "lease_gone": lambda: errors.LeaseGone(external_id),

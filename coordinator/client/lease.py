@@ -90,6 +90,7 @@ class AsyncLease:
         self._key_set_size = 0
         self._renewer: asyncio.Task[None] | None = None
         self._failed = False
+        self._fatal = False
         self._interrupted = False
         self._leaving: asyncio.Future[None] | None = None  # the release, once the block ends
         self._length = 0.0  # seconds, as granted; every renewal asks for the same
@@ -184,9 +185,11 @@ class AsyncLease:
         if ended is not None:
             raise LeaseLost(self.external_id) from ended
 
-    def fail(self) -> None:
-        """Release as `failed` when the block ends, without raising to say so."""
+    def fail(self, *, fatal: bool = False) -> None:
+        """Release as `failed` when the block ends, without raising to say so; `fatal` (the
+        work can never succeed as it is) quarantines the key at once, whatever its budget."""
         self._failed = True
+        self._fatal = self._fatal or fatal
 
     def interrupt(self) -> None:
         """Release as `interrupted` when the block ends (the work was stopped, not failed:
@@ -236,7 +239,9 @@ class AsyncLease:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        outcome = outcome_on_leaving(exc_type, failed=self._failed, interrupted=self._interrupted)
+        outcome = outcome_on_leaving(
+            exc_type, failed=self._failed, interrupted=self._interrupted, fatal=self._fatal
+        )
         self._leaving = asyncio.ensure_future(self._leave(outcome))
         await unless_cancelled(self._leaving)
 

@@ -32,11 +32,14 @@ class LeaseReleaser(Protocol):
 
 
 def outcome_on_leaving(
-    exc_type: type[BaseException] | None, *, failed: bool, interrupted: bool
+    exc_type: type[BaseException] | None, *, failed: bool, interrupted: bool, fatal: bool = False
 ) -> str:
-    """The outcome a block ended by `exc_type` (None: normally) is released with."""
+    """The outcome a block ended by `exc_type` (None: normally) is released with; `fatal`
+    (the holder said the work can never succeed) makes a failure quarantine the key."""
     if interrupted or (exc_type is not None and issubclass(exc_type, INTERRUPTIONS)):
         return "interrupted"
+    if fatal:
+        return "fatal"
     if exc_type is not None or failed:
         return "failed"
     return "completed"
@@ -60,13 +63,14 @@ def _log_failure(leaving: asyncio.Future[None]) -> None:
 async def release(
     service: LeaseReleaser, external_id: str, outcome: str, *, retry: bool = True
 ) -> BatchKey | None:
-    """Release as `outcome`; a server that predates `interrupted` is answered `failed`."""
+    """Release as `outcome`; a server that predates `interrupted` or `fatal` is answered
+    `failed` (the nearest outcome it knows: the key keeps its place, an attempt counted)."""
     try:
         return await service.release(external_id, outcome, retry=retry)
     except InvalidField as error:
-        if outcome != "interrupted" or error.field != "outcome":
+        if outcome not in ("interrupted", "fatal") or error.field != "outcome":
             raise
-        logger.warning("the service does not know outcome interrupted: releasing failed")
+        logger.warning("the service does not know outcome %s: releasing failed", outcome)
         return await service.release(external_id, "failed", retry=retry)
 
 

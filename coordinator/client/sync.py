@@ -88,15 +88,17 @@ class Coordinator:
         mode: str | None = None,
         max_attempts: int | None = None,
         retry_backoff_seconds: int | None = None,
+        max_failed_keys: int | None = None,
     ) -> Process:
         """Register a process; raises ProcessExists if the name is taken.
 
-        `mode`, `max_attempts` and `retry_backoff_seconds` make it a batch run.
+        `mode`, `max_attempts`, `retry_backoff_seconds` and `max_failed_keys` make it a batch
+        run.
         """
         return self._run(
             self.async_client.register(
                 name, key_set_size, lease_seconds, mode=mode, max_attempts=max_attempts,
-                retry_backoff_seconds=retry_backoff_seconds,
+                retry_backoff_seconds=retry_backoff_seconds, max_failed_keys=max_failed_keys,
             )
         )  # fmt: skip
 

@@ -1,8 +1,9 @@
 """The Python client speaks the JSON's names: times as aware datetimes, `process_name`, a lease
-that says what it holds, an unreachable server named as such, the host name as the machine."""
+that says what it holds, an unreachable server named as such, HOST:PID as the machine."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import uuid
@@ -114,12 +115,13 @@ def test_a_lease_says_what_it_holds(coordinator: Coordinator) -> None:  # noqa: 
     assert repr(lease) == f"<Lease {name} key 1/10 token {lease.fencing_token} ended>"
 
 
-def test_the_machine_defaults_to_the_host_name(coordinator: Coordinator) -> None:  # noqa: F811
+def test_the_machine_defaults_to_host_and_pid(coordinator: Coordinator) -> None:  # noqa: F811
     name = _name()
     coordinator.register(name, 2)
-    assert coordinator.acquire(name).machine == socket.gethostname()
+    machine = f"{socket.gethostname()}:{os.getpid()}"
+    assert coordinator.acquire(name).machine == machine
     with coordinator.lease(name) as lease:
-        assert lease.batch_key.machine == socket.gethostname()
+        assert lease.batch_key.machine == machine
 
 
 def test_no_free_key_carries_a_short_hint_on_both_transports(

@@ -6,7 +6,7 @@ with `async`/`await`. Failures raise the exceptions of `coordinator.errors`, re-
 
 ```python
 with RedisCoordinator("redis://127.0.0.1:6379/0") as coordinator:
-    with coordinator.lease("nightly-invoices") as lease:  # machine: this host's name
+    with coordinator.lease("nightly-invoices") as lease:  # machine: HOST:PID
         for row in rows_where(lease.sql_predicate("id")):
             lease.check()
             handle(row, fencing_token=lease.fencing_token)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -15,17 +14,13 @@ from typing import TypeVar
 from coordinator.client.lease import AsyncLease
 from coordinator.client.outage import OutageLog, Retrying, outage_budget
 from coordinator.errors import CoordinatorError, LeaseGone, StoreUnavailable
+from coordinator.machine import default_machine
 from coordinator.models import BatchKey, Event, Pass, Process, Redrive
 from coordinator.progress import Progress
 from coordinator.validation import UNSET, Unset
 
 T = TypeVar("T")
 logger = logging.getLogger("coordinator.client")
-
-
-def default_machine() -> str:
-    """The machine a lease is recorded for when none is named: this host's name, as in the CLI."""
-    return socket.gethostname()
 
 
 class AsyncCoordinator(ABC):
@@ -121,7 +116,7 @@ class AsyncCoordinator(ABC):
     ) -> BatchKey:
         """Lease the stalest free key, waiting up to `wait_seconds` for one to free.
 
-        `machine` (recorded with the lease) defaults to this host's name. The grant carries
+        `machine` (recorded with the lease) defaults to HOST:PID, as in the CLI. The grant carries
         `request_id` (a new uuid4 when None); a transient failure is retried with the same
         id for the outage budget, so a grant whose answer was lost never takes two keys.
         """
@@ -312,7 +307,7 @@ class AsyncCoordinator(ABC):
     ) -> AsyncLease:
         """`async with coordinator.lease(...) as lease:` holds a key, renewing it meanwhile.
 
-        `machine` defaults to this host's name.
+        `machine` defaults to HOST:PID (this host's name and process id).
         """
         machine = default_machine() if machine is None else machine
         return AsyncLease(self, name, machine, lease_seconds, wait_seconds)

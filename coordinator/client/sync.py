@@ -176,7 +176,7 @@ class Coordinator:
     ) -> BatchKey:
         """Lease the stalest free key, waiting up to `wait_seconds` for one to free.
 
-        `machine` defaults to this host's name; `request_id` (a new uuid4 when None) makes
+        `machine` defaults to HOST:PID; `request_id` (a new uuid4 when None) makes
         the grant safe to send again, as transient failures are.
         """
         return self._run(
@@ -235,7 +235,7 @@ class Coordinator:
     ) -> LeaseContext:
         """`with coordinator.lease(...) as lease:` holds a key, renewing it meanwhile.
 
-        `machine` defaults to this host's name.
+        `machine` defaults to HOST:PID (this host's name and process id).
         """
         lease = self.async_client.lease(name, machine, lease_seconds, wait_seconds)
         return LeaseContext(self._portal, lease)

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Dialog, Page, Route, expect, sync_playwright
 
 from coordinator.auth import new_token
 from tests.test_dashboard import (
@@ -368,3 +368,55 @@ def test_screenshot_of_a_batch_run_in_progress(browser: Browser, tmp_path: Path)
         assert _overflowing(phone.page) == []
         phone.page.screenshot(path=ARTIFACTS / "dashboard-progress-phone.png", full_page=True)
         phone.close()
+
+
+def test_retry_all_quarantined_redrives_every_one(
+    browser: Browser, base: str, api: httpx.Client
+) -> None:
+    """Retry all quarantined… asks first, then every quarantined key of the process is free
+    again (POST …/keys/retry), and the page's list empties."""
+    name = _name("redrive")
+    _register(api, name, 5, mode="once", max_attempts=1)
+    for n in range(3):
+        assert _release(api, _grant(api, name, f"worker-{n}"), "failed")["state"] == "quarantined"
+    tab = Tab(browser, viewport=DESKTOP)
+    page = tab.page
+    page.goto(f"{base}/#process={name}")
+    expect(page.locator("#quarantine-body tr")).to_have_count(3)
+    questions: list[str] = []
+
+    def answer(dialog: Dialog) -> None:
+        questions.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", answer)
+    page.get_by_role("button", name="Retry all quarantined…").click()
+    expect(page.locator("#notice")).to_have_text(
+        f"3 keys of “{name}” can be granted again (failed attempts reset)."
+    )
+    assert questions[0].startswith(f"Retry all 3 quarantined keys of “{name}”?")
+    expect(page.locator("#quarantine")).to_be_hidden()
+    states = {k["state"] for k in api.get(f"/api/v1/process/batch_keys/{name}").json()}
+    assert states == {"free"}
+    tab.close()
+
+
+def test_a_failed_pass_says_so(browser: Browser, base: str, api: httpx.Client) -> None:
+    """More keys quarantined than max_failed_keys: the pass shows as failed, not complete,
+    with the policy among the run's facts."""
+    name = _name("poison")
+    _register(api, name, 6, mode="once", max_attempts=1, max_failed_keys=1)
+    for n in range(2):
+        _release(api, _grant(api, name, f"worker-{n}"), "failed")
+    run = api.get(f"{PROCESS}/{name}").json()["pass"]
+    assert run["failed"] is True
+    tab = Tab(browser, viewport=DESKTOP)
+    page = tab.page
+    page.goto(f"{base}/#process={name}")
+    expect(page.locator("#pass-state")).to_have_text("failed")
+    expect(page.locator("#pass-state")).to_have_class("badge failed")
+    expect(page.locator('#run-facts [data-fact="Max failed keys"]')).to_have_text(
+        "1: a pass with more quarantined keys fails"
+    )
+    expect(page.locator('#progress-facts [data-fact="ETA"]')).to_have_text("none: the pass failed")
+    tab.close()

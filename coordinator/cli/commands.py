@@ -32,6 +32,7 @@ _CALLS: dict[str, Callable[[Coordinator, argparse.Namespace], Result]] = {
         mode=a.mode,
         max_attempts=a.max_attempts,
         retry_backoff_seconds=a.retry_backoff,
+        max_failed_keys=a.max_failed_keys,
     ),
     "delete": lambda c, a: c.unregister(a.name),
     "acquire": lambda c, a: c.acquire(a.name, a.machine, a.lease_seconds, a.wait),
@@ -64,6 +65,7 @@ def client_command(args: argparse.Namespace) -> int:
                 wait_seconds=args.wait,
                 lease_seconds=args.lease_seconds,
                 announce=lambda lease: _announce(lease, as_json=args.json),
+                fatal_exit_codes=frozenset(args.fatal_exit_code or ()),
             )
         if args.command == "process" and args.action == "list":
             return listing.print_processes(coordinator, args)

@@ -194,6 +194,13 @@ def _add_process(commands: Commands[Parser]) -> None:
         metavar="SECONDS",
         help="hold a failed key back this long, doubling per failure (0-3600; default 0)",
     )
+    register.add_argument(
+        "--max-failed-keys",
+        type=values.max_failed_keys,
+        metavar="N",
+        help="with --mode once: a pass in which more than N keys are quarantined fails (its"
+        f" grants answer pass_failed, `pass wait` exits {statuses.PASS_FAILED}; default: never)",
+    )
     delete = _client_command(actions, "delete", "delete a process, ending all of its leases")
     delete.add_argument("name", metavar="NAME", help="the process name")
     purge = _client_command(
@@ -363,6 +370,14 @@ def _add_run(commands: Commands[Parser]) -> None:
         " complete (exit 0) or SIGINT/SIGTERM (128 + N); a failed command releases its key"
         " `failed` and the loop goes on; when no key is free, wait (--wait, else 30 s at a"
         " time) and ask again",
+    )
+    run.add_argument(
+        "--fatal-exit-code",
+        type=values.exit_status,
+        action="append",
+        metavar="N",
+        help="a command exit status N means the work can never succeed as it is: release the"
+        " key `fatal`, which quarantines it at once whatever max_attempts (repeatable)",
     )
     # Not REMAINDER: that would swallow the options after NAME (main() splits off `-- ...`).
     run.add_argument(

@@ -77,6 +77,14 @@ def _wait(coordinator: Coordinator, name: str, timeout: float | None, *, as_json
             wait = min(WAIT_SECONDS_MAX, max(1, math.ceil(left)))
         current = coordinator.pass_info(name, current.number, wait)
     _print_pass(name, current, as_json=as_json)
+    if current.failed:
+        print(
+            f"coordinator: pass {current.number} of {name} failed: {current.keys_quarantined}"
+            f" keys quarantined, more than its max_failed_keys (see `coordinator keys {name}"
+            " --state quarantined`)",
+            file=sys.stderr,
+        )
+        return statuses.PASS_FAILED
     if current.keys_quarantined:
         print(
             f"coordinator: pass {current.number} of {name} completed with"

@@ -67,13 +67,15 @@ def run_job(
     wait_seconds: float = 0,
     lease_seconds: int | None = None,
     announce: Callable[[Lease], None] = lambda _lease: None,
+    fatal_exit_codes: frozenset[int] = frozenset(),
 ) -> int:
     """Acquire a key, run `command` with it in its environment, release it; the exit status.
 
     The command is checked first (CommandNotRunnable), so no key is taken for one that cannot
     run; a failure to acquire raises, except PassComplete: nothing is left to do, exit 0.
-    `announce` is told the lease once it is held. Exit 0 releases `completed`, anything else
-    `failed`. SIGINT and SIGTERM are passed to the command, and its key is then released
+    `announce` is told the lease once it is held. Exit 0 releases `completed`, a status in
+    `fatal_exit_codes` `fatal` (the key is quarantined at once), anything else `failed`.
+    SIGINT and SIGTERM are passed to the command, and its key is then released
     `interrupted` whatever it exits with; before it runs they end `run` at once (128 + N).
     If the lease is lost while the command runs, the command is stopped (SIGTERM): another
     worker may already hold the key. What the command writes to $BATCH_CHECKPOINT_FILE is
@@ -91,6 +93,7 @@ def run_job(
                 wait_seconds=wait_seconds,
                 lease_seconds=lease_seconds,
                 announce=announce,
+                fatal_exit_codes=fatal_exit_codes,
             )
         except PassComplete as error:
             # A fleet of `run --wait` loops drains a `once` pass, then stops.
@@ -111,6 +114,7 @@ def run_loop(
     wait_seconds: float = 0,
     lease_seconds: int | None = None,
     announce: Callable[[Lease], None] = lambda _lease: None,
+    fatal_exit_codes: frozenset[int] = frozenset(),
 ) -> int:
     """`run --loop`: run the command under key after key, in one process, until the pass of a
     `once` process is complete (exit 0).
@@ -138,6 +142,7 @@ def run_loop(
                         wait_seconds=wait_seconds or LOOP_WAIT_SECONDS,
                         lease_seconds=lease_seconds,
                         announce=announce,
+                        fatal_exit_codes=fatal_exit_codes,
                     )
                 except NoFreeKey:
                     continue  # every key is held or backing off: ask again
@@ -182,6 +187,7 @@ def _run_once(
     wait_seconds: float,
     lease_seconds: int | None,
     announce: Callable[[Lease], None],
+    fatal_exit_codes: frozenset[int] = frozenset(),
 ) -> _Outcome:
     """One grant, one command, one release. Failures of the grant raise, and so does an outage
     past the budget; another failure to end the lease after the command ran is said on stderr
@@ -202,7 +208,8 @@ def _run_once(
                 if outcome.interrupted:
                     lease.interrupt()
                 elif outcome.status != 0:
-                    lease.fail()
+                    # A status the caller named fatal: the work can never succeed as it is.
+                    lease.fail(fatal=outcome.status in fatal_exit_codes)
         except StoreUnavailable:
             raise  # the client rode the outage out for its whole budget: `run` ends with 75
         except CoordinatorError as error:

@@ -8,6 +8,7 @@ REFUSED = 1  # the service refused: one line says why
 QUARANTINED = 1  # `pass wait`: the pass completed, but with keys quarantined
 USAGE = 2  # a bad option or setting
 TIMED_OUT = 3  # `pass wait --timeout` passed first
+PASS_FAILED = 4  # `pass wait`: the pass failed (more keys quarantined than max_failed_keys)
 # EX_TEMPFAIL (sysexits.h): the service stayed unreachable for the whole outage budget. Nothing
 # was refused, so a supervisor or a cron wrapper may start the same command again later.
 UNAVAILABLE = 75
@@ -27,6 +28,10 @@ MEANINGS: tuple[tuple[str, str], ...] = (
     ),
     (f"{USAGE}", "a bad option or setting"),
     (f"{TIMED_OUT}", "`pass wait --timeout` passed"),
+    (
+        f"{PASS_FAILED}",
+        "the pass `pass wait` waited for failed: more keys quarantined than its max_failed_keys",
+    ),
     (
         f"{UNAVAILABLE}",
         "the service stayed unreachable for the whole outage budget (--outage-budget): try"

@@ -68,6 +68,17 @@ def max_attempts(text: str) -> int:
     return _integer(text, 1, top, f"an integer from 1 to {top}")
 
 
+def max_failed_keys(text: str) -> int:
+    """Quarantined keys a `once` pass tolerates before it fails: 0 or more (the service
+    checks it against the key set's size)."""
+    return _integer(text, 0, None, "a number of keys (an integer of at least 0)")
+
+
+def exit_status(text: str) -> int:
+    """A command's exit status that `run` is told to treat specially: 1 to 255."""
+    return _integer(text, 1, 255, "an exit status from 1 to 255")
+
+
 def retry_backoff(text: str) -> int:
     """The first backoff after a failed lease, in whole seconds (0 to 3600)."""
     return _within(validation.retry_backoff_seconds, _integer(text, 0, None, "whole seconds"))

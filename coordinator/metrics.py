@@ -84,9 +84,9 @@ _FAILURES = {
     410: "lease_gone",
     503: "store_unavailable",
 }
-# A grant's 409s, each its own outcome: a `once` pass that is complete, or every key
-# quarantined, is not a shortage of keys (alerts on no_free_key must not fire for them).
-GRANT_CONFLICTS = ("no_free_key", "pass_complete", "all_quarantined")
+# A grant's 409s, each its own outcome: a `once` pass that is complete (or failed), or every
+# key quarantined, is not a shortage of keys (alerts on no_free_key must not fire for them).
+GRANT_CONFLICTS = ("no_free_key", "pass_complete", "pass_failed", "all_quarantined")
 OUTCOMES = {
     "grant": ("granted", *GRANT_CONFLICTS, "unknown_process"),
     "renew": ("renewed", "unknown_lease", "lease_gone"),

@@ -24,7 +24,7 @@ from coordinator.stats import ProcessStats
 
 # Bumped when the stored shape changes; a snapshot of another version is ignored (the next
 # refresh replaces it), so replicas of two versions side by side never misread each other.
-VERSION = 2
+VERSION = 3
 _FIELDS = tuple(f.name for f in dataclasses.fields(ProcessStats))
 
 
@@ -81,6 +81,12 @@ FIGURES = (
         "1 once every key of the current pass is done or quarantined (a `once` pass, until"
         " the next is started; a `rotate` process starts the next at once), else 0.",
         lambda s: int(s.pass_complete),
+    ),
+    Figure(
+        "pass_failed",
+        "1 while the current `once` pass is failed: more keys were quarantined than its"
+        " max_failed_keys (until a retry reopens it or the next pass starts), else 0.",
+        lambda s: int(s.pass_failed),
     ),
     Figure("keys_done", "Keys completed at least once in the current pass.", lambda s: s.keys_done),
     Figure(

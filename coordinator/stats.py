@@ -42,6 +42,7 @@ _META = (
     "pass_started_us",
     "pass_completed_us",
     "created_us",
+    "failed",
 )
 
 
@@ -73,6 +74,8 @@ class ProcessStats:
     # a `rotate` process starts its next pass the instant one completes).
     pass_started_us: int = 0
     pass_complete: bool = False
+    # The current `once` pass failed: more keys quarantined than its max_failed_keys.
+    pass_failed: bool = False
 
     @property
     def stalest_age_seconds(self) -> float | None:
@@ -158,6 +161,7 @@ async def page_stats(redis: RedisClient, keys: KeySpace, names: list[str]) -> li
                 # A process registered before batch runs is in pass 1, started when created.
                 pass_started_us=int(meta[5] or meta[7] or 0),
                 pass_complete=bool(meta[6]),
+                pass_failed=meta[8] == "1",
             )
         )
     return stats

@@ -84,6 +84,10 @@ PROGRESS_SCHEMAS: dict[str, dict[str, Any]] = {
             "at": {"type": "string", "format": "date-time", "description": "When read."},
             "pass_started_at": _TIME,
             "pass_completed_at": _TIME,
+            "backoff_ends_at": {
+                **_TIME,
+                "description": "When the first backoff not yet ended ends; null: none.",
+            },
             "quarantined": {
                 "type": "array",
                 "maxItems": QUARANTINED_SHOWN_MAX,

@@ -70,6 +70,7 @@ class Progress:
     at: datetime
     pass_started_at: datetime | None = None
     pass_completed_at: datetime | None = None
+    backoff_ends_at: datetime | None = None  # the first end of a backoff not yet ended
     quarantined: tuple[QuarantinedKey, ...] = field(default_factory=tuple)
     quarantined_total: int = 0
     rate_window_seconds: int = RATE_WINDOW_SECONDS
@@ -96,6 +97,7 @@ class Progress:
             "at": timestamp(self.at),
             "pass_started_at": timestamp(self.pass_started_at),
             "pass_completed_at": timestamp(self.pass_completed_at),
+            "backoff_ends_at": timestamp(self.backoff_ends_at),
             "quarantined": [key.to_json() for key in self.quarantined],
             "quarantined_total": self.quarantined_total,
             "quarantined_shown_max": self.quarantined_shown_max,
@@ -123,6 +125,7 @@ class Progress:
             at=at,
             pass_started_at=utc(from_rfc3339(data.get("pass_started_at"))),
             pass_completed_at=utc(from_rfc3339(data.get("pass_completed_at"))),
+            backoff_ends_at=utc(from_rfc3339(data.get("backoff_ends_at"))),
             quarantined=tuple(QuarantinedKey.from_json(q) for q in data["quarantined"]),
             quarantined_total=int(data["quarantined_total"]),
             rate_window_seconds=int(data["rate_window_seconds"]),

@@ -10,7 +10,7 @@ So a read costs O(log n) plus the bounded list, never a walk over the key space.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from coordinator import validation
 from coordinator.errors import UnknownProcess
@@ -39,7 +39,7 @@ async def read_progress(redis: RedisClient, keys: KeySpace, name: str) -> Progre
     stats = found[0]
     k = keys.process(name)
     window_start = max(stats.pass_started_us, stats.now_us - RATE_WINDOW_SECONDS * 1_000_000)
-    meta, recent, parked = await send_page(
+    meta, recent, parked, backoff = await send_page(
         redis,
         [
             ("HMGET", k.meta, "qdone", "pass_completed_us", "epoch"),
@@ -50,6 +50,8 @@ async def read_progress(redis: RedisClient, keys: KeySpace, name: str) -> Progre
             ("ZCOUNT", k.free, f"({window_start}", "+inf"),
             # Members of one score come in byte order ("10" before "2"): the first shown.
             ("ZRANGEBYSCORE", k.parked, "+inf", "+inf", "LIMIT", 0, QUARANTINED_SHOWN_MAX),
+            # The first backoff to end (those already ended are free, as stats counts them).
+            ("ZRANGEBYSCORE", k.parked, f"({stats.now_us}", "(+inf", "WITHSCORES", "LIMIT", 0, 1),
         ],
     )
     qdone, completed_us, epoch = meta
@@ -59,8 +61,10 @@ async def read_progress(redis: RedisClient, keys: KeySpace, name: str) -> Progre
     left = max(0, stats.key_set_size - done - stats.quarantined)
     seconds = (stats.now_us - window_start) / 1e6
     rate = int(recent) / seconds * 60 if int(recent) >= ETA_MIN_KEYS_DONE and seconds > 0 else None
+    backoff_ends_us = _first_score(backoff)
     return _progress(
         stats,
+        backoff_ends_us=backoff_ends_us,
         done=done,
         left=left,
         rate=rate,
@@ -92,6 +96,15 @@ async def _quarantined(
     return tuple(found)
 
 
+def _first_score(reply: list[Any]) -> int | None:
+    """The score of a ZRANGEBYSCORE WITHSCORES LIMIT 0 1 as sent (no reply callback parses
+    it): [member, score] in RESP2, [[member, score]] in RESP3; None for no member."""
+    if not reply:
+        return None
+    pair = reply[0] if isinstance(reply[0], list) else reply
+    return int(float(pair[1]))
+
+
 def _progress(
     stats: ProcessStats,
     *,
@@ -100,6 +113,7 @@ def _progress(
     rate: float | None,
     shown: tuple[QuarantinedKey, ...],
     completed_us: int | None,
+    backoff_ends_us: int | None,
 ) -> Progress:
     """The progress record of the figures read; the ETA follows from `left` at `rate`."""
     eta: float | None = None
@@ -128,6 +142,7 @@ def _progress(
         at=at,
         pass_started_at=utc(stats.pass_started_us or None),
         pass_completed_at=utc(completed_us),
+        backoff_ends_at=utc(backoff_ends_us),
         quarantined=shown,
         quarantined_total=stats.quarantined,
     )

@@ -77,7 +77,12 @@ async def test_the_counts_are_the_key_listings_states(
     assert progress["quarantined"][0]["attempts"] == 1
     states = await _states(client, backing_off)
     assert (states["done"], states["backoff"], states["held"]) == (3, 1, 1)
-    _agrees(await _progress(client, backing_off), states)
+    progress = await _progress(client, backing_off)
+    _agrees(progress, states)
+    # The backoff's end is read with the counts: an hour on from the failure.
+    ends = datetime.fromisoformat(progress["backoff_ends_at"])
+    assert 3000 < (ends - datetime.fromisoformat(progress["at"])).total_seconds() <= 3600
+    assert (await _progress(client, quarantining))["backoff_ends_at"] is None
 
 
 async def test_rate_and_eta_are_unknown_until_enough_keys_are_done(

@@ -11,6 +11,7 @@ import orjson
 
 from coordinator import output
 from coordinator.cli import statuses
+from coordinator.cli.progress_text import progress_json, progress_text
 from coordinator.client.sync import Coordinator
 from coordinator.models import BatchKey, Pass, Redrive
 from coordinator.validation import WAIT_SECONDS_MAX
@@ -28,10 +29,11 @@ def pass_command(coordinator: Coordinator, args: argparse.Namespace) -> int:
         return 0
     if args.action == "show":
         if args.number is None:
-            shown = _current(coordinator, name)
-        else:
-            shown = coordinator.pass_info(name, args.number)
-        _print_pass(name, shown, as_json=args.json)
+            # The current pass as it goes: counts, rate, ETA and the quarantined keys.
+            progress = coordinator.progress(name)
+            print(progress_json(progress) if args.json else progress_text(progress))
+            return 0
+        _print_pass(name, coordinator.pass_info(name, args.number), as_json=args.json)
         return 0
     return _wait(coordinator, name, args.timeout, as_json=args.json)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from coordinator.cli import child, statuses
 from coordinator.cli.checkpoint_file import CheckpointFile
+from coordinator.cli.loop_lines import say_failed, say_waiting
 from coordinator.cli.stop import Stopped, StopSignals
 from coordinator.client.blocking_lease import Lease
 from coordinator.client.lease import LeaseLost
@@ -129,6 +130,13 @@ def run_loop(
     """
     check_runnable(command)
     ran = failed = interrupted = 0
+    held: list[int] = []  # the key of the latest lease, for the line that says it failed
+
+    def noting(lease: Lease) -> None:
+        held[:] = [lease.key]
+        announce(lease)
+
+    said = ""  # the last waiting line, said again only when it changes
     with StopSignals() as stop:
         try:
             while stop.received is None:
@@ -141,10 +149,11 @@ def run_loop(
                         command,
                         wait_seconds=wait_seconds or LOOP_WAIT_SECONDS,
                         lease_seconds=lease_seconds,
-                        announce=announce,
+                        announce=noting,
                         fatal_exit_codes=fatal_exit_codes,
                     )
                 except NoFreeKey:
+                    said = say_waiting(coordinator, process_name, said)
                     continue  # every key is held or backing off: ask again
                 except PassComplete as error:
                     done = f"Ran {_keys(ran)}, {failed} failed."
@@ -152,7 +161,10 @@ def run_loop(
                     return statuses.OK
                 ran += 1
                 interrupted += outcome.interrupted
-                failed += outcome.status != 0 and not outcome.interrupted
+                if outcome.status != 0 and not outcome.interrupted:
+                    failed += 1
+                    say_failed(coordinator, process_name, held[0] if held else None, outcome.status)
+                said = ""
         except Stopped:
             pass  # while waiting for a key, or between two: nothing was held
     assert stop.received is not None  # the loop ends only when stopped, or returns

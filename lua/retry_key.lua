@@ -22,8 +22,9 @@
 --         {10, key}  a key is outside the key space (returned); nothing changed
 --
 -- Cost: O(CHUNK_MAX × log size) per call: the caller sends a longer list, or all the
--- quarantined keys of a process, a chunk per call, so no call holds Redis long.
--- One retried event per key.
+-- quarantined keys of a process, a chunk per call, so no call holds Redis long. Per key one
+-- ZSCORE (a listed key) and one XADD (its retried event); the rest is one command per call.
+-- A key listed twice is retried once.
 local meta, free, keyinfo, parked, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local events_cap = tonumber(ARGV[1])
 local which = ARGV[2]
@@ -62,50 +63,65 @@ if not m[1] then
 end
 local size, started_us = tonumber(m[1]), tonumber(m[2] or '0')
 
--- The keys of this call, every one checked before anything changes.
-local names
+-- The keys of this call (each once), every one checked before anything changes, and the
+-- score each has in `parked` (false: not parked).
+local names, until_us = {}, {}
 if which == 'keys' then
-  names = {}
+  local seen = {}
   for i = 3, #ARGV do
     local key = tonumber(ARGV[i])
     if key >= size then
       return {10, string.format('%d', key)}
     end
-    names[#names + 1] = string.format('%d', key)
+    local name = string.format('%d', key)
+    if not seen[name] then
+      seen[name] = true
+      names[#names + 1] = name
+    end
+  end
+  for i, name in ipairs(names) do
+    until_us[i] = redis.call('ZSCORE', parked, name)
   end
 else
   names = redis.call('ZRANGEBYSCORE', parked, '+inf', '+inf', 'LIMIT', 0, tonumber(ARGV[3]))
+  for i = 1, #names do
+    until_us[i] = 'inf'
+  end
 end
 
 local t = redis.call('TIME')
 local now_us = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
 local counts = {quarantined = 0, backoff = 0, other = 0}
-local seen, unparked, back, fields = {}, {}, {}, {}
-local undone = 0
-for _, name in ipairs(names) do
+local unparked, lasts, back, fields = {}, {}, {}, {}
+for i, name in ipairs(names) do
+  if until_us[i] then
+    unparked[#unparked + 1] = name
+    lasts[#lasts + 1] = 'l:' .. name
+  end
+  fields[#fields + 1] = 'a:' .. name
+  fields[#fields + 1] = 'l:' .. name
+  fields[#fields + 1] = 'm:' .. name
+end
+local last = #lasts > 0 and redis.call('HMGET', keyinfo, unpack(lasts)) or {}
+local undone, j = 0, 0
+for i = 1, #names do
   local was = 'other'
-  local until_us = redis.call('ZSCORE', parked, name)
-  -- A key listed twice in one call is parked the first time only.
-  if until_us and not seen[name] then
-    local last = redis.call('HGET', keyinfo, 'l:' .. name) or '0'
-    if tonumber(until_us) == math.huge or until_us == 'inf' then
+  if until_us[i] then
+    j = j + 1
+    local score = last[j] or '0'
+    if until_us[i] == 'inf' or tonumber(until_us[i]) == math.huge then
       was = 'quarantined'
       -- A key quarantined after it was done in this pass is counted in qdone.
-      if tonumber(last) > started_us then
+      if tonumber(score) > started_us then
         undone = undone + 1
       end
     else
       was = 'backoff'
     end
-    seen[name] = true
-    unparked[#unparked + 1] = name
-    back[#back + 1] = last
-    back[#back + 1] = name
+    back[#back + 1] = score
+    back[#back + 1] = names[i]
   end
   counts[was] = counts[was] + 1
-  fields[#fields + 1] = 'a:' .. name
-  fields[#fields + 1] = 'l:' .. name
-  fields[#fields + 1] = 'm:' .. name
 end
 if #unparked > 0 then
   redis.call('ZREM', parked, unpack(unparked))

@@ -340,7 +340,7 @@ def test_register_and_delete_through_the_page(page: Page, base: str, api: httpx.
     page.goto(f"{base}/ui")
     form = page.locator("#register-form")
     form.get_by_label("Name").fill(name)
-    form.get_by_label("Keys").fill("6")
+    form.get_by_label("Keys", exact=True).fill("6")
     form.get_by_label("Lease seconds").fill("600")
     form.get_by_role("button", name="Register").click()
 
@@ -381,13 +381,14 @@ def test_register_form_starts_from_the_servers_defaults(
     name = _name("defaults")
     page.goto(f"{base}/ui")
     form = page.locator("#register-form")
-    expect(form.get_by_label("Keys")).to_have_value("10")
+    expect(form.get_by_label("Keys", exact=True)).to_have_value("10")
     expect(form.get_by_label("Lease seconds")).to_have_attribute("placeholder", "3600")
     form.get_by_label("Name").fill(name)
     form.get_by_role("button", name="Register").click()
     expect(page.locator("#process-heading")).to_have_text(name)
     expect(page.locator("#notice")).to_have_text(f"Registered “{name}” with 10 keys.")
-    expect(form.get_by_label("Keys")).to_have_value("10")  # the form is reset to its defaults
+    # The form is reset to its defaults.
+    expect(form.get_by_label("Keys", exact=True)).to_have_value("10")
 
     other = _name("defaults")
     through_api = api.post("/api/v1/process", json={"process_name": other})
@@ -647,7 +648,7 @@ def test_register_form_registers_a_batch_run(
     expect(attempts).to_have_attribute("max", str(MAX_ATTEMPTS_MAX))
     expect(backoff).to_have_attribute("max", str(RETRY_BACKOFF_SECONDS_MAX))
     form.get_by_label("Name").fill(name)
-    form.get_by_label("Keys").fill("3")
+    form.get_by_label("Keys", exact=True).fill("3")
     mode.select_option("once")
     attempts.fill("1")
     backoff.fill("45")

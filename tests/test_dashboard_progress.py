@@ -402,17 +402,25 @@ def test_retry_all_quarantined_redrives_every_one(
 
 
 def test_a_failed_pass_says_so(browser: Browser, base: str, api: httpx.Client) -> None:
-    """More keys quarantined than max_failed_keys: the pass shows as failed, not complete,
-    with the policy among the run's facts."""
+    """A process registered on the form with max failed keys 1: once two keys are
+    quarantined the pass shows as failed, not complete, with the policy among its facts."""
     name = _name("poison")
-    _register(api, name, 6, mode="once", max_attempts=1, max_failed_keys=1)
+    tab = Tab(browser, viewport=DESKTOP)
+    page = tab.page
+    page.goto(f"{base}/ui")
+    form = page.locator("#register-form")
+    form.get_by_label("Name").fill(name)
+    form.get_by_label("Keys", exact=True).fill("6")
+    form.get_by_label("Mode").select_option("once")
+    form.get_by_label("Max attempts").fill("1")
+    form.get_by_label("Max failed keys").fill("1")
+    form.get_by_role("button", name="Register").click()
+    expect(page.locator("#process-heading")).to_have_text(name)
+    assert api.get(f"{PROCESS}/{name}").json()["max_failed_keys"] == 1
     for n in range(2):
         _release(api, _grant(api, name, f"worker-{n}"), "failed")
     run = api.get(f"{PROCESS}/{name}").json()["pass"]
     assert run["failed"] is True
-    tab = Tab(browser, viewport=DESKTOP)
-    page = tab.page
-    page.goto(f"{base}/#process={name}")
     expect(page.locator("#pass-state")).to_have_text("failed")
     expect(page.locator("#pass-state")).to_have_class("badge failed")
     expect(page.locator('#run-facts [data-fact="Max failed keys"]')).to_have_text(

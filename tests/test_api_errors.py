@@ -417,6 +417,7 @@ API_OPERATIONS = {
     ("/api/v1/process/{}", "delete"),
     ("/api/v1/process/{}/keys/{}", "get"),
     ("/api/v1/process/{}/keys/{}/retry", "post"),
+    ("/api/v1/process/{}/keys/retry", "post"),
     ("/api/v1/process/{}/passes", "post"),
     ("/api/v1/process/{}/passes/{}", "get"),
     ("/api/v1/process/{}/progress", "get"),
@@ -510,6 +511,7 @@ async def test_openapi_lists_every_problem_code(client: httpx.AsyncClient) -> No
         ("/api/v1/process/batch_keys/{}", "get", {"200", "404", "503"}),
         ("/api/v1/process/batch_keys/{}", "patch", {"200", "404", "410", "503"}),
         ("/api/v1/process/batch_keys/{}", "delete", {"200", "404", "410", "503"}),
+        ("/api/v1/process/{}/keys/retry", "post", {"200", "403", "404", "422", "503"}),
         ("/readyz", "get", {"200", "503"}),
     ],
 )

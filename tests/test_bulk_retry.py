@@ -24,7 +24,7 @@ from coordinator.app import create_app
 from coordinator.auth import new_token
 from coordinator.config import Settings
 from coordinator.embedded import EmbeddedValkey
-from coordinator.errors import InvalidField, UnknownProcess
+from coordinator.errors import InvalidField, PassFailed, UnknownProcess
 from coordinator.keys import ProcessKeys
 from coordinator.models import Redrive
 from coordinator.scripts import lua_dir
@@ -299,6 +299,32 @@ async def test_a_completed_once_pass_is_reopened_by_a_bulk_retry(
         assert lease.key in {2, 3}
         await store.release(lease.external_id or "")
     assert (await store.pass_info("o", 1)).complete
+
+
+async def test_a_pass_failed_by_max_failed_keys_is_reopened_and_no_longer_failed(
+    store: Store, api: httpx.AsyncClient
+) -> None:
+    """Two quarantines fail a pass that allows one (409 pass_failed); the redrive of both
+    puts it back in play, not failed, and it completes as a pass that did not fail."""
+    await store.register("f", 6, mode="once", max_attempts=1, max_failed_keys=1)
+    for _ in range(2):
+        lease = await store.grant("f", "w")
+        await store.release(lease.external_id or "", "failed")
+    failed = await store.pass_info("f", 1)
+    assert (failed.complete, failed.failed, failed.keys_quarantined) == (True, True, 2)
+    with pytest.raises(PassFailed):
+        await store.grant("f", "w")
+    answer = await api.post(
+        f"{API}/f/keys/retry", json={"state": "quarantined"}, headers=_as(ADMIN)
+    )
+    assert answer.json() == {"retried": 2, "quarantined": 2, "backoff": 0, "other": 0}
+    shown = (await api.get(f"{API}/f", headers=_as(WORKER))).json()["pass"]
+    assert (shown["completed_at"], shown["failed"], shown["keys_quarantined"]) == (None, False, 0)
+    for _ in range(6):
+        lease = await store.grant("f", "w")
+        await store.release(lease.external_id or "")
+    done = await store.pass_info("f", 1)
+    assert (done.complete, done.failed, done.keys_done) == (True, False, 6)
 
 
 async def test_retry_key_script_refuses_chunks_past_its_bound_and_changes_nothing(

@@ -296,6 +296,7 @@ def test_a_worker_token_is_offered_no_admin_control(browser: Browser, tmp_path: 
             "#register",
             "#delete-process",
             "#start-pass",
+            "#retry-quarantined",
             f'#quarantine-body button[data-retry="{quarantined["key"]}"]',
             f'#held-body button[data-revoke="{held["external_id"]}"]',
         ]

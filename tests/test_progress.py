@@ -18,6 +18,7 @@ from coordinator.config import Settings
 from coordinator.embedded import EmbeddedValkey
 from coordinator.openapi import document
 from coordinator.progress import ETA_MIN_KEYS_DONE, QUARANTINED_SHOWN_MAX, Progress
+from coordinator.progress_read import read_progress
 from coordinator.store import Store
 
 pytestmark = pytest.mark.anyio
@@ -185,3 +186,31 @@ async def test_the_clients_read_the_same_progress(
         assert (read.keys_done, read.keys_quarantined, read.keys_left) == (2, 1, 3)
         assert [(q.key, q.attempts, q.machine) for q in read.quarantined] == [(2, 1, "host-b")]
     assert Progress.from_json(over_http.to_json()) == over_http
+
+
+async def _calls(redis: Redis) -> int:
+    """Commands the server has run so far (INFO commandstats), INFO itself left out."""
+    stats = await redis.info("commandstats")
+    return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
+
+
+async def test_a_read_costs_the_same_commands_whatever_the_key_count(
+    valkey_redis: Redis, prefix: str, new_name: Callable[[], str]
+) -> None:
+    store = Store(valkey_redis, prefix=prefix)
+    sent = []
+    for size in (10, 1_000_000):
+        name = new_name()
+        await store.register(name, key_set_size=size, mode="once", max_attempts=1)
+        await _complete(store, name, 3)
+        for _ in range(3):
+            failing = await store.grant(name, "w")
+            assert failing.external_id is not None
+            await store.release(failing.external_id, "failed")
+        before = await _calls(valkey_redis)
+        progress = await read_progress(valkey_redis, store.keys, name)
+        sent.append(await _calls(valkey_redis) - before)
+        assert (progress.keys_done, progress.keys_quarantined) == (3, 3)
+        assert progress.keys_left == size - 6
+    # No walk over the keys: a million keys cost what ten do, a few reads in all.
+    assert sent[0] == sent[1] <= 16, sent

@@ -261,7 +261,11 @@ def _add_pass(commands: Commands[Parser]) -> None:
         actions, "start", "start the next pass now (admin): every key grantable again"
     )
     start.add_argument("name", metavar="NAME", help="the process name")
-    show = _client_command(actions, "show", "print the current pass, or pass --number N")
+    show = _client_command(
+        actions,
+        "show",
+        "print the current pass's progress (rate, ETA, quarantined keys), or pass --number N",
+    )
     show.add_argument("name", metavar="NAME", help="the process name")
     show.add_argument(
         "--number", type=values.pass_number, help="the pass to show (default: the current one)"

@@ -3,6 +3,7 @@ quarantined keys, counted as the key listing states each key (one truth), on bot
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
@@ -13,6 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from coordinator.app import create_app
+from coordinator.auth import new_token
 from coordinator.client import AsyncHttpCoordinator, AsyncRedisCoordinator
 from coordinator.config import Settings
 from coordinator.embedded import EmbeddedValkey
@@ -20,6 +22,7 @@ from coordinator.openapi import document
 from coordinator.progress import ETA_MIN_KEYS_DONE, QUARANTINED_SHOWN_MAX, Progress
 from coordinator.progress_read import read_progress
 from coordinator.store import Store
+from tests.conftest import serve
 
 pytestmark = pytest.mark.anyio
 
@@ -214,3 +217,31 @@ async def test_a_read_costs_the_same_commands_whatever_the_key_count(
         assert progress.keys_left == size - 6
     # No walk over the keys: a million keys cost what ten do, a few reads in all.
     assert sent[0] == sent[1] <= 16, sent
+
+
+async def test_a_worker_token_reads_the_progress_of_its_processes_only(
+    valkey_redis: Redis, prefix: str
+) -> None:
+    admin, admin_line = new_token("admin")
+    nightly, nightly_line = new_token("worker", "nightly-*")
+    tokens = f"{admin_line};{nightly_line}"
+    app = create_app(Settings(key_prefix=prefix, tokens=tokens), redis=valkey_redis)
+    suffix = uuid.uuid4().hex[:8]
+    async with serve(app) as client:
+        for name in (f"nightly-{suffix}", f"payroll-{suffix}"):
+            created = await client.post(
+                "/api/v1/process",
+                json={"process_name": name},
+                headers={"Authorization": f"Bearer {admin}"},
+            )
+            assert created.status_code == 201, created.text
+
+        async def status(name: str, token: str | None) -> int:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            response = await client.get(f"/api/v1/process/{name}/progress", headers=headers)
+            return response.status_code
+
+        assert await status(f"nightly-{suffix}", nightly) == 200
+        assert await status(f"payroll-{suffix}", nightly) == 403
+        assert await status(f"payroll-{suffix}", admin) == 200
+        assert await status(f"nightly-{suffix}", None) == 401

@@ -229,12 +229,20 @@ def test_progress_shows_counts_rate_eta_and_the_quarantined_keys(
     assert progress["eta_seconds"] is not None
     assert re.fullmatch(r"in .+ \(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\)", _facts(page)["ETA"])
 
-    # A Retry in the list lifts that key's quarantine; the list then drops it.
-    key = sorted(listed)[0]
+    # A quarantined key's details name the machine of its last failure too.
+    key, last = sorted(listed)
+    page.locator(f"#key-{key}").click()
+    expect(page.locator("#key-detail")).to_contain_text(
+        f"Last failure's machine{listed[key]['machine']}"
+    )
+
+    # A Retry in the list lifts that key's quarantine; the list then drops it, and focus
+    # moves on to the next key's Retry.
     page.locator(f'#quarantine-body button[data-retry="{key}"]').click()
     expect(page.locator("#notice")).to_contain_text(f"Key {key} of “{name}” can be granted again")
     expect(rows).to_have_count(1)
     assert api.get(f"{PROCESS}/{name}/keys/{key}").json()["state"] == "free"
+    expect(page.locator(f'#quarantine-body button[data-retry="{last}"]')).to_be_focused()
 
     # Only the process on screen is polled for its progress, never the list's others.
     assert set(answers.paths) == {f"{PROCESS}/{name}/progress"}
@@ -397,6 +405,7 @@ def test_retry_all_quarantined_redrives_every_one(
     )
     assert questions[0].startswith(f"Retry all 3 quarantined keys of “{name}”?")
     expect(page.locator("#quarantine")).to_be_hidden()
+    expect(page.locator("#grid")).to_be_focused()  # not lost with the hidden list
     states = {k["state"] for k in api.get(f"/api/v1/process/batch_keys/{name}").json()}
     assert states == {"free"}
     tab.close()

@@ -8,6 +8,7 @@ import queue
 import signal
 import threading
 from datetime import datetime
+from pathlib import Path
 from typing import IO, Any
 
 import pytest
@@ -123,3 +124,15 @@ def test_run_loop_says_a_backoff_and_that_it_waits_it_out(
         f"coordinator: no key of {name} is free: 1 key is in backoff, the first until {until}"
         " (0 held); waiting",
     ]
+
+
+def test_run_loop_says_a_failed_key_is_free_again(
+    cli: Cli, server: Server, name: str, tmp_path: Path
+) -> None:
+    _register(server, name, 2, mode="once")  # no budget: a failed key is granted again
+    failed_once = tmp_path / "failed-once"
+    script = '[ "$BATCH_KEY" -ne 1 ] || [ -e "$1" ] || { : > "$1"; exit 5; }'
+    result = cli("run", name, "--loop", "--", "sh", "-c", script, "sh", str(failed_once))
+    assert result.returncode == 0, result.stderr
+    said = [line for line in result.stderr.splitlines() if " failed (exit status" in line]
+    assert said == [f"coordinator: key 1 of {name} failed (exit status 5): attempt 1, free again"]

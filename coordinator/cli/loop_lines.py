@@ -26,10 +26,12 @@ def say_failed(coordinator: Coordinator, process_name: str, key: int | None, sta
         return
     if now.state == "backoff":
         then = f"in backoff until {iso_utc(now.retry_at)}"
-    elif now.state == "quarantined":
-        then = "quarantined"
+    elif now.state in {"held", "done"}:
+        then = f"{now.state} since, by another lease"
+    elif now.state == "free":
+        then = "free again"
     else:
-        then = f"{now.state} again"
+        then = now.state
     print(f"{line}: attempt {now.attempts}, {then}", file=sys.stderr)
 
 

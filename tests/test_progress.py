@@ -9,22 +9,31 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import fakeredis
 import httpx
 import pytest
 from redis.asyncio import Redis
 
+from coordinator import stats
 from coordinator.app import create_app
 from coordinator.auth import new_token
 from coordinator.client import AsyncHttpCoordinator, AsyncRedisCoordinator
 from coordinator.config import Settings
 from coordinator.embedded import EmbeddedValkey
 from coordinator.openapi import document
-from coordinator.progress import ETA_MIN_KEYS_DONE, QUARANTINED_SHOWN_MAX, Progress
+from coordinator.progress import (
+    ETA_MIN_KEYS_DONE,
+    QUARANTINED_SHOWN_MAX,
+    RATE_WINDOW_SECONDS,
+    Progress,
+)
 from coordinator.progress_read import read_progress
 from coordinator.store import Store
-from tests.conftest import serve
+from tests.conftest import FakeClock, serve
 
 pytestmark = pytest.mark.anyio
+
+START_US = 1_800_000_000_000_000
 
 
 async def _progress(client: httpx.AsyncClient, name: str) -> dict[str, Any]:
@@ -245,3 +254,29 @@ async def test_a_worker_token_reads_the_progress_of_its_processes_only(
         assert await status(f"payroll-{suffix}", nightly) == 403
         assert await status(f"payroll-{suffix}", admin) == 200
         assert await status(f"nightly-{suffix}", None) == 401
+
+
+async def test_the_rate_counts_only_the_keys_done_in_its_window(
+    fake_clock: FakeClock, monkeypatch: pytest.MonkeyPatch, prefix: str, new_name: Callable[[], str]
+) -> None:
+    # TIME in the scripts and the reader's "now" (this process's clock) move together.
+    monkeypatch.setattr(stats, "time", fake_clock)
+    fake_clock.now = START_US / 1e6
+    redis = fakeredis.FakeAsyncRedis(decode_responses=True, server=fakeredis.FakeServer())
+    async with redis:
+        store = Store(redis, prefix=prefix)
+        name = new_name()
+        await store.register(name, key_set_size=20, mode="once")
+        await _complete(store, name, 6)
+        fake_clock.advance(RATE_WINDOW_SECONDS + 60)
+        stale = await read_progress(redis, store.keys, name)
+        # Six done, but none within the window: the rate is unknown again.
+        assert (stale.keys_done, stale.rate_per_minute, stale.eta_seconds) == (6, None, None)
+        await _complete(store, name, ETA_MIN_KEYS_DONE)
+        fake_clock.advance(30)
+        fresh = await read_progress(redis, store.keys, name)
+    window_minutes = RATE_WINDOW_SECONDS / 60
+    assert fresh.rate_per_minute == pytest.approx(ETA_MIN_KEYS_DONE / window_minutes)
+    left = 20 - 6 - ETA_MIN_KEYS_DONE
+    assert fresh.keys_left == left
+    assert fresh.eta_seconds == pytest.approx(left / fresh.rate_per_minute * 60)

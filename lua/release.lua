@@ -104,15 +104,16 @@ local function read_process()
     parks = (v[10] or v[11] or v[15]) and true or false}
 end
 
--- Fails the current `once` pass when its quarantined keys are more than max_failed_keys:
--- it completes now, marked failed, so its waiting and later grants stop (grant.lua answers
--- 13). Returns whether it did. The pass's record in `passes` is written when the next pass
--- starts (start_pass.lua), as for every `once` pass read from meta while current.
-local function fail_pass_if_due()
+-- Fails the current `once` pass when its quarantined keys (`quarantined`, else counted
+-- here) are more than max_failed_keys: it completes now, marked failed, so its waiting and
+-- later grants stop (grant.lua answers 13). Returns whether it did. The pass's record in
+-- `passes` is written when the next pass starts (start_pass.lua), as for every `once` pass
+-- read from meta while current.
+local function fail_pass_if_due(quarantined)
   if not (p.once and p.max_failed and p.completed == '') then
     return false
   end
-  if redis.call('ZCOUNT', parked, '+inf', '+inf') <= p.max_failed then
+  if (quarantined or redis.call('ZCOUNT', parked, '+inf', '+inf')) <= p.max_failed then
     return false
   end
   redis.call('HSET', meta, 'pass_completed_us', now_text, 'failed', '1')
@@ -133,6 +134,11 @@ local function complete_pass_if_due()
   local quarantined = p.parks and redis.call('ZCOUNT', parked, '+inf', '+inf') or 0
   -- A rotate pass in which nothing was done would complete, and start again, forever.
   if done + quarantined - qdone < tonumber(p.size) or (not p.once and done == 0) then
+    return
+  end
+  -- Every key done or quarantined, but more quarantined than allowed (after a retry that
+  -- reopened a failed pass, say): the pass ends failed, not complete.
+  if fail_pass_if_due(quarantined) then
     return
   end
   local number = tonumber(p.pass)

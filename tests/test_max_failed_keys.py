@@ -190,3 +190,25 @@ async def test_a_release_found_expired_can_fail_the_pass_too(
     with pytest.raises(LeaseGone):
         await clocked.release(lease.external_id)
     assert (await clocked.pass_info("p", 1)).failed
+
+
+async def test_a_reopened_pass_still_over_the_limit_ends_failed(store: Store, new_name) -> None:
+    # A retry reopens a failed pass; if it then ends with more keys quarantined than allowed,
+    # it ends failed again, not complete.
+    name = new_name()
+    await store.register(name, key_set_size=3, mode="once", max_attempts=1, max_failed_keys=0)
+    leases = [await store.grant(name, "w") for _ in range(3)]
+    await store.release(leases[0].external_id, "failed")  # over the limit: failed
+    await store.release(leases[1].external_id, "failed")
+    await store.retry_key(name, leases[0].key)
+    reopened = await store.pass_info(name, 1)
+    assert (reopened.complete, reopened.failed, reopened.keys_quarantined) == (False, False, 1)
+    await store.release(leases[2].external_id)
+    redo = await store.grant(name, "w")
+    assert redo.key == leases[0].key
+    await store.release(redo.external_id)
+    ended = await store.pass_info(name, 1)
+    assert (ended.complete, ended.failed, ended.keys_done) == (True, True, 2)
+    assert (await _types(store, name)).count("pass-completed") == 0
+    with pytest.raises(PassFailed):
+        await store.grant(name, "w")

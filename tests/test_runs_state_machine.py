@@ -1,11 +1,11 @@
 """A stateful model test of batch runs: the store on fakeredis with a controlled clock against a
 plain Python model of passes, attempts, quarantine, backoff, checkpoints and request ids.
 
-One process, registered with options Hypothesis draws (mode, max_attempts, backoff), is
-granted, renewed (saving checkpoints), released, revoked, retried (one key, a list, every
-quarantined key) and swept by new passes while the clock moves. The model predicts every
-answer; after each step every key's state, attempts, retry time and completion, the current
-pass, and every finished pass must match it exactly.
+One process, registered with options Hypothesis draws (mode, max_attempts, backoff,
+max_failed_keys), is granted, renewed (saving checkpoints), released (`fatal` too), revoked,
+retried (one key, a list, every quarantined key) and swept by new passes while the clock moves.
+The model predicts every answer; after each step every key's state, attempts, retry time and
+completion, the current pass (failed or not), and every finished pass must match it exactly.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from coordinator.errors import (
     LeaseGone,
     NoFreeKey,
     PassComplete,
+    PassFailed,
 )
 from coordinator.models import BatchKey, Pass, utc
 from coordinator.store import Store
@@ -81,6 +82,9 @@ class Model:
     history: dict[int, Pass] = field(default_factory=dict)
     # request id of an ended lease -> (its token, when it is forgotten): grant.lua's `ended`
     ended: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # The run policy: a `once` pass with more keys quarantined than this ends failed.
+    max_failed: int | None = None
+    failed: bool = False
 
     def __post_init__(self) -> None:
         for key in range(self.size):
@@ -98,6 +102,8 @@ class Model:
         q = self.quarantined()
         if self.done + q - self.qdone < self.size or (not self.once and self.done == 0):
             return
+        if self.fail_if_due(at_us):
+            return
         self.history[self.number] = _pass(self.number, self.started_us, at_us, self.done, q)
         self.history.pop(self.number - 100, None)
         if self.once:
@@ -106,21 +112,34 @@ class Model:
             self.number += 1
             self.started_us, self.done, self.qdone = at_us, 0, 0
 
+    def fail_if_due(self, at_us: int) -> bool:
+        """More keys quarantined than max_failed_keys ends a `once` pass as failed."""
+        if not self.once or self.max_failed is None or self.completed_us is not None:
+            return False
+        if self.quarantined() <= self.max_failed:
+            return False
+        self.completed_us, self.failed = at_us, True
+        return True
+
     def end_lease(self, lease: Lease, at_us: int) -> None:
         """A lease ended, however: its request id is remembered for the lease's length."""
         del self.held[lease.key]
         if lease.request_id is not None:
             self.ended[lease.request_id] = (lease.token, at_us + LEASE_S * 1_000_000)
 
-    def end_unfinished(self, key: int, at_us: int) -> tuple[int, str, int | None]:
-        """A lease ended without completion: count it, then park or free the key."""
+    def end_unfinished(
+        self, key: int, at_us: int, *, fatal: bool = False
+    ) -> tuple[int, str, int | None]:
+        """A lease ended without completion: count it, then park or free the key (a fatal
+        end quarantines it whatever the budget)."""
         self.attempts[key] += 1
         attempts = self.attempts[key]
-        if self.max_attempts and attempts >= self.max_attempts:
+        if fatal or (self.max_attempts and attempts >= self.max_attempts):
             self.parked[key] = ("quarantined", 0)
             if self.score[key] > self.started_us:
                 self.qdone += 1
-            self.complete_if_due(at_us)
+            if not self.fail_if_due(at_us):
+                self.complete_if_due(at_us)
             return attempts, "quarantined", None
         if self.backoff_ms:
             until = at_us + min(self.backoff_ms * 2 ** (attempts - 1), 3_600_000) * 1000
@@ -136,7 +155,7 @@ class Model:
         if was == "quarantined":
             if self.score[key] > self.started_us:
                 self.qdone -= 1
-            self.completed_us = None
+            self.completed_us, self.failed = None, False
         self.parked[key] = None
         self.attempts[key] = 0
         return was
@@ -194,8 +213,12 @@ class RunsMachine(RuleBasedStateMachine):
         once=st.booleans(),
         max_attempts=st.sampled_from([None, 1, 2, 3]),
         backoff=st.sampled_from([0, 1, 2]),
+        max_failed=st.sampled_from([None, 0, 1]),
     )
-    def register(self, size: int, once: bool, max_attempts: int | None, backoff: int) -> None:
+    def register(
+        self, size: int, once: bool, max_attempts: int | None, backoff: int, max_failed: int | None
+    ) -> None:
+        max_failed = max_failed if once else None  # refused on rotate
         process = self.run(
             self.store.register(
                 NAME,
@@ -204,10 +227,14 @@ class RunsMachine(RuleBasedStateMachine):
                 mode="once" if once else "rotate",
                 max_attempts=max_attempts,
                 retry_backoff_seconds=backoff,
+                max_failed_keys=max_failed,
             )
         )
         assert (process.mode, process.max_attempts) == ("once" if once else "rotate", max_attempts)
-        self.model = Model(size, once, max_attempts, backoff * 1000, started_us=self.now_us)
+        assert process.max_failed_keys == max_failed
+        self.model = Model(
+            size, once, max_attempts, backoff * 1000, started_us=self.now_us, max_failed=max_failed
+        )
 
     # -- grants ----------------------------------------------------------------------------
 
@@ -244,7 +271,8 @@ class RunsMachine(RuleBasedStateMachine):
             if parked and parked[0] == "backoff" and parked[1] <= now:
                 m.parked[key] = None
         if m.once and m.completed_us is not None:
-            self.expect(self.store.grant(NAME, machine, request_id=request_id), PassComplete)
+            ended = PassFailed if m.failed else PassComplete
+            self.expect(self.store.grant(NAME, machine, request_id=request_id), ended)
             return
         candidates = [
             k
@@ -286,7 +314,10 @@ class RunsMachine(RuleBasedStateMachine):
         m.held[key] = lease
         self.issued.append(lease)
 
-    @rule(machine=st.sampled_from(["m1", "m2"]), outcome=st.sampled_from(["completed", "failed"]))
+    @rule(
+        machine=st.sampled_from(["m1", "m2"]),
+        outcome=st.sampled_from(["completed", "failed", "fatal"]),
+    )
     def work_one_key(self, machine: str, outcome: str) -> None:
         """The common path in one step: take a key and end its lease at once."""
         before = len(self.issued)
@@ -333,7 +364,8 @@ class RunsMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.issued)
     @rule(
-        data=st.data(), outcome=st.sampled_from(["completed", "failed", "interrupted", "revoked"])
+        data=st.data(),
+        outcome=st.sampled_from(["completed", "failed", "interrupted", "fatal", "revoked"]),
     )
     def end(self, data: st.DataObject, outcome: str) -> None:
         self.finish(data.draw(st.sampled_from(self.issued)), outcome)
@@ -362,7 +394,7 @@ class RunsMachine(RuleBasedStateMachine):
         elif outcome == "interrupted":
             expected = (m.attempts[lease.key], "free", None)  # as it was, at its old place
         else:
-            expected = m.end_unfinished(lease.key, now)
+            expected = m.end_unfinished(lease.key, now, fatal=outcome == "fatal")
         attempts, state, retry_at = expected
         assert (released.attempts, released.state, released.retry_at) == (
             attempts,
@@ -377,13 +409,16 @@ class RunsMachine(RuleBasedStateMachine):
     @rule()
     def start_pass(self) -> None:
         m, now = self.model, self.now_us
-        m.history[m.number] = _pass(m.number, m.started_us, m.completed_us, m.done, m.quarantined())
+        m.history[m.number] = _pass(
+            m.number, m.started_us, m.completed_us, m.done, m.quarantined(), failed=m.failed
+        )
         m.history.pop(m.number - 100, None)
         for key in range(m.size):
             m.parked[key] = None
             m.attempts[key] = 0
         m.number += 1
         m.started_us, m.completed_us, m.done, m.qdone = now, None, 0, 0
+        m.failed = False
         process = self.run(self.store.start_pass(NAME))
         assert process.pass_ == _pass(m.number, now, None, 0, 0)
 
@@ -465,7 +500,7 @@ class RunsMachine(RuleBasedStateMachine):
         m = self.model
         process = self.run(self.store.process(NAME))
         assert process.pass_ == _pass(
-            m.number, m.started_us, m.completed_us, m.done, m.quarantined()
+            m.number, m.started_us, m.completed_us, m.done, m.quarantined(), failed=m.failed
         )
         for number, finished in m.history.items():
             if number != m.number:
@@ -487,7 +522,9 @@ def test_batch_runs_match_the_model(fake_clock):
     )
 
 
-def _pass(number: int, started_us: int, completed_us: int | None, done: int, q: int) -> Pass:
+def _pass(
+    number: int, started_us: int, completed_us: int | None, done: int, q: int, *, failed=False
+) -> Pass:
     started = utc(started_us)
     assert started is not None
-    return Pass(number, started, utc(completed_us), done, q)
+    return Pass(number, started, utc(completed_us), done, q, failed)

@@ -54,7 +54,7 @@ def _bash(script: Path, *words: str) -> list[str]:
         (["keys", "nightly", "--st"], ["--state"]),
         (["keys", "nightly", "--state", ""], sorted(KEY_STATE_CHOICES)),
         (["serve", "--log-level", ""], ["debug", "error", "info", "warning"]),
-        (["release", "id", "--outcome", ""], ["completed", "failed", "interrupted"]),
+        (["release", "id", "--outcome", ""], ["completed", "failed", "fatal", "interrupted"]),
         (["token", "create", "--role", ""], ["admin", "worker"]),
         (["completion", ""], ["bash", "fish", "zsh"]),
         (["serve", "--port", ""], []),  # a number to type

@@ -248,7 +248,8 @@ def _add_key_commands(commands: Commands[Parser]) -> None:
         choices=validation.OUTCOMES,
         default="completed",
         help="completed stamps the key's completion time; failed leaves it first in line and"
-        " counts an attempt; interrupted gives it back as it was (no attempt, checkpoint kept)",
+        " counts an attempt; interrupted gives it back as it was (no attempt, checkpoint kept);"
+        " fatal quarantines it at once, whatever max_attempts",
     )
     revoke = _client_command(commands, "revoke", "end anyone's lease now (admin)")
     revoke.add_argument("external_id", metavar="EXTERNAL_ID", help="the lease's external_id")

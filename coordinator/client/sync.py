@@ -214,8 +214,9 @@ class Coordinator:
         return self._run(self.async_client.retry_quarantined(name))
 
     def release(self, external_id: str, outcome: str = "completed") -> BatchKey | None:
-        """End a live lease as `completed`, `failed` or `interrupted`; None when a retry found
-        it already ended (an earlier attempt, whose answer was lost, took effect)."""
+        """End a live lease as `completed`, `failed`, `interrupted` or `fatal` (quarantined at
+        once); None when a retry found it already ended (an earlier attempt, whose answer was
+        lost, took effect)."""
         return self._run(self.async_client.release(external_id, outcome))
 
     def revoke(self, external_id: str) -> BatchKey:

@@ -30,6 +30,10 @@ ALWAYS_FAILS = {key for key in range(KEYS) if key % 97 == 0}  # 0, 97, … 970
 FAILS_ONCE = {key for key in range(KEYS) if random.Random(key).random() < 0.15} - ALWAYS_FAILS
 DRAIN_SECONDS = 240
 SUMMARY = re.compile(r"Ran (\d+) keys?, (\d+) failed\.")
+FAILED = re.compile(
+    r"coordinator: key \d+ of drain failed \(exit status 1\): attempt \d+, "
+    r"(quarantined|free again)$"
+)
 
 # A shell, not Python: one fork per key instead of a second interpreter's start.
 COMMAND = f"""
@@ -55,12 +59,17 @@ def _drain(url: str, prefix: str, name: str) -> tuple[int, int, int]:
     summary = SUMMARY.search(result.stderr)
     assert result.returncode == 0, result.stderr[-2000:]
     assert summary, result.stderr[-2000:]
+    # Each key whose command failed is said once, with what became of it.
+    failures = [line for line in result.stderr.splitlines() if FAILED.match(line)]
     unexpected = [
         line
         for line in result.stderr.splitlines()
-        if not line.startswith("coordinator: holding key") and not SUMMARY.search(line)
+        if not line.startswith("coordinator: holding key")
+        and not SUMMARY.search(line)
+        and line not in failures
     ]
     assert not unexpected, unexpected[:10]
+    assert len(failures) == int(summary[2]), failures[:10]
     held = result.stderr.count("coordinator: holding key")
     return held, int(summary[1]), int(summary[2])
 

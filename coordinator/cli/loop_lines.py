@@ -6,33 +6,28 @@ from __future__ import annotations
 import sys
 
 from coordinator.cli.progress_text import iso_utc
+from coordinator.client.blocking_lease import Lease
 from coordinator.client.sync import Coordinator
 from coordinator.errors import CoordinatorError
 
 
-def say_failed(coordinator: Coordinator, process_name: str, key: int | None, status: int) -> None:
-    """Say that the command failed under `key` with exit `status`, and the key's state now.
-
-    The state is read back (one request, on failures only): the release's own answer stays
-    inside the lease. A key neither parked nor quarantined may already be another worker's.
-    """
-    if key is None:  # nothing was granted: no command ran
+def say_failed(process_name: str, lease: Lease | None, status: int) -> None:
+    """Say that the command failed under `lease` with exit `status`, and what its release
+    made of the key: its attempts and state (in backoff until when, quarantined, free)."""
+    if lease is None:  # nothing was granted: no command ran
         return
-    line = f"coordinator: key {key} of {process_name} failed (exit status {status})"
-    try:
-        now = coordinator.key(process_name, key)
-    except CoordinatorError as error:
-        print(f"{line}; its state could not be read: {error}", file=sys.stderr)
+    line = f"coordinator: key {lease.key} of {process_name} failed (exit status {status})"
+    released = lease.released_as
+    if released is None:
+        print(f"{line}; its release answered nothing (the lease had ended)", file=sys.stderr)
         return
-    if now.state == "backoff":
-        then = f"in backoff until {iso_utc(now.retry_at)}"
-    elif now.state in {"held", "done"}:
-        then = f"{now.state} since, by another lease"
-    elif now.state == "free":
+    if released.state == "backoff":
+        then = f"in backoff until {iso_utc(released.retry_at)}"
+    elif released.state == "free":
         then = "free again"
     else:
-        then = now.state
-    print(f"{line}: attempt {now.attempts}, {then}", file=sys.stderr)
+        then = released.state
+    print(f"{line}: attempt {released.attempts}, {then}", file=sys.stderr)
 
 
 def say_waiting(coordinator: Coordinator, process_name: str, said: str) -> str:

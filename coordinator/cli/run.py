@@ -130,10 +130,10 @@ def run_loop(
     """
     check_runnable(command)
     ran = failed = interrupted = 0
-    held: list[int] = []  # the key of the latest lease, for the line that says it failed
+    held: list[Lease] = []  # the latest lease, for the line that says its command failed
 
     def noting(lease: Lease) -> None:
-        held[:] = [lease.key]
+        held[:] = [lease]
         announce(lease)
 
     said = ""  # the last waiting line, said again only when it changes
@@ -163,7 +163,7 @@ def run_loop(
                 interrupted += outcome.interrupted
                 if outcome.status != 0 and not outcome.interrupted:
                     failed += 1
-                    say_failed(coordinator, process_name, held[0] if held else None, outcome.status)
+                    say_failed(process_name, held[0] if held else None, outcome.status)
                 said = ""
         except Stopped:
             pass  # while waiting for a key, or between two: nothing was held

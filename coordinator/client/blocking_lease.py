@@ -67,6 +67,11 @@ class Lease:
         return self.async_lease.previous_checkpoint
 
     @property
+    def released_as(self) -> BatchKey | None:
+        """The key as its release answered, once the block has ended (see AsyncLease)."""
+        return self.async_lease.released_as
+
+    @property
     def lost(self) -> bool:
         """Whether the lease ended, or passed its local deadline unrenewed, before the block did."""
         return self.async_lease.lost

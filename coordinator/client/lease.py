@@ -103,6 +103,7 @@ class AsyncLease:
         self._ended: BaseException | None = None
         self._last_failure: BaseException | None = None
         self._left = False  # the block is over and the lease released (or left to expire)
+        self._released: BatchKey | None = None  # the key as its release answered
 
     def __repr__(self) -> str:
         """`<Lease nightly key 3/10 token 41 expires 2026-11-27T06:47:07.046923Z>`."""
@@ -272,13 +273,27 @@ class AsyncLease:
             deadline, self._held_until = self._held_until, math.inf  # what it saw is final
         self._left = True
         ended = await release_on_leaving(
-            self._coordinator, self.external_id, outcome, lost=lost, deadline=deadline
+            self._coordinator,
+            self.external_id,
+            outcome,
+            lost=lost,
+            deadline=deadline,
+            on_released=self._note_released,
         )
         if ended is not None:
             self._end(ended)
         if finished:
             # The work finished, but not under a lease: someone must learn it did not count.
             self.check()
+
+    def _note_released(self, key: BatchKey) -> None:
+        self._released = key
+
+    @property
+    def released_as(self) -> BatchKey | None:
+        """The key as its release answered (its attempts, state, retry_at), once the block
+        has ended; None before, or when the release found the lease already ended."""
+        return self._released
 
     async def _save_last_checkpoint(self) -> None:
         """Before a release that keeps it, save the source's checkpoint one last time."""

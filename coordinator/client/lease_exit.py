@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from coordinator.errors import InvalidField, LeaseGone, UnknownLease
@@ -83,13 +84,23 @@ async def release_quietly(service: LeaseReleaser, external_id: str, outcome: str
 
 
 async def release_on_leaving(
-    service: LeaseReleaser, external_id: str, outcome: str, *, lost: bool, deadline: float
+    service: LeaseReleaser,
+    external_id: str,
+    outcome: str,
+    *,
+    lost: bool,
+    deadline: float,
+    on_released: Callable[[BatchKey], None] = lambda _key: None,
 ) -> BaseException | None:
     """Release as `outcome` a lease believed held until `deadline` (monotonic) unless `lost`;
-    return why the lease turned out to have ended before the release, or None."""
+    return why the lease turned out to have ended before the release, or None.
+    `on_released` is told the key as the release answered it."""
     try:
         # A lost lease is tried once: its expiry frees the key anyway.
-        ended_before = await release(service, external_id, outcome, retry=not lost) is None
+        released = await release(service, external_id, outcome, retry=not lost)
+        ended_before = released is None
+        if released is not None:
+            on_released(released)
     except (LeaseGone, UnknownLease) as error:
         return error
     except Exception as error:  # any failure: the lease is lost; its expiry frees the key

@@ -138,10 +138,17 @@ if counts.quarantined > 0 then
   redis.call('HSET', meta, 'pass_completed_us', '')
   redis.call('HDEL', meta, 'failed')
 end
+-- One retried event per key; the last one trims the history for all of them (the stream is
+-- never seen untrimmed: the call is atomic).
 if events then
-  for _, name in ipairs(names) do
-    redis.call('XADD', events, 'MAXLEN', '~', string.format('%d', events_cap), '*',
-      'type', 'retried', 'key', name, 'token', '', 'machine', '', 'at_us', now_us)
+  for i, name in ipairs(names) do
+    if i < #names then
+      redis.call('XADD', events, '*',
+        'type', 'retried', 'key', name, 'token', '', 'machine', '', 'at_us', now_us)
+    else
+      redis.call('XADD', events, 'MAXLEN', '~', string.format('%d', events_cap), '*',
+        'type', 'retried', 'key', name, 'token', '', 'machine', '', 'at_us', now_us)
+    end
   end
 end
 return {0, counts.quarantined, counts.backoff, counts.other,

@@ -28,7 +28,7 @@ from coordinator.errors import InvalidField, PassFailed, UnknownProcess
 from coordinator.keys import ProcessKeys
 from coordinator.models import Redrive
 from coordinator.scripts import lua_dir
-from coordinator.store import Store
+from coordinator.store import Limits, Store
 from tests.conftest import serve
 
 pytestmark = pytest.mark.anyio
@@ -182,6 +182,24 @@ async def test_every_quarantined_key_is_retried_250_per_script_call(
     assert states == {"free"}
     retried = [e for e in await store.events("q", limit=10_000) if e.type == "retried"]
     assert len(retried) == QUARANTINED
+
+
+async def test_the_history_stays_trimmed_to_its_cap_through_a_bulk_retry(
+    redis: Redis, prefix: str
+) -> None:
+    """2,000 retried events into a history that keeps about 300: trimmed in every call."""
+    store = Store(redis, prefix=prefix, limits=Limits(events_cap=300))
+    await store.register("h", 2_000, max_attempts=1)
+    await _park(store, "h", 0, 2_000)
+    async with monitored(redis) as monitor:
+        await store.retry_quarantined("h")
+    trims = [words for words in monitor.commands if words[:1] == ["XADD"] and "MAXLEN" in words]
+    assert len(trims) == 2_000 // validation.RETRY_CHUNK  # the last event of each call
+    kept = await redis.xlen(store.keys.process("h").events)
+    assert 300 <= kept <= 300 + 100  # `~` trims whole nodes of 100 entries
+    last = (await store.events("h", limit=10_000))[-1]
+    # Quarantined keys are taken in the order of their names, as text: "999" is the last.
+    assert (last.type, last.key) == ("retried", 999)
 
 
 async def test_a_list_is_retried_in_chunks_counted_by_the_state_each_key_was_in(

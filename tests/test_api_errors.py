@@ -542,6 +542,7 @@ async def test_openapi_request_bodies_match_the_contract(client: httpx.AsyncClie
         "mode",
         "max_attempts",
         "retry_backoff_seconds",
+        "max_failed_keys",
     }
     assert schemas["RegisterRequest"]["required"] == ["process_name"]
     assert set(schemas["GrantRequest"]["properties"]) == {

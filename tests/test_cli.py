@@ -268,6 +268,7 @@ def test_process_commands(cli: Cli, server: Server, name: str) -> None:
         "mode": "rotate",
         "max_attempts": None,
         "retry_backoff_seconds": 0,
+        "max_failed_keys": None,
     }
     assert as_json["pass"]["number"] == 1
 

@@ -63,6 +63,7 @@ async def test_fatal_works_on_a_process_without_options(store: Store, new_name) 
     process = await store.process(name)
     assert process.pass_ is not None
     assert process.pass_.keys_quarantined == 2
+    assert [k.state for k in await store.batch_keys(name)] == ["quarantined", "quarantined"]
     # A retry lifts it, as for any quarantine.
     retried = await store.retry_key(name, first.key)
     assert (retried.state, retried.attempts) == ("free", 0)

@@ -279,7 +279,8 @@ def _process(name: str, meta: list[Any], quarantined: int) -> Process:
         completed_at=utc(int(completed_us)) if completed_us else None,
         keys_done=int(done or 0),
         keys_quarantined=int(quarantined),
-        failed=failed == "1",
+        # `failed` names the pass that failed, which is this one only while it is complete.
+        failed=bool(completed_us) and failed == (number or "1"),
     )
     return Process(
         name,

@@ -158,7 +158,8 @@ class BatchRuns:
                 utc(int(meta[3])) if meta[3] else None,
                 int(counts[0] or 0),
                 int(quarantined),
-                failed=counts[2] == "1",
+                # `failed` names the pass that failed; this one only while it is complete.
+                failed=bool(meta[3]) and counts[2] == (meta[1] or "1"),
             )
             return found, True, last_id
         if number > current or kept is None:

@@ -161,7 +161,8 @@ async def page_stats(redis: RedisClient, keys: KeySpace, names: list[str]) -> li
                 # A process registered before batch runs is in pass 1, started when created.
                 pass_started_us=int(meta[5] or meta[7] or 0),
                 pass_complete=bool(meta[6]),
-                pass_failed=meta[8] == "1",
+                # `failed` names the pass that failed; the current one only while complete.
+                pass_failed=bool(meta[6]) and meta[8] == (meta[2] or "1"),
             )
         )
     return stats

@@ -2,10 +2,10 @@
 --
 -- KEYS[1] meta    hash   {size, lease_ms, fresh, created_us} and the batch-run fields: mode,
 --                        max_attempts, backoff_ms, max_failed, pass, pass_started_us,
---                        pass_completed_us, done, qdone, epoch, failed ('1' while the current
---                        pass failed), parks ('1' once a fatal release parked a key of a
---                        process without the options) (all optional; absent means the seed's
---                        behaviour)
+--                        pass_completed_us, done, qdone, epoch, failed (the number of the pass
+--                        that failed: the current one is failed while complete and so named),
+--                        parks ('1' once a fatal release parked a key of a process without
+--                        the options) (all optional; absent means the seed's behaviour)
 -- KEYS[2] free    zset   key -> staleness score of touched keys that are free (see below)
 -- KEYS[3] held    zset   key -> expires_us of keys under lease
 -- KEYS[4] leases  hash   key -> "token[:holder]|started_us|expires_us|lease_ms|last|machine"
@@ -123,7 +123,9 @@ end
 -- absent) and kept current by the helpers below as they change meta, so no decision reads
 -- meta twice. register.lua stores the options only when set: a process without the two
 -- that park keys never reads `parked` until a `fatal` release quarantines one of its keys
--- and marks it (`parks`). `failed` is '1' while the current pass failed its max_failed_keys.
+-- and marks it (`parks`). `failed` names the pass that failed its max_failed_keys: the
+-- current pass is failed while it is that one and complete, so a pass started or reopened
+-- by a script older than the field is not.
 local function read_process()
   local v = redis.call('HMGET', meta, 'size', 'lease_ms', 'fresh', 'mode', 'pass',
     'pass_started_us', 'pass_completed_us', 'done', 'qdone', 'max_attempts', 'backoff_ms',
@@ -131,7 +133,8 @@ local function read_process()
   return {size = v[1], lease_ms = v[2], fresh = v[3], once = v[4] == 'once', pass = v[5] or '1',
     started = v[6] or '0', completed = v[7] or '', done = v[8] or '0', qdone = v[9] or '0',
     max_attempts = tonumber(v[10] or '0'), backoff_ms = tonumber(v[11] or '0'),
-    epoch = v[12] or '0', max_failed = tonumber(v[13] or ''), failed = v[14] == '1',
+    epoch = v[12] or '0', max_failed = tonumber(v[13] or ''),
+    failed = v[14] == (v[5] or '1') and (v[7] or '') ~= '',
     parks = (v[10] or v[11] or v[15]) and true or false}
 end
 
@@ -147,7 +150,7 @@ local function fail_pass_if_due(quarantined)
   if (quarantined or redis.call('ZCOUNT', parked, '+inf', '+inf')) <= p.max_failed then
     return false
   end
-  redis.call('HSET', meta, 'pass_completed_us', now_text, 'failed', '1')
+  redis.call('HSET', meta, 'pass_completed_us', now_text, 'failed', p.pass)
   p.completed, p.failed = now_text, true
   record('pass-failed', '', '', '')
   return true
@@ -178,7 +181,8 @@ local function complete_pass_if_due()
   redis.call('HDEL', passes, number - 100)
   record('pass-completed', '', '', '')
   if p.once then
-    redis.call('HSET', meta, 'pass_completed_us', now_text)
+    -- Not failed (fail_pass_if_due said so), whatever an older retry left behind.
+    redis.call('HSET', meta, 'pass_completed_us', now_text, 'failed', '')
     p.completed = now_text
   else
     redis.call('HSET', meta, 'pass', number + 1, 'pass_started_us', now_text,

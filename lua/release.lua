@@ -40,7 +40,7 @@
 -- lease ended any other way (failed, revoked, or found expired here, whatever the outcome)
 -- counts an attempt and may quarantine the key or hold it back for its backoff; a fatal one
 -- quarantines it. A quarantine that takes a `once` pass above its max_failed_keys fails the
--- pass (pass-failed: pass_completed_us set, failed '1'). Without KEYS 8-11 (callers older
+-- pass (pass-failed: pass_completed_us set, failed = the pass's number). Without KEYS 8-11 (callers older
 -- than batch runs) the key simply returns to the free set, as before, whatever the outcome.
 -- Times are microseconds from Redis TIME; a lease whose expires_us <= now has ended.
 local free, held, leases, tokens, fence, freed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -92,7 +92,9 @@ end
 -- absent) and kept current by the helpers below as they change meta, so no decision reads
 -- meta twice. register.lua stores the options only when set: a process without the two
 -- that park keys never reads `parked` until a `fatal` release quarantines one of its keys
--- and marks it (`parks`). `failed` is '1' while the current pass failed its max_failed_keys.
+-- and marks it (`parks`). `failed` names the pass that failed its max_failed_keys: the
+-- current pass is failed while it is that one and complete, so a pass started or reopened
+-- by a script older than the field is not.
 local function read_process()
   local v = redis.call('HMGET', meta, 'size', 'lease_ms', 'fresh', 'mode', 'pass',
     'pass_started_us', 'pass_completed_us', 'done', 'qdone', 'max_attempts', 'backoff_ms',
@@ -100,7 +102,8 @@ local function read_process()
   return {size = v[1], lease_ms = v[2], fresh = v[3], once = v[4] == 'once', pass = v[5] or '1',
     started = v[6] or '0', completed = v[7] or '', done = v[8] or '0', qdone = v[9] or '0',
     max_attempts = tonumber(v[10] or '0'), backoff_ms = tonumber(v[11] or '0'),
-    epoch = v[12] or '0', max_failed = tonumber(v[13] or ''), failed = v[14] == '1',
+    epoch = v[12] or '0', max_failed = tonumber(v[13] or ''),
+    failed = v[14] == (v[5] or '1') and (v[7] or '') ~= '',
     parks = (v[10] or v[11] or v[15]) and true or false}
 end
 
@@ -116,7 +119,7 @@ local function fail_pass_if_due(quarantined)
   if (quarantined or redis.call('ZCOUNT', parked, '+inf', '+inf')) <= p.max_failed then
     return false
   end
-  redis.call('HSET', meta, 'pass_completed_us', now_text, 'failed', '1')
+  redis.call('HSET', meta, 'pass_completed_us', now_text, 'failed', p.pass)
   p.completed, p.failed = now_text, true
   record('pass-failed', '', '', '')
   return true
@@ -147,7 +150,8 @@ local function complete_pass_if_due()
   redis.call('HDEL', passes, number - 100)
   record('pass-completed', '', '', '')
   if p.once then
-    redis.call('HSET', meta, 'pass_completed_us', now_text)
+    -- Not failed (fail_pass_if_due said so), whatever an older retry left behind.
+    redis.call('HSET', meta, 'pass_completed_us', now_text, 'failed', '')
     p.completed = now_text
   else
     redis.call('HSET', meta, 'pass', number + 1, 'pass_started_us', now_text,

@@ -5,7 +5,8 @@
 -- KEYS[1] meta    hash   the process: pass, pass_started_us, pass_completed_us, done, qdone,
 --                        epoch (attempts are counted per epoch, so one HINCRBY resets them all),
 --                        ending "<pass>|<quarantined>" while a start is lifting in chunks,
---                        failed ('1' while the current pass failed; cleared by the start)
+--                        failed (the number of the pass that failed, meant while that pass is
+--                        current and complete; cleared by the start)
 -- KEYS[2] free    zset   key -> staleness score; parked keys return here
 -- KEYS[3] keyinfo hash   l:<key> the staleness score of a parked key, a:<key> its attempts,
 --                        m:<key> the machine that quarantined it
@@ -122,7 +123,7 @@ local now = string.format('%.0f', now_us)
 -- says so in a field of its own, which readers of the four-part record never see.
 local record = string.format('%s|%s|%d|%d', p[3] or '0', p[4] or '', tonumber(p[5] or '0'),
   quarantined)
-if p[7] == '1' then
+if p[7] == (p[2] or '1') and (p[4] or '') ~= '' then
   redis.call('HSET', passes, number, record, number .. ':failed', 1)
 else
   redis.call('HSET', passes, number, record)

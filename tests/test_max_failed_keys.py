@@ -212,3 +212,30 @@ async def test_a_reopened_pass_still_over_the_limit_ends_failed(store: Store, ne
     assert (await _types(store, name)).count("pass-completed") == 0
     with pytest.raises(PassFailed):
         await store.grant(name, "w")
+
+
+async def test_a_pass_started_by_an_older_script_is_not_failed(store: Store, new_name) -> None:
+    # During a rolling deploy an older start_pass.lua, which knows nothing of `failed`, may
+    # start the pass after a failed one: the new pass must not read as failed, nor end so.
+    name = new_name()
+    await store.register(name, key_set_size=1, mode="once", max_failed_keys=0)
+    lease = await store.grant(name, "w")
+    await store.release(lease.external_id, "fatal")
+    assert (await store.pass_info(name, 1)).failed
+    k = store.keys.process(name)
+    now_us = str(int(float(".".join(map(str, await store.redis.time()))) * 1e6))
+    # What start_pass.lua did before max_failed_keys: every field it wrote but `failed`.
+    await store.redis.zrem(k.parked, "0")
+    await store.redis.zadd(k.free, {"0": -1})
+    await store.redis.hincrby(k.meta, "epoch", 1)
+    started = {"pass": 2, "pass_started_us": now_us, "pass_completed_us": "", "done": 0, "qdone": 0}
+    await store.redis.hset(k.meta, mapping=started)
+    current = (await store.process(name)).pass_
+    assert current is not None
+    assert (current.number, current.failed, current.complete) == (2, False, False)
+    await store.release((await store.grant(name, "w")).external_id)
+    ended = await store.pass_info(name, 2)
+    assert (ended.complete, ended.failed) == (True, False)
+    with pytest.raises(PassComplete) as refused:
+        await store.grant(name, "w")
+    assert type(refused.value) is PassComplete

@@ -184,6 +184,28 @@ async def test_every_quarantined_key_is_retried_250_per_script_call(
     assert len(retried) == QUARANTINED
 
 
+async def test_other_requests_are_served_between_the_chunks(store: Store, redis: Redis) -> None:
+    """A redrive gives the event loop back after each call: another process's grants run
+    between its chunks, not after the whole of it."""
+    await store.register("big", QUARANTINED, max_attempts=1)
+    await _park(store, "big", 0, QUARANTINED)
+    await store.register("busy", 100)
+
+    async def grants() -> None:
+        for _ in range(20):
+            lease = await store.grant("busy", "w")
+            await store.release(lease.external_id or "")
+
+    async with monitored(redis) as monitor:
+        await asyncio.gather(store.retry_quarantined("big"), grants())
+    calls = [words for words in monitor.commands if words[0].upper() == "EVALSHA"]
+    chunks = [i for i, words in enumerate(calls) if store.keys.process("big").meta in words]
+    assert len(chunks) >= QUARANTINED // validation.RETRY_CHUNK  # (+1 answered NOSCRIPT)
+    busy = store.keys.process("busy").meta
+    between = [words for words in calls[chunks[0] : chunks[-1]] if busy in words]
+    assert between, calls
+
+
 async def test_the_history_stays_trimmed_to_its_cap_through_a_bulk_retry(
     redis: Redis, prefix: str
 ) -> None:

@@ -365,6 +365,14 @@ else
   if backoff[1] and not p.once then
     return {9}
   end
+  if p.once then
+    -- Every key done or quarantined, yet the pass not complete: a release by a script older
+    -- than `parks` did not count a fatal key's quarantine (a rolling deploy). Complete it.
+    complete_pass_if_due()
+    if p.completed ~= '' then
+      return {p.failed and 13 or 8}
+    end
+  end
   -- Nothing held either can only be a damaged process (keys removed behind our back):
   -- answer busy for a second rather than fail.
   return {3, 1000000}

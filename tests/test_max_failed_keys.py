@@ -239,3 +239,24 @@ async def test_a_pass_started_by_an_older_script_is_not_failed(store: Store, new
     with pytest.raises(PassComplete) as refused:
         await store.grant(name, "w")
     assert type(refused.value) is PassComplete
+
+
+async def test_a_pass_an_older_release_left_incomplete_completes_at_the_next_grant(
+    store: Store, new_name
+) -> None:
+    # A release.lua older than `parks` does not count the quarantine of a fatal key of a
+    # process without options, so the last completion leaves the pass open with nothing left
+    # to grant; the next grant completes it rather than answer busy for ever.
+    name = new_name()
+    await store.register(name, key_set_size=2, mode="once")
+    first = await store.grant(name, "w")
+    await store.release(first.external_id, "fatal")
+    k = store.keys.process(name)
+    await store.redis.hdel(k.meta, "parks")  # the older script reads no `parks`...
+    await store.release((await store.grant(name, "w")).external_id)
+    assert not (await store.pass_info(name, 1)).complete
+    await store.redis.hset(k.meta, "parks", 1)  # ...the newer ones do
+    with pytest.raises(PassComplete):
+        await store.grant(name, "w")
+    healed = await store.pass_info(name, 1)
+    assert (healed.complete, healed.keys_done, healed.keys_quarantined) == (True, 1, 1)

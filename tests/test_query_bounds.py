@@ -159,8 +159,12 @@ async def _targets(client: httpx.AsyncClient, register: Register) -> dict[str, T
     async def events() -> str:
         return f"{API}/process/{quote(name)}/events"
 
+    # Leases of a process of their own, with a key per probe: a probe released `fatal`
+    # quarantines its key, which a one-key process would then have none left to grant.
+    leased = (await register(key_set_size=1000))["process_name"]
+
     async def lease() -> str:
-        granted = await client.post(KEYS, json={"process_name": name, "machine": "prober"})
+        granted = await client.post(KEYS, json={"process_name": leased, "machine": "prober"})
         assert granted.status_code == 201, granted.text
         return f"{KEYS}/{granted.json()['external_id']}"
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from coordinator.models import Redrive
 from coordinator.scripts import lua_dir
 from coordinator.store import Limits, Store
 from tests.conftest import serve
+from tests.monitoring import monitored
 
 pytestmark = pytest.mark.anyio
 
@@ -110,43 +109,6 @@ async def _failed_pass(store: Store, name: str) -> None:
     keys are quarantined than max_failed_keys (meta pass_completed_us and failed '1')."""
     await store.redis.hset(store.keys.process(name).meta, mapping={
         "pass_completed_us": "1700000000000000", "failed": "1"})  # fmt: skip
-
-
-class Seen:
-    """Every command Valkey ran while `monitored` was open, each as its words."""
-
-    def __init__(self) -> None:
-        self.commands: list[list[str]] = []
-
-    def per_script_call(self, command: str) -> list[int]:
-        """How many times `command` ran inside each EVALSHA that ran it, in order (Valkey
-        logs an EVALSHA before the commands it runs; one answered NOSCRIPT runs none)."""
-        counts: list[int] = []
-        for words in self.commands:
-            if words[0].upper() == "EVALSHA":
-                counts.append(0)
-            elif words[0].upper() == command and counts:
-                counts[-1] += 1
-        return [n for n in counts if n]
-
-
-@asynccontextmanager
-async def monitored(redis: Redis) -> AsyncIterator[Seen]:
-    """MONITOR while the block runs; its commands are all in once it ends."""
-    seen, marker = Seen(), f"end-{uuid.uuid4().hex}"
-    async with redis.monitor() as monitor:
-
-        async def listen() -> None:
-            async for command in monitor.listen():
-                seen.commands.append(str(command["command"]).split())
-                if marker in seen.commands[-1]:
-                    return
-
-        listening = asyncio.create_task(listen())
-        await asyncio.sleep(0)
-        yield seen
-        await redis.echo(marker)
-        await asyncio.wait_for(listening, 30)
 
 
 async def _keyinfo_fields(redis: Redis, k: ProcessKeys) -> set[str]:

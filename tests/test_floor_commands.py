@@ -8,7 +8,6 @@ records both on a Valkey of this file's own and their command sequences are comp
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from redis.asyncio import Redis
 from bench.script_floor import commands_cycle
 from coordinator.embedded import EmbeddedValkey
 from coordinator.store import Store
+from tests.monitoring import monitored
 
 pytestmark = pytest.mark.anyio
 
@@ -39,30 +39,10 @@ async def redis(own_valkey: EmbeddedValkey) -> AsyncIterator[Redis]:
 
 async def _commands_of(redis: Redis, cycle: Callable[[], Awaitable[None]]) -> list[list[str]]:
     """The command names each script call of one cycle ran, one list per EVALSHA."""
-    marker = f"end-{uuid.uuid4().hex}"
-    seen: list[str] = []
-    async with redis.monitor() as monitor:
-
-        async def listen() -> None:
-            async for command in monitor.listen():
-                seen.append(str(command["command"]))
-                if marker in seen[-1]:
-                    return
-
-        listening = asyncio.create_task(listen())
-        await asyncio.sleep(0)
+    async with monitored(redis) as seen:
         await cycle()
-        await redis.echo(marker)
-        await asyncio.wait_for(listening, 10)
-    calls: list[list[str]] = []
-    for command in seen[:-1]:
-        name = command.split()[0].upper()
-        if name == "EVALSHA":
-            calls.append([])
-        elif calls and name != "LTRIM":
-            # Both trim the wake-up list once per 32 releases past its cap: not per cycle.
-            calls[-1].append(name)
-    return calls
+    # Both trim the wake-up list once per 32 releases past its cap: not per cycle.
+    return [[name for name in call if name != "LTRIM"] for call in seen.script_calls()]
 
 
 async def test_the_replay_runs_a_steady_plain_cycles_commands_in_order(redis: Redis) -> None:

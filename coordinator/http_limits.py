@@ -27,7 +27,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from coordinator.problems import MEDIA_TYPE
+from coordinator.problems import MEDIA_TYPE, PROBLEMS
 
 logger = logging.getLogger("coordinator")
 
@@ -89,7 +89,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if linger:
                 self.connections.add(self)  # its open file counts until it is closed
             self.refuse(
-                503,
                 "too_many_connections",
                 f"The server holds its limit of {self.max_connections} open connections;"
                 " retry in a moment.",
@@ -118,7 +117,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             room = MAX_HEAD_BYTES - self.head_bytes
             if room <= 0:
                 self.refuse(
-                    431,
                     "request_head_too_large",
                     f"The request line and headers must fit in {MAX_HEAD_BYTES} bytes.",
                 )
@@ -162,14 +160,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()  # as uvicorn's keep-alive timeout does: nothing was asked
             return
         self.refuse(
-            408,
             "request_timeout",
             f"The request line and headers must arrive within {HEAD_TIMEOUT_SECONDS:g} s.",
         )
 
     def refuse(
         self,
-        status: int,
         code: str,
         detail: str,
         retry_after: int | None = None,
@@ -181,7 +177,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.refused = True
         self.cancel_head_timer()
         self._unset_keepalive_if_required()
-        self.transport.write(self.problem_bytes(status, code, detail, retry_after))
+        self.transport.write(self.problem_bytes(code, detail, retry_after))
         if not linger:
             self.transport.close()
             return
@@ -189,9 +185,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.write_eof()
         self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
-    def problem_bytes(self, status: int, code: str, detail: str, retry_after: int | None) -> bytes:
-        """A whole HTTP/1.1 answer with an RFC 9457 body, written without the app."""
-        title = STATUS_LINE[status].decode().split(" ", 2)[2].strip()
+    def problem_bytes(self, code: str, detail: str, retry_after: int | None) -> bytes:
+        """A whole HTTP/1.1 answer with an RFC 9457 body, written without the app; the status
+        and title are the code's, as every other problem's (problems.PROBLEMS)."""
+        status, title = PROBLEMS[code]
         body = orjson.dumps(
             {
                 "type": f"/problems/{code}",

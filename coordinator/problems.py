@@ -59,6 +59,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "unknown_key": (404, "Unknown key"),
     "not_found": (404, "Not found"),
     "method_not_allowed": (405, "Method not allowed"),
+    "request_timeout": (408, "Request timeout"),
     "process_exists": (409, "Process already registered"),
     "no_free_key": (409, "No free key"),
     "pass_complete": (409, "Pass complete"),
@@ -69,8 +70,11 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "host_not_allowed": (421, "Host not allowed"),
     "unsupported_media_type": (415, "Unsupported media type"),
     "invalid_field": (422, "Invalid field"),
+    "request_head_too_large": (431, "Request header fields too large"),
     "internal_error": (500, "Internal server error"),
     "store_unavailable": (503, "Store unavailable"),
+    # Answered by the connection itself (coordinator/http_limits.py), before any route.
+    "too_many_connections": (503, "Too many connections"),
 }
 
 

@@ -9,7 +9,7 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
-from coordinator import app, config, metrics, models, store, validation
+from coordinator import app, config, metrics, models, problems, store, validation
 from coordinator.cli import serve, statuses
 from coordinator.client import outage
 from coordinator.config import Settings
@@ -183,3 +183,32 @@ def test_outage_budget_exit_status_and_shutdown_bound_are_the_codes() -> None:
     assert f"exit {statuses.UNAVAILABLE} (EX_TEMPFAIL)" in deploys
     assert f"{statuses.UNAVAILABLE} when the service stayed unreachable" in _section("Command line")
     assert f"{statuses.UNAVAILABLE} when the service stayed unreachable" in text
+
+
+# A problem code as the README names it: its status, then the code in backticks
+# (409 `pass_failed`, 404 `unknown_key` (not from 0 …)).
+PROBLEM_CODE = re.compile(r"\b([45]\d\d)\s+`([a-z_]+)`")
+
+
+def test_problem_codes_are_the_declared_ones() -> None:
+    """Every problem code the README gives with its status is one the service answers with
+    that status, and every code the service can answer is given somewhere."""
+    text = README.read_text(encoding="utf-8")
+    named = {(int(status), code) for status, code in PROBLEM_CODE.findall(text)}
+    declared = {(status, code) for code, (status, _title) in problems.PROBLEMS.items()}
+    assert named - declared == set(), "named in README.md but not answered"
+    assert {code for _, code in declared} - {code for _, code in named} == set(), (
+        "answered but never named with its status in README.md"
+    )
+
+
+def test_modes_and_key_states_are_the_declared_ones() -> None:
+    """The batch-run options table's modes, and the states a key object gives, are the code's."""
+    section = _section("Batch runs")
+    options = {row[0]: row for row in _tables(section)[0]}
+    assert re.findall(r"`([a-z]+)`", options["`mode`"][1]) == list(validation.MODES)
+    keys = re.search(r"Key objects gain `attempts`, `state` \((.*?)\) and", section, re.DOTALL)
+    assert keys, "Batch runs names no key states"
+    # `done` is explained in passing ("completed in the current pass of a `once` process").
+    states = [word for word in re.findall(r"`([a-z]+)`", keys.group(1)) if word != "once"]
+    assert states == list(models.KEY_STATES)

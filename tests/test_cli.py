@@ -48,11 +48,14 @@ KEY_FIELDS = {
 PROCESS_HEADER = ["PROCESS", "KEYS", "LEASE_SECONDS"]
 KEYS_HEADER = ["KEY", "STATE", "MACHINE", "TOKEN", "EXPIRES_AT", "LAST_COMPLETED_AT", "EXTERNAL_ID"]
 TOKEN_EPOCH_US = 1_767_225_600_000_000  # grant.lua: tokens count microseconds from 2026-01-01
-# A shell child that says it has started, then sleeps until signalled; its trap records the
-# signal in $2 and exits 42. (`wait` returns as soon as a trapped signal arrives.)
+# A shell child that says it has started, then sleeps until signalled; its trap records its
+# key in $2 and exits 42. (`wait` returns as soon as a trapped signal arrives.) The sleeper
+# makes $1 itself, after its exec: a forked sh that has not yet reset the trap it inherited
+# swallows the trap's kill, and its sleep then holds `run`'s stderr open for 30 s. The trap
+# kills $!, set at the fork: a `pid=$!` may not have run yet when the signal comes.
 TRAPPING_CHILD = (
-    'trap \'kill "$pid" 2>/dev/null; echo "$BATCH_KEY" > "$2"; exit 42\' TERM INT;'
-    ' sleep 30 & pid=$!; : > "$1"; wait "$pid"'
+    'trap \'kill "$!" 2>/dev/null; echo "$BATCH_KEY" > "$2"; exit 42\' TERM INT;'
+    ' sh -c \': > "$1"; exec sleep 30\' sh "$1" & wait "$!"'
 )
 
 

@@ -34,7 +34,11 @@ PROGRESS_SCHEMAS: dict[str, dict[str, Any]] = {
                 "description": "The machine of the lease whose end quarantined the key; null"
                 " when not recorded.",
             },
-            "at": {**_TIME, "description": "When it was quarantined; null when not known."},
+            "at": {
+                **_TIME,
+                "description": "When the lease ending that quarantined the key was seen; null"
+                " when not recorded (quarantined by an older version).",
+            },
         },
     },
     "Progress": {

@@ -4,7 +4,8 @@ The counts are `coordinator.stats.page_stats`'s, the figures /metrics shows, whi
 key's state as inspect.lua decides it for the key listing: one truth. Beside them, one write
 of a few more reads: the meta's `qdone`, completion time and epoch, one ZCOUNT of the keys
 completed within the rate's window, and the first QUARANTINED_SHOWN_MAX quarantined keys
-(ZRANGEBYSCORE on `parked` at +inf, LIMIT), then one HMGET of their attempts and machines.
+(ZRANGEBYSCORE on `parked` at +inf, LIMIT), then one HMGET of their attempts, machines and
+quarantine times.
 So a read costs O(log n) plus the bounded list, never a walk over the key space.
 """
 
@@ -77,20 +78,22 @@ async def _quarantined(
     redis: RedisClient, keyinfo: str, shown: list[int], epoch: str | None
 ) -> tuple[QuarantinedKey, ...]:
     """The quarantined keys `shown` with their attempts (of this epoch, as inspect.lua counts
-    them) and the machine of the lease whose end quarantined them (`m:<key>`, when kept)."""
+    them), the machine of the lease whose end quarantined them (`m:<key>`) and when it ended
+    (`q:<key>`), each when kept (an older script kept no time, nor, before it, a machine)."""
     if not shown:
         return ()
-    fields = [f"{prefix}:{key}" for key in shown for prefix in ("a", "m")]
+    fields = [f"{prefix}:{key}" for key in shown for prefix in ("a", "m", "q")]
     (values,) = await send_page(redis, [("HMGET", keyinfo, *fields)])
     found = []
     for i, key in enumerate(shown):
-        attempts, machine = values[2 * i], values[2 * i + 1]
+        attempts, machine, at_us = values[3 * i : 3 * i + 3]
         of_epoch, _, count = str(attempts or "").partition(":")
         found.append(
             QuarantinedKey(
                 key=key,
                 attempts=int(count) if count and of_epoch == (epoch or "0") else 0,
                 machine=machine or None,
+                at=utc(int(at_us)) if at_us else None,
             )
         )
     return tuple(found)

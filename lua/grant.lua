@@ -14,8 +14,9 @@
 -- KEYS[7] events  stream (optional) the process's history; each change appends one entry
 -- KEYS[8] keyinfo hash   (optional) a:<key> "epoch:attempts", l:<key> the staleness score of a
 --                        parked key, m:<key> the machine whose lease quarantined it,
---                        c:<key> checkpoint, r:<rid> token, t:<token> rid, where
---                        rid is holder:request_id (just request_id for the empty holder)
+--                        q:<key> when it was quarantined (microseconds), c:<key> checkpoint,
+--                        r:<rid> token, t:<token> rid, where rid is holder:request_id (just
+--                        request_id for the empty holder)
 -- KEYS[9] parked  zset   (optional) keys in backoff -> retry_at_us; quarantined keys -> +inf
 -- KEYS[10] passes hash   (optional) pass number -> "started_us|completed_us|done|quarantined"
 -- KEYS[11] ended  zset   (optional) rid (see keyinfo) of an ended lease -> forget_at_us: until then
@@ -195,8 +196,9 @@ end
 -- A lease ended without completion (failed, expired, revoked, fatal): count the attempt,
 -- then quarantine the key (a `fatal` end at once, whatever the budget), hold it back for its
 -- backoff, or return it to the free set. A quarantine keeps the machine of the lease that
--- ended it (m:<key>), so whoever looks at the quarantined keys sees where the last failure
--- ran. Returns the key's attempts, its state and (in backoff) when it is grantable again.
+-- ended it (m:<key>) and when (q:<key>, now_us), so whoever looks at the quarantined keys
+-- sees where the last failure ran and when it ended. Returns the key's attempts, its state
+-- and (in backoff) when it is grantable again.
 local function park(key, last, machine, fatal)
   if not (keyinfo and p) then
     redis.call('ZADD', free, last, key)
@@ -214,7 +216,7 @@ local function park(key, last, machine, fatal)
       p.parks = true
     end
     redis.call('ZADD', parked, '+inf', key)
-    redis.call('HSET', keyinfo, 'l:' .. key, last, 'm:' .. key, machine)
+    redis.call('HSET', keyinfo, 'l:' .. key, last, 'm:' .. key, machine, 'q:' .. key, now_text)
     if tonumber(last) > tonumber(p.started) then
       -- done in this pass, then quarantined
       p.qdone = tostring(redis.call('HINCRBY', meta, 'qdone', 1))

@@ -10,7 +10,8 @@
 -- KEYS[7] events  stream (optional) the process's history; each change appends one entry
 -- KEYS[8] meta    hash   (optional, with 9-11) the process: pass counters and options
 -- KEYS[9] keyinfo hash   (optional) attempts, parked scores, the machine that quarantined a
---                        key (m:<key>), checkpoints, request ids (see grant.lua)
+--                        key (m:<key>) and when (q:<key>), checkpoints, request ids (see
+--                        grant.lua)
 -- KEYS[10] parked zset   (optional) keys in backoff -> retry_at_us; quarantined -> +inf
 -- KEYS[11] passes hash   (optional) pass number -> "started_us|completed_us|done|quarantined"
 -- KEYS[12] ended  zset   (optional) request id of an ended lease -> forget_at_us (see grant.lua):
@@ -164,8 +165,9 @@ end
 -- A lease ended without completion (failed, expired, revoked, fatal): count the attempt,
 -- then quarantine the key (a `fatal` end at once, whatever the budget), hold it back for its
 -- backoff, or return it to the free set. A quarantine keeps the machine of the lease that
--- ended it (m:<key>), so whoever looks at the quarantined keys sees where the last failure
--- ran. Returns the key's attempts, its state and (in backoff) when it is grantable again.
+-- ended it (m:<key>) and when (q:<key>, now_us), so whoever looks at the quarantined keys
+-- sees where the last failure ran and when it ended. Returns the key's attempts, its state
+-- and (in backoff) when it is grantable again.
 local function park(key, last, machine, fatal)
   if not (keyinfo and p) then
     redis.call('ZADD', free, last, key)
@@ -183,7 +185,7 @@ local function park(key, last, machine, fatal)
       p.parks = true
     end
     redis.call('ZADD', parked, '+inf', key)
-    redis.call('HSET', keyinfo, 'l:' .. key, last, 'm:' .. key, machine)
+    redis.call('HSET', keyinfo, 'l:' .. key, last, 'm:' .. key, machine, 'q:' .. key, now_text)
     if tonumber(last) > tonumber(p.started) then
       -- done in this pass, then quarantined
       p.qdone = tostring(redis.call('HINCRBY', meta, 'qdone', 1))

@@ -6,7 +6,8 @@
 -- KEYS[1] meta    hash   the process: size, pass_started_us, pass_completed_us, qdone, failed
 -- KEYS[2] free    zset   key -> staleness score; the key returns here if parked
 -- KEYS[3] keyinfo hash   a:<key> "epoch:attempts", l:<key> the score of a parked key,
---                        m:<key> the machine of the failure that quarantined it
+--                        m:<key> the machine of the failure that quarantined it, q:<key>
+--                        when (all removed here)
 -- KEYS[4] parked  zset   keys in backoff -> retry_at_us; quarantined -> +inf
 -- KEYS[5] events  stream (optional) the process's history
 -- ARGV[1] events_cap  entries the stream keeps, 1 to 10000000
@@ -101,6 +102,7 @@ for i, name in ipairs(names) do
   fields[#fields + 1] = 'a:' .. name
   fields[#fields + 1] = 'l:' .. name
   fields[#fields + 1] = 'm:' .. name
+  fields[#fields + 1] = 'q:' .. name
 end
 local last = #lasts > 0 and redis.call('HMGET', keyinfo, unpack(lasts)) or {}
 local undone, j = 0, 0

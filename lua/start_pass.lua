@@ -9,7 +9,8 @@
 --                        current and complete; cleared by the start)
 -- KEYS[2] free    zset   key -> staleness score; parked keys return here
 -- KEYS[3] keyinfo hash   l:<key> the staleness score of a parked key, a:<key> its attempts,
---                        m:<key> the machine that quarantined it
+--                        m:<key> the machine that quarantined it, q:<key> when (all removed
+--                        when the key is lifted)
 -- KEYS[4] parked  zset   keys in backoff -> retry_at_us; quarantined -> +inf
 -- KEYS[5] passes  hash   pass number -> "started_us|completed_us|done|quarantined", and
 --                        "<number>:failed" -> 1 for a kept pass that failed its max_failed_keys
@@ -94,6 +95,7 @@ local function lift(count)
     scores[2 * i - 1], scores[2 * i] = last, key
     fields[n + i] = 'a:' .. key
     fields[2 * n + i] = 'm:' .. key
+    fields[3 * n + i] = 'q:' .. key
     local score = entries[2 * i]
     if (score == 'inf' or tonumber(score) == math.huge) and tonumber(last) > started then
       qdone = qdone + 1

@@ -5,9 +5,10 @@ and what became of it, and that it waits out a backoff."""
 from __future__ import annotations
 
 import queue
+import re
 import signal
 import threading
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,6 +48,7 @@ def test_pass_show_prints_counts_rate_eta_and_quarantined_keys(
     _register(server, name, ETA_MIN_KEYS_DONE + 4, mode="once", max_attempts=1)
     for _ in range(ETA_MIN_KEYS_DONE - 1):
         _release(server, name)
+    before = datetime.now(UTC).replace(microsecond=0)
     bad = _release(server, name, "failed", machine="bad-host")
     counts, quarantined = _sections(cli.ok("pass", "show", name))
     [row] = table(counts)
@@ -57,7 +59,13 @@ def test_pass_show_prints_counts_rate_eta_and_quarantined_keys(
     assert (row["RATE_PER_MIN"], row["ETA"], row["COMPLETED_AT"]) == ("unknown", "unknown", "-")
     heading, *listing = quarantined.splitlines()
     assert heading == "quarantined keys (1 of 1):"
-    assert table("\n".join(listing)) == [{"KEY": str(bad), "ATTEMPTS": "1", "MACHINE": "bad-host"}]
+    [listed] = table("\n".join(listing))
+    at = listed.pop("QUARANTINED_AT")
+    assert listed == {"KEY": str(bad), "ATTEMPTS": "1", "MACHINE": "bad-host"}
+    # When the failed release quarantined it, in ISO 8601 UTC to the second (the server's
+    # clock and the test's are one machine's).
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", at), at
+    assert before <= datetime.fromisoformat(at) <= datetime.now(UTC)
     _release(server, name)
     counts = _sections(cli.ok("pass", "show", name))[0]
     [row] = table(counts)

@@ -168,7 +168,7 @@ def test_progress_shows_counts_rate_eta_and_the_quarantined_keys(
 ) -> None:
     """Done, quarantined, held and left as the progress route counts them, done % and
     quarantined % apart, the rate and ETA unknown until enough keys are done, then a number;
-    the quarantined keys with their attempts and the machine each last failed on."""
+    the quarantined keys with their attempts, the machine each last failed on and when."""
     name = _name("sweep")
     other = _name("bystander")
     _register(api, name, 10, mode="once", max_attempts=1)
@@ -186,8 +186,10 @@ def test_progress_shows_counts_rate_eta_and_the_quarantined_keys(
     # Two keys done: still too few for a rate; two failed once, so quarantined.
     for n in range(2):
         _release(api, _grant(api, name, f"worker-{n}"))
+    quarantining = datetime.now(UTC)
     for machine in ("worker-q7", "worker-q8"):
         assert _release(api, _grant(api, name, machine), "failed")["state"] == "quarantined"
+    quarantined = datetime.now(UTC)
     held = _grant(api, name, "worker-h")
     progress = _agreed(page, answers, keys_done=2, keys_quarantined=2, keys_held=1)
     assert progress["keys_left"] == 6
@@ -211,15 +213,16 @@ def test_progress_shows_counts_rate_eta_and_the_quarantined_keys(
         expect(cells.nth(0)).to_have_text(str(key))
         expect(cells.nth(1)).to_have_text(f"{listed[key]['attempts']} of 1")
         expect(cells.nth(2)).to_have_text(str(listed[key]["machine"]))
+        # When its failed release quarantined it (the service's clock is this machine's),
+        # written in ISO UTC as every time on the page.
         at = listed[key]["at"]
-        if at is not None:
-            expect(cells.nth(3)).to_have_text(_utc(at))
-    # A time column only when the service kept a time of a listed key.
-    when = page.locator("#quarantine-table th.when")
-    if any(q["at"] for q in listed.values()):
-        expect(when).to_be_visible()
-    else:
-        expect(when).to_be_hidden()
+        assert quarantining <= datetime.fromisoformat(at) <= quarantined, at
+        expect(cells.nth(3)).to_have_text(_utc(at))
+        expect(cells.nth(3)).to_be_visible()
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", cells.nth(3).inner_text())
+    # The service keeps every quarantine's time, so the column is shown.
+    expect(page.locator("#quarantine-table th.when")).to_be_visible()
+    expect(page.locator("#quarantine-table th.when")).to_have_text("Quarantined at")
     expect(page.locator("#quarantine-more")).to_be_hidden()
 
     # A third key done: a rate over the window, and an ETA of the keys left at that rate.
@@ -258,6 +261,8 @@ def test_times_are_iso_utc_whatever_the_browser_locale(
     _register(api, name, 4, mode="once", max_attempts=2, retry_backoff_seconds=3600)
     parked = _release(api, _grant(api, name, "worker-b"), "failed")
     assert parked["state"] == "backoff"
+    doomed = _release(api, _grant(api, name, "worker-f"), "fatal")
+    assert doomed["state"] == "quarantined"
     tab = Tab(browser, viewport=DESKTOP, locale="de-DE", timezone_id="Pacific/Kiritimati")
     page = tab.page
     _open(page, base, name)
@@ -271,6 +276,9 @@ def test_times_are_iso_utc_whatever_the_browser_locale(
     expect(cell).to_have_attribute("aria-label", re.compile(rf", retry at {re.escape(retry_at)}$"))
     cell.click()
     expect(page.locator("#key-detail")).to_contain_text(f"Retry at{retry_at} (in 59 min")
+    [listed] = api.get(f"{PROCESS}/{name}/progress").json()["quarantined"]
+    assert listed["key"] == doomed["key"]
+    expect(page.locator("#quarantine-body td.when")).to_have_text(_utc(listed["at"]))
     expect(page.locator("#status")).to_have_text(
         re.compile(r"^Updated \d\d:\d\d:\d\d UTC · every 2 s$")
     )

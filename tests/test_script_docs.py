@@ -68,3 +68,17 @@ def test_the_status_table_has_every_status() -> None:
 def test_every_event_type_is_named() -> None:
     for kind in EVENT_TYPES:
         assert f"`{kind}`" in DOC, kind
+
+
+def test_every_keyinfo_field_is_documented() -> None:
+    """Each field a script names in `keyinfo` ('x:' .. key) is in the key table's keyinfo row,
+    and the quarantine's own fields (m: its machine, q: its time) are in the header of every
+    script that writes or removes them."""
+    (row,) = [line for line in DOC.splitlines() if line.startswith("| `<prefix>:{<name>}:keyinfo`")]
+    documented = set(re.findall(r"`(\w):<", row))
+    for name, source in SOURCES.items():
+        used = set(re.findall(r"'(\w):' \.\.", source))
+        assert used <= documented, (name, used - documented)
+        header = source.split("\nlocal ", 1)[0]
+        for field in {"m", "q"} & used:
+            assert f"{field}:<key>" in header, (name, field)

@@ -16,7 +16,7 @@ PROGRESS_HEADER = (
     "PROCESS", "PASS", "STARTED_AT", "COMPLETED_AT", "KEYS_DONE", "KEYS_QUARANTINED",
     "IN_BACKOFF", "HELD", "LEFT", "RATE_PER_MIN", "ETA",
 )  # fmt: skip
-QUARANTINED_HEADER = ("KEY", "ATTEMPTS", "MACHINE")
+QUARANTINED_HEADER = ("KEY", "ATTEMPTS", "MACHINE", "QUARANTINED_AT")
 # A null rate or ETA: fewer keys done in the window than the rate needs.
 UNKNOWN = "unknown"
 
@@ -55,7 +55,9 @@ def progress_text(progress: Progress) -> str:
     heading = f"quarantined keys ({shown} of {progress.quarantined_total}):"
     if shown < progress.quarantined_total:
         heading = f"quarantined keys (the first {shown} of {progress.quarantined_total}):"
-    rows = [(str(q.key), str(q.attempts), q.machine or "-") for q in progress.quarantined]
+    rows = [
+        (str(q.key), str(q.attempts), q.machine or "-", iso_utc(q.at)) for q in progress.quarantined
+    ]
     return f"{text}\n\n{heading}\n{table([QUARANTINED_HEADER, *rows])}"
 
 

@@ -38,7 +38,15 @@ LEASE_SECONDS = 3
 SETUP_SECONDS = 60  # the holders' first lease, while a thousand waiters arrive
 RENEW_EVERY = 0.5
 RENEWALS = 8  # 4 s of renewing: longer than a lease, so a renewal that misses loses it
-WAIT_SECONDS = 12
+# A renewal is on time if it lands before the lease the previous one set ends: sent
+# RENEW_EVERY after that one was answered, it has the rest of the lease. (A machine loaded by
+# other jobs pauses this process for a second now and then: a tighter bound fails on that.)
+ON_TIME_SECONDS = LEASE_SECONDS - RENEW_EVERY
+# Waiters outwait the crowd's arrival and the renewals however slow the machine (on 2 loaded
+# cores 1,000 arrive in up to 7 s): one answered before the release fails the test. They are
+# all answered soon after it, as each releases the key it is granted at once.
+WAIT_SECONDS = 60
+ARRIVAL_SECONDS = SETUP_SECONDS / 2  # within the holders' first lease
 
 
 class GrantCount:
@@ -179,7 +187,7 @@ async def crowd(served: list[Replica], name: str, waiters: int) -> Outcome:
 
     tasks = [asyncio.create_task(wait_for_a_key(n)) for n in range(waiters)]
     # Every waiter has found the process full before the holders' first renewal.
-    await until(lambda: sum(r.grants.value for r in served) >= HOLDERS + waiters)
+    await until(lambda: sum(r.grants.value for r in served) >= HOLDERS + waiters, ARRIVAL_SECONDS)
     await asyncio.gather(*(hold(n, lease) for n, lease in enumerate(held)))
     await asyncio.gather(*tasks)
     return outcome
@@ -187,7 +195,7 @@ async def crowd(served: list[Replica], name: str, waiters: int) -> Outcome:
 
 def assert_holders_kept_their_keys_and_waiters_got_them(outcome: Outcome, waiters: int) -> None:
     assert Counter(outcome.renewals) == {200: HOLDERS * RENEWALS}, Counter(outcome.renewals)
-    assert outcome.renew_p99 < 1.0, sorted(outcome.renew_seconds)[-5:]
+    assert max(outcome.renew_seconds) < ON_TIME_SECONDS, sorted(outcome.renew_seconds)[-5:]
     assert outcome.releases == [200] * HOLDERS
     assert len(outcome.waiters) == waiters
     assert set(outcome.waiters) <= {201, 409}, Counter(outcome.waiters)

@@ -9,11 +9,13 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from coordinator.cli import child, statuses
 from coordinator.cli.checkpoint_file import CheckpointFile
+from coordinator.cli.grant import grant
 from coordinator.cli.loop_lines import say_failed, say_waiting
 from coordinator.cli.stop import Stopped, StopSignals
 from coordinator.client.blocking_lease import Lease
@@ -209,10 +211,18 @@ def _run_once(
         checkpoint_file = Path(folder) / "checkpoint"
         checkpoint_file.touch()
         try:
-            with coordinator.lease(process_name, machine, lease_seconds, wait_seconds) as lease:
-                # From here to the end of the release a signal is noted, not raised: the grant
-                # is given up if stopped, the release never is.
-                stop.holding = True
+            with ExitStack() as held:
+                # From here to the end of the release a signal is noted, not raised: the
+                # release is never given up.
+                lease = grant(
+                    held,
+                    coordinator,
+                    stop,
+                    process_name=process_name,
+                    machine=machine,
+                    lease_seconds=lease_seconds,
+                    wait_seconds=wait_seconds,
+                )
                 lease.save_checkpoints_from(CheckpointFile(checkpoint_file).read)
                 announce(lease)
                 ran = True

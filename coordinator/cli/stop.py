@@ -2,8 +2,10 @@
 
 While the command runs, a signal is passed on to it and `run` waits for it to end; while a
 key is held but no command runs (it is about to start, or has ended and the key is being
-released), the signal is noted and acted on once the release is done; while nothing is held
-(waiting for a grant), it ends `run` there and then by raising Stopped.
+released), the signal is noted and acted on once the release is done; while a grant that does
+not wait is in flight, it is noted too (a key granted is then released at once, its command
+never run), and a second one ends `run`; while nothing is held (waiting for a key), it ends
+`run` there and then by raising Stopped.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ class StopSignals:
         self.holding = False
         """Set while a key is held (the grant is done, the release is not): a signal is then
         noted, not raised, so the release still happens."""
+        self.granting = False
+        """Set while a grant that does not wait is in flight: cut short, it may have taken a
+        key it never hands over, left held until it expires. A first signal is noted, a
+        second one raises."""
         self._child: subprocess.Popen[bytes] | None = None
         self._unsent = False  # noted while holding, before the command could be told
         self._previous: dict[int, Handler] = {}
@@ -72,11 +78,14 @@ class StopSignals:
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         first = self.received is None
-        if first:
+        if self.received is None:
             self.received = signum
         if self._child is not None:
             self._child.send_signal(signum)  # every one, as a terminal would send it
         elif self.holding:
             self._unsent = self._unsent or first
+        elif self.granting:
+            if not first:
+                raise Stopped(self.received)
         elif first:
             raise Stopped(signum)
